@@ -1,0 +1,225 @@
+"""The `charrnn` command line: a thin layer that parses, calls the library, and prints.
+
+torch is imported inside the commands, so `charrnn --help` and argument errors are fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from charrnn import __version__
+from charrnn.errors import CharrnnError
+
+app = typer.Typer(
+    help="Character-level recurrent language models written from scratch in PyTorch "
+    "(RNN, GRU, LSTM): train, generate, eval.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def user_errors(command):
+    """User mistakes end in one line on stderr and a non-zero exit code, never a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except CharrnnError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(e.exit_code) from None
+
+    return wrapper
+
+
+def version_callback(value: bool):
+    if value:
+        typer.echo(f"charrnn {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+):
+    """Character-level recurrent language models written from scratch in PyTorch."""
+
+
+def read_preset(path: Path) -> dict:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise CharrnnError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise CharrnnError(f"config file {path} is not valid TOML: {e}") from None
+
+
+Opt = typer.Option
+
+
+@app.command()
+@user_errors
+def train(
+    corpus: Annotated[Optional[Path], typer.Argument(
+        help="A UTF-8 text file. With neither CORPUS nor --dataset: the built-in corpus, the Python "
+        "language reference shipped with CPython (pydoc_data.topics, ~465,000 characters).",
+        show_default=False)] = None,
+    config: Annotated[Optional[Path], Opt(help="A TOML preset (configs/*.toml); options given here override it.")] = None,
+    dataset: Annotated[Optional[str], Opt(help="A named corpus, downloaded once and cached: timemachine or tinyshakespeare.")] = None,
+    val_file: Annotated[Optional[Path], Opt(help="Validate on this file instead of the end of the corpus.")] = None,
+    val_fraction: Annotated[Optional[float], Opt(help="The last fraction of the text used for validation. [default: 0.1]")] = None,
+    normalize: Annotated[Optional[str], Opt(help="none, or letters: the d2l book's preprocessing (non-letters to one space, lowercase). [default: none]")] = None,
+    sampling: Annotated[Optional[str], Opt(help="sequential: contiguous streams, state carried across batches; random: shuffled windows from a zero state (d2l). [default: sequential]")] = None,
+    cell: Annotated[Optional[str], Opt(help="rnn, gru or lstm. [default: lstm]")] = None,
+    hidden: Annotated[Optional[int], Opt(help="Hidden units per layer. [default: 256]")] = None,
+    layers: Annotated[Optional[int], Opt(help="Stacked recurrent layers. [default: 1]")] = None,
+    dropout: Annotated[Optional[float], Opt(help="Dropout on each layer's outputs. [default: 0]")] = None,
+    optimizer: Annotated[Optional[str], Opt(help="sgd, adam or adamw. [default: adam]")] = None,
+    lr: Annotated[Optional[float], Opt(help="Learning rate. [default: 0.002]")] = None,
+    lr_schedule: Annotated[Optional[str], Opt(help="constant or cosine (decay over the step or time budget). [default: constant]")] = None,
+    warmup_steps: Annotated[Optional[int], Opt(help="Linear learning-rate warm-up steps. [default: 0]")] = None,
+    clip: Annotated[Optional[float], Opt(help="Clip gradients to this global L2 norm. [default: 1.0]")] = None,
+    batch_size: Annotated[Optional[int], Opt(help="Sequences per batch. [default: 32]")] = None,
+    seq_len: Annotated[Optional[int], Opt(help="Characters per sequence (truncated BPTT length). [default: 64]")] = None,
+    max_steps: Annotated[Optional[int], Opt(help="Stop after this many steps in all.")] = None,
+    epochs: Annotated[Optional[float], Opt(help="Stop after this many passes over the training text (default 10 when no other limit is given).")] = None,
+    max_time: Annotated[Optional[str], Opt(help="Stop after this much training time: 90s, 10m, 1h.")] = None,
+    eval_every: Annotated[Optional[int], Opt(help="Evaluate (and checkpoint) every N steps. [default: 200]")] = None,
+    seed: Annotated[Optional[int], Opt(help="Random seed; CPU runs with the same seed repeat exactly. [default: 0]")] = None,
+    device: Annotated[Optional[str], Opt(help="auto, cpu or cuda. [default: auto]")] = None,
+    out: Annotated[Optional[Path], Opt(help="Run directory. [default: runs/<timestamp>]")] = None,
+    quiet: Annotated[bool, Opt("--quiet", "-q", help="Print only the final summary.")] = False,
+):
+    """Train a character-level language model; checkpoints go to a run directory.
+
+    The run directory holds best.pt (lowest validation loss), last.pt and config.toml;
+    runs/latest points at the newest run. Training stops at --max-steps, --epochs or
+    --max-time, whichever comes first.
+    """
+    given = {k: v for k, v in locals().items() if v is not None and k not in ("config", "quiet")}
+    from charrnn.report import TerminalReporter
+    from charrnn.train import TrainConfig, train as run_training
+
+    values = read_preset(config) if config else {}
+    values.update({k: str(v) if isinstance(v, Path) else v for k, v in given.items()})
+    if "corpus" in given and "dataset" not in given:
+        values.pop("dataset", None)  # a corpus on the command line replaces the preset's dataset
+    settings = TrainConfig.from_dict(values, str(config) if config else "config")
+    summary = run_training(settings, TerminalReporter(quiet=quiet))
+    if settings.sample_prefix:
+        from charrnn.sample import generate as generate_chars
+
+        model, vocab, _ = load_model(Path(summary["run"]) / "best.pt", "cpu")
+        text = "".join(c[0] for c in generate_chars(model, vocab, settings.sample_prefix, settings.sample_length,
+                                                    greedy=settings.sample_greedy, seed=settings.seed))
+        typer.echo(f"sample: {settings.sample_prefix}{text}")
+
+
+def load_model(where, device_name: str = "auto"):
+    """(model, vocab, checkpoint) from a checkpoint file or run directory (None: runs/latest)."""
+    from charrnn.checkpoint import load_checkpoint, resolve_checkpoint
+    from charrnn.data import Vocab
+    from charrnn.model import ModelConfig, build_model
+    from charrnn.train import pick_device
+
+    device = pick_device(device_name)
+    ckpt = load_checkpoint(resolve_checkpoint(where), map_location=device)
+    try:
+        model = build_model(ModelConfig(**ckpt["model_config"]))
+        model.load_state_dict(ckpt["model"])
+        vocab = Vocab.from_dict(ckpt["vocab"])
+    except (TypeError, KeyError, RuntimeError, ValueError) as e:
+        raise CharrnnError(f"the checkpoint's model does not fit its config: {str(e).splitlines()[0]}") from None
+    return model.to(device).eval(), vocab, ckpt
+
+
+@app.command()
+@user_errors
+def generate(
+    checkpoint: Annotated[Optional[Path], Opt(help="A checkpoint file or run directory. [default: the best checkpoint of runs/latest]", show_default=False)] = None,
+    prefix: Annotated[str, Opt(help="Text to warm the state up on; the continuation follows it.")] = "",
+    length: Annotated[int, Opt(help="Characters to generate.")] = 200,
+    temperature: Annotated[float, Opt(help="Divide the logits by this: < 1 is safer, > 1 wilder.")] = 1.0,
+    top_k: Annotated[int, Opt(help="Sample only among the k most likely characters (0: all).")] = 0,
+    greedy: Annotated[bool, Opt("--greedy", help="Always take the most likely character (the book's predict).")] = False,
+    samples: Annotated[int, Opt(help="Generate this many continuations at once.")] = 1,
+    seed: Annotated[Optional[int], Opt(help="Random seed for repeatable samples.")] = None,
+    device: Annotated[str, Opt(help="auto, cpu or cuda.")] = "auto",
+):
+    """Generate text: warm the state up on --prefix, then emit one character at a time."""
+    from charrnn.sample import generate as generate_chars
+
+    if samples < 1:
+        raise CharrnnError(f"--samples must be at least 1, got {samples}")
+    model, vocab, _ = load_model(checkpoint, device)
+    steps = generate_chars(model, vocab, prefix, length, temperature=temperature, top_k=top_k,
+                           greedy=greedy, samples=samples, seed=seed)
+    if samples == 1:
+        sys.stdout.write(prefix)
+        for chars in steps:
+            sys.stdout.write(chars[0])
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        return
+    columns = list(zip(*steps)) or [()] * samples
+    for i, chars in enumerate(columns, 1):
+        typer.echo(f"--- sample {i} ---\n{prefix}{''.join(chars)}")
+
+
+@app.command("eval")
+@user_errors
+def evaluate_command(
+    file: Annotated[Optional[Path], typer.Argument(help="A UTF-8 text file. [default: the checkpoint's own validation split]", show_default=False)] = None,
+    checkpoint: Annotated[Optional[Path], Opt(help="A checkpoint file or run directory. [default: the best checkpoint of runs/latest]", show_default=False)] = None,
+    as_json: Annotated[bool, Opt("--json", help="Print one JSON object.")] = False,
+    batch_size: Annotated[int, Opt(help="Parallel streams the text is cut into.")] = 16,
+    seq_len: Annotated[int, Opt(help="Characters per forward call.")] = 256,
+    device: Annotated[str, Opt(help="auto, cpu or cuda.")] = "auto",
+):
+    """Perplexity and bits per character of a model on FILE or on its validation split."""
+    from charrnn.data import normalize, read_text, reload_corpus
+    from charrnn.train import evaluate
+
+    if batch_size < 1 or seq_len < 1:
+        raise CharrnnError("--batch-size and --seq-len must be positive")
+    model, vocab, ckpt = load_model(checkpoint, device)
+    source = ckpt.get("corpus", {})
+    if file is None:
+        if not source:
+            raise CharrnnError("the checkpoint does not record its corpus; give a FILE to eval")
+        text, what = reload_corpus(source).val, "the validation split"
+        windows = "windows" in source
+    else:
+        text, _ = read_text(file, "file")
+        text, what, windows = normalize(text, source.get("normalize", "none")), str(file), False
+    if len(text) < 2:
+        raise CharrnnError(f"{what} is too short to evaluate (it needs at least 2 characters)")
+    ids = vocab.encode(text, what)
+    if windows:  # the book's split: stride-1 windows, each from a zero state
+        window = ckpt["config"]["seq_len"]
+        loss_sum, count = evaluate(model, ids, batch_size=1024, seq_len=window, carry_state=False)
+    else:
+        loss_sum, count = evaluate(model, ids, batch_size=batch_size, seq_len=seq_len)
+    loss = loss_sum / count
+    result = {"perplexity": math.exp(loss), "bits_per_char": loss / math.log(2), "loss": loss,
+              "chars": count, "text": what}
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        typer.echo(f"{what}: perplexity {result['perplexity']:.3f} | {result['bits_per_char']:.3f} "
+                   f"bits/char | loss {loss:.4f} nats/char | {count:,} characters")

@@ -1,0 +1,282 @@
+"""The recurrent cells and the language model, written from scratch in the style of
+Dive into Deep Learning ("RNN from scratch", "GRU", "LSTM", "deep RNN").
+
+Every cell follows one shape:
+
+- `project(inputs)`: the input side of every step at once, `X @ W_xh + b` for inputs of
+  shape (num_steps, batch, num_inputs). The language model's first layer instead calls
+  `gather(tokens)`, which gives the same numbers as `one_hot(tokens) @ W_xh + b` by reading
+  rows of `W_xh` (a one-hot product only selects a row).
+- `recur(xp, state)`: the loop over time; only the recurrent product `H @ W_hh` is left in it.
+- `step(xp_t, state)`: one time step, used by the sampler.
+- `forward(inputs, state=None)`: the book's interface, `recur(project(inputs), state)`.
+
+State is a tensor `H` (RNN, GRU) or a tuple `(H, C)` (LSTM); `None` means zeros.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CELLS = ("rnn", "gru", "lstm")
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a model: stored in every checkpoint."""
+
+    vocab_size: int
+    cell: str = "rnn"
+    hidden: int = 256
+    layers: int = 1
+    dropout: float = 0.0
+    init_sigma: float = 0.01  # the book's: weights start as N(0, sigma^2), biases as 0
+
+
+class ScratchCell(nn.Module):
+    """What the three cells share. Subclasses set `gates` (how many H-wide blocks the
+    input projection has) and implement `step` and `recur`."""
+
+    gates = 1
+
+    def __init__(self, num_inputs: int, num_hiddens: int, sigma: float = 0.01):
+        super().__init__()
+        self.num_inputs, self.num_hiddens, self.sigma = num_inputs, num_hiddens, sigma
+        width = self.gates * num_hiddens
+        self.W_xh = nn.Parameter(torch.randn(num_inputs, width) * sigma)
+        self.W_hh = nn.Parameter(torch.randn(num_hiddens, width) * sigma)
+
+    def input_bias(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def project(self, inputs: torch.Tensor) -> torch.Tensor:
+        """`inputs @ W_xh + b` for all steps in one matmul: (T, B, in) -> (T, B, gates*H)."""
+        return torch.addmm(self.input_bias(), inputs.reshape(-1, self.num_inputs), self.W_xh).view(
+            *inputs.shape[:-1], -1
+        )
+
+    def gather(self, tokens: torch.Tensor) -> torch.Tensor:
+        """`one_hot(tokens) @ W_xh + b` as a row gather: (T, B) int -> (T, B, gates*H)."""
+        return F.embedding(tokens, self.W_xh) + self.input_bias()
+
+    def zero_state(self, batch_size: int, like: torch.Tensor):
+        return like.new_zeros(batch_size, self.num_hiddens)
+
+    def forward(self, inputs: torch.Tensor, state=None):
+        """inputs (num_steps, batch, num_inputs) -> outputs (num_steps, batch, H), state."""
+        return self.recur(self.project(inputs), state)
+
+    @classmethod
+    def from_torch(cls, module: nn.RNNBase, sigma: float = 0.01) -> "ScratchCell":
+        """A cell with the weights of a one-layer torch.nn.RNN/GRU/LSTM (same function)."""
+        if module.num_layers != 1 or module.bidirectional or module.batch_first:
+            raise ValueError("from_torch takes a one-layer, unidirectional, time-major module")
+        cell = cls(module.input_size, module.hidden_size, sigma)
+        cell.to(dtype=module.weight_ih_l0.dtype, device=module.weight_ih_l0.device)
+        with torch.no_grad():
+            cell.W_xh.copy_(module.weight_ih_l0.T)
+            cell.W_hh.copy_(module.weight_hh_l0.T)
+            cell._copy_torch_biases(module.bias_ih_l0, module.bias_hh_l0)
+        return cell
+
+
+class RNNScratch(ScratchCell):
+    """The book's RNN: `H_t = tanh(X_t W_xh + H_{t-1} W_hh + b_h)`."""
+
+    def __init__(self, num_inputs: int, num_hiddens: int, sigma: float = 0.01):
+        super().__init__(num_inputs, num_hiddens, sigma)
+        self.b_h = nn.Parameter(torch.zeros(num_hiddens))
+
+    def input_bias(self):
+        return self.b_h
+
+    def _copy_torch_biases(self, b_ih, b_hh):
+        self.b_h.copy_(b_ih + b_hh)
+
+    def step(self, xp_t, H):
+        H = torch.tanh(torch.addmm(xp_t, H, self.W_hh))
+        return H, H
+
+    def recur(self, xp, state=None):
+        H = self.zero_state(xp.shape[1], xp) if state is None else state
+        outputs = []
+        for xp_t in xp.unbind(0):
+            out, H = self.step(xp_t, H)
+            outputs.append(out)
+        return torch.stack(outputs), H
+
+
+class GRUScratch(ScratchCell):
+    """Gated recurrent unit, in PyTorch's (and cuDNN's) form rather than the book's.
+
+    The book applies the reset gate before the hidden product, `tanh(X W_xh + (R * H) W_hh
+    + b_h)`; PyTorch applies it after, `tanh(X W_xn + b_xn + R * (H W_hn + b_hn))`. We follow
+    PyTorch on purpose: the three hidden products (reset, update, candidate) then become one
+    matmul `H @ W_hh`, and weights interoperate with torch.nn.GRU. That is also why the
+    hidden side keeps its own bias `b_hh`: the candidate's `b_hn` sits inside `R * (...)`
+    and cannot be folded into the input-side bias. Gate blocks are ordered r, z, n.
+    """
+
+    gates = 3
+
+    def __init__(self, num_inputs: int, num_hiddens: int, sigma: float = 0.01):
+        super().__init__(num_inputs, num_hiddens, sigma)
+        self.b_xh = nn.Parameter(torch.zeros(3 * num_hiddens))
+        self.b_hh = nn.Parameter(torch.zeros(3 * num_hiddens))
+
+    def input_bias(self):
+        return self.b_xh
+
+    def _copy_torch_biases(self, b_ih, b_hh):
+        self.b_xh.copy_(b_ih)
+        self.b_hh.copy_(b_hh)
+
+    def step(self, xp_t, H):
+        x_r, x_z, x_n = xp_t.chunk(3, dim=-1)
+        h_r, h_z, h_n = torch.addmm(self.b_hh, H, self.W_hh).chunk(3, dim=-1)
+        R = torch.sigmoid(x_r + h_r)  # reset gate
+        Z = torch.sigmoid(x_z + h_z)  # update gate
+        N = torch.tanh(x_n + R * h_n)  # candidate hidden state
+        H = N + Z * (H - N)  # = Z * H + (1 - Z) * N
+        return H, H
+
+    recur = RNNScratch.recur
+
+
+class LSTMScratch(ScratchCell):
+    """Long short-term memory; state `(H, C)`. Gate blocks are ordered i, f, g, o as in
+    torch.nn.LSTM, with one bias per gate (PyTorch's two biases add up to it)."""
+
+    gates = 4
+
+    def __init__(self, num_inputs: int, num_hiddens: int, sigma: float = 0.01):
+        super().__init__(num_inputs, num_hiddens, sigma)
+        self.b_h = nn.Parameter(torch.zeros(4 * num_hiddens))
+
+    def input_bias(self):
+        return self.b_h
+
+    def _copy_torch_biases(self, b_ih, b_hh):
+        self.b_h.copy_(b_ih + b_hh)
+
+    def zero_state(self, batch_size, like):
+        H = like.new_zeros(batch_size, self.num_hiddens)
+        return H, torch.zeros_like(H)
+
+    def step(self, xp_t, state):
+        H, C = state
+        i, f, g, o = torch.addmm(xp_t, H, self.W_hh).chunk(4, dim=-1)
+        I = torch.sigmoid(i)  # input gate
+        F_ = torch.sigmoid(f)  # forget gate
+        C_tilde = torch.tanh(g)  # candidate memory cell
+        O = torch.sigmoid(o)  # output gate
+        C = F_ * C + I * C_tilde
+        H = O * torch.tanh(C)
+        return H, (H, C)
+
+    recur = RNNScratch.recur
+
+
+CELL_CLASSES = {"rnn": RNNScratch, "gru": GRUScratch, "lstm": LSTMScratch}
+
+
+class StackedScratch(nn.Module):
+    """Deep RNN: layer l's outputs are layer l+1's inputs; dropout is applied to every
+    layer's outputs (so between layers, and before the output head). State: a list with
+    one entry per layer."""
+
+    def __init__(self, cells: list[ScratchCell], dropout: float = 0.0):
+        super().__init__()
+        self.cells = nn.ModuleList(cells)
+        self.dropout = nn.Dropout(dropout)
+        self.num_inputs, self.num_hiddens = cells[0].num_inputs, cells[-1].num_hiddens
+
+    def _run(self, xp, state):
+        state = [None] * len(self.cells) if state is None else list(state)
+        for layer, cell in enumerate(self.cells):
+            if layer > 0:
+                xp = cell.project(self.dropout(outputs))
+            outputs, state[layer] = cell.recur(xp, state[layer])
+        return self.dropout(outputs), state
+
+    def forward(self, inputs, state=None):
+        return self._run(self.cells[0].project(inputs), state)
+
+    def forward_tokens(self, tokens, state=None):
+        return self._run(self.cells[0].gather(tokens), state)
+
+    def step_tokens(self, tokens, state):
+        """One step for token ids (batch,), used by the sampler; state as in forward."""
+        state = list(state)
+        x = self.cells[0].gather(tokens)
+        for layer, cell in enumerate(self.cells):
+            if layer > 0:
+                x = cell.project(out)
+            out, state[layer] = cell.step(x, state[layer])
+        return out, state
+
+    def zero_state(self, batch_size, like):
+        return [cell.zero_state(batch_size, like) for cell in self.cells]
+
+
+class RNNLMScratch(nn.Module):
+    """The book's RNN language model: a recurrent network over one-hot characters and a
+    linear head `W_hq`, `b_q` over the vocabulary. `rnn` is a cell or a StackedScratch."""
+
+    def __init__(self, rnn: nn.Module, vocab_size: int, sigma: float = 0.01):
+        super().__init__()
+        if isinstance(rnn, ScratchCell):
+            rnn = StackedScratch([rnn])
+        self.rnn, self.vocab_size = rnn, vocab_size
+        self.W_hq = nn.Parameter(torch.randn(rnn.num_hiddens, vocab_size) * sigma)
+        self.b_q = nn.Parameter(torch.zeros(vocab_size))
+
+    def one_hot(self, X: torch.Tensor) -> torch.Tensor:
+        """(batch, num_steps) ids -> (num_steps, batch, vocab_size) one-hot floats."""
+        return F.one_hot(X.T, self.vocab_size).to(self.W_hq.dtype)
+
+    def output_layer(self, rnn_outputs: torch.Tensor) -> torch.Tensor:
+        """(num_steps, batch, H) -> logits (batch, num_steps, vocab), one matmul for all steps."""
+        return torch.matmul(rnn_outputs.transpose(0, 1), self.W_hq) + self.b_q
+
+    def forward(self, X: torch.Tensor, state=None):
+        """X (batch, num_steps) ids -> logits (batch, num_steps, vocab), final state."""
+        rnn_outputs, state = self.rnn.forward_tokens(X.T, state)
+        return self.output_layer(rnn_outputs), state
+
+    def forward_one_hot(self, X: torch.Tensor, state=None):
+        """The book's literal computation, kept as the reference the fast path is tested
+        against: one-hot inputs times W_xh, and the output layer applied step by step."""
+        rnn_outputs, state = self.rnn(self.one_hot(X), state)
+        logits = torch.stack([torch.matmul(H, self.W_hq) + self.b_q for H in rnn_outputs], 1)
+        return logits, state
+
+    def zero_state(self, batch_size: int):
+        return self.rnn.zero_state(batch_size, self.W_hq)
+
+
+def build_model(config: ModelConfig) -> RNNLMScratch:
+    """The language model a ModelConfig describes, with fresh weights."""
+    if config.cell not in CELL_CLASSES:
+        raise ValueError(f"unknown cell {config.cell!r}; choose one of {', '.join(CELLS)}")
+    cell_class, sigma = CELL_CLASSES[config.cell], config.init_sigma
+    sizes = [config.vocab_size] + [config.hidden] * config.layers
+    cells = [cell_class(n_in, n_out, sigma) for n_in, n_out in zip(sizes, sizes[1:])]
+    return RNNLMScratch(StackedScratch(cells, config.dropout), config.vocab_size, sigma)
+
+
+def detach_state(state):
+    """Cut the graph between batches (truncated BPTT) but keep the values."""
+    if isinstance(state, torch.Tensor):
+        return state.detach()
+    if state is None:
+        return None
+    return type(state)(detach_state(s) for s in state)
+
+
+def num_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,80 @@
+"""How training looks in a terminal: a rich live progress bar on a terminal, plain
+one-line records elsewhere (CI logs, pipes), and one scannable line per evaluation."""
+
+from __future__ import annotations
+
+import math
+import sys
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from charrnn.train import Reporter
+
+
+def eval_line(r: dict, total_steps: int | None) -> str:
+    of = f"/{total_steps}" if total_steps else ""
+    best = " *" if r["best"] else ""
+    return (f"| step {r['step']:>6}{of} | {r['elapsed']:7.1f}s | train loss {r['train_loss']:6.3f} "
+            f"| val loss {r['val_loss']:6.3f} | val ppl {r['val_ppl']:8.3f}{best} "
+            f"| {r['chars_per_s']:9,.0f} chars/s | lr {r['lr']:.2e} |")
+
+
+class TerminalReporter(Reporter):
+    def __init__(self, console: Console | None = None, quiet: bool = False):
+        self.console = console or Console(soft_wrap=True)
+        self.quiet = quiet
+        self.live = self.console.is_terminal and not quiet
+        self.progress_bar = None
+        self.total_steps = None
+
+    def start(self, info):
+        self.total_steps = info["total_steps"]
+        self.max_time = info["max_time"]
+        if self.quiet:
+            return
+        budget = []
+        if info["total_steps"]:
+            budget.append(f"{info['total_steps']} steps")
+        if math.isfinite(info["max_time"]):
+            budget.append(f"{info['max_time']:.0f}s")
+        c = info["config"]
+        self.console.print(
+            f"training a {c['layers']}-layer {c['cell'].upper()} ({c['hidden']} hidden, "
+            f"{info['parameters']:,} parameters) on {info['train_chars']:,} characters "
+            f"(vocabulary {info['vocab_size']}; {info['val_chars']:,} for validation), "
+            f"{' or '.join(budget)} on {info['device']}; run: {info['run']}",
+            highlight=False,
+        )
+        if self.live:
+            self.progress_bar = Progress(
+                TextColumn("[bold]step {task.fields[step]}"),
+                BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                TextColumn("loss {task.fields[loss]:.3f} | {task.fields[cps]:,.0f} chars/s"),
+                TimeElapsedColumn(), TimeRemainingColumn(),
+                console=self.console, transient=True,
+            )
+            self.progress_bar.start()
+            self.task = self.progress_bar.add_task("train", total=100, step="0", loss=math.nan, cps=0)
+
+    def progress(self, p):
+        if self.progress_bar:
+            fraction = max(p["step"] / p["total_steps"] if p["total_steps"] else 0,
+                           p["elapsed"] / p["max_time"])
+            of = f"/{p['total_steps']}" if p["total_steps"] else ""
+            self.progress_bar.update(self.task, completed=100 * fraction, step=f"{p['step']}{of}",
+                                     loss=p["loss"], cps=p["chars_per_s"])
+
+    def evaluation(self, r):
+        if not self.quiet:
+            self.console.print(eval_line(r, self.total_steps), highlight=False, markup=False)
+
+    def finish(self, s):
+        if self.progress_bar:
+            self.progress_bar.stop()
+        self.console.print(
+            f"done: {s['steps']} steps in {s['elapsed']:.1f}s ({s['chars_per_s']:,.0f} chars/s); "
+            f"validation perplexity {s['val_ppl']:.3f} (best {s['best_val_ppl']:.3f}); "
+            f"checkpoints in {s['run']}",
+            highlight=False,
+        )

@@ -1,0 +1,376 @@
+"""The training loop, written by hand: forward, cross-entropy, backward, clipping by global
+norm, optimizer step; evaluation on the validation split; checkpoints in the run directory.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from charrnn.checkpoint import load_checkpoint, save_checkpoint
+from charrnn.data import Corpus, Vocab, load_corpus, make_batches
+from charrnn.errors import CharrnnError
+from charrnn.model import CELLS, ModelConfig, build_model, detach_state, num_parameters
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "cosine")
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run. A preset (configs/*.toml) uses these names as keys;
+    the command line overrides the preset, which overrides these defaults."""
+
+    # data
+    corpus: str | None = None  # a UTF-8 file; with no corpus and no dataset: the built-in corpus
+    dataset: str | None = None  # timemachine | tinyshakespeare (downloaded once, cached)
+    val_file: str | None = None
+    val_fraction: float = 0.1
+    normalize: str = "none"  # none | letters (the d2l book's preprocessing)
+    sampling: str = "sequential"  # sequential (carried state) | random (d2l windows, zero state)
+    train_windows: int = 0  # with both windows > 0: the d2l split by windows instead of val_fraction
+    val_windows: int = 0
+    # model
+    cell: str = "lstm"
+    hidden: int = 256
+    layers: int = 1
+    dropout: float = 0.0
+    init_sigma: float = 0.01
+    # optimisation
+    optimizer: str = "adam"
+    lr: float = 2e-3
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    min_lr_fraction: float = 0.1  # cosine decays to lr * min_lr_fraction
+    weight_decay: float = 0.0
+    clip: float = 1.0
+    batch_size: int = 32
+    seq_len: int = 64
+    # when to stop: whichever comes first; with none of the three, 10 epochs
+    max_steps: int = 0
+    epochs: float = 0.0
+    max_time: str = ""  # 90s, 10m, 1h
+    # bookkeeping
+    eval_every: int = 200
+    seed: int = 0
+    device: str = "auto"
+    out: str = ""  # run directory; default runs/<timestamp>
+    # a sample printed after training
+    sample_prefix: str = ""
+    sample_length: int = 200
+    sample_greedy: bool = False
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        positive = ("hidden", "layers", "batch_size", "seq_len", "eval_every")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise CharrnnError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            raise CharrnnError(f"--lr must be a positive number, got {self.lr}")
+        if not self.clip > 0:
+            raise CharrnnError(f"--clip must be positive, got {self.clip}")
+        if not 0 <= self.dropout < 1:
+            raise CharrnnError(f"--dropout must be in [0, 1), got {self.dropout}")
+        for name in ("max_steps", "epochs", "warmup_steps", "train_windows", "val_windows", "sample_length"):
+            if getattr(self, name) < 0:
+                raise CharrnnError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
+        choices = {"cell": CELLS, "optimizer": OPTIMIZERS, "lr_schedule": SCHEDULES,
+                   "sampling": ("sequential", "random"), "device": ("auto", "cpu", "cuda")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise CharrnnError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.max_time:
+            parse_duration(self.max_time)
+
+    @classmethod
+    def from_dict(cls, values: dict, where: str = "config") -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise CharrnnError(f"{where}: unknown setting(s) {', '.join(unknown)}")
+        return cls(**values)
+
+    def model_config(self, vocab_size: int) -> ModelConfig:
+        return ModelConfig(vocab_size, self.cell, self.hidden, self.layers, self.dropout, self.init_sigma)
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '10m', '1.5h' or a plain number of seconds -> seconds."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([smh]?)\s*", str(text))
+    if not m or float(m.group(1)) <= 0:
+        raise CharrnnError(f"--max-time takes a duration like 90s, 10m or 1h, got {text!r}")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CharrnnError("--device cuda was asked for, but CUDA is not available here (try --device cpu)")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def clip_gradients(max_norm: float, params) -> torch.Tensor:
+    """Clip by global norm: when the L2 norm of all gradients together exceeds max_norm,
+    scale every gradient by max_norm / norm. Returns the norm before clipping. No host
+    synchronisation: the scale is computed on the device."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.tensor(0.0)
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    scale = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+    torch._foreach_mul_(grads, scale)
+    return norm
+
+
+@torch.inference_mode()
+def evaluate(model, ids: torch.Tensor, *, batch_size: int, seq_len: int, carry_state: bool = True,
+             device=None) -> tuple[float, int]:
+    """Summed cross-entropy (nats) and number of predicted characters over `ids`.
+
+    With carry_state the text is cut into at most `batch_size` contiguous streams whose
+    state runs through the whole text (each character predicted from all before it in its
+    stream); otherwise every stride-1 window of seq_len + 1 characters from a zero state,
+    as the book evaluates."""
+    was_training = model.training
+    model.eval()
+    device = device or model.W_hq.device
+    total, count = torch.zeros((), dtype=torch.float64, device=device), 0
+    try:
+        if carry_state:
+            streams = max(1, min(batch_size, (len(ids) - 1) // max(seq_len, 1)))
+            length = (len(ids) - 1) // streams
+            inputs = ids[: streams * length].view(streams, length).to(device)
+            targets = ids[1 : streams * length + 1].view(streams, length).to(device)
+            state = None
+            for start in range(0, length, seq_len):
+                X = inputs[:, start : start + seq_len].long()
+                Y = targets[:, start : start + seq_len].long()
+                logits, state = model(X, state)
+                total += F.cross_entropy(logits.flatten(0, 1), Y.flatten(), reduction="sum")
+                count += Y.numel()
+        else:
+            windows = ids.unfold(0, seq_len + 1, 1)
+            for start in range(0, len(windows), batch_size):
+                rows = windows[start : start + batch_size].to(device).long()
+                logits, _ = model(rows[:, :-1])
+                total += F.cross_entropy(logits.flatten(0, 1), rows[:, 1:].flatten(), reduction="sum")
+                count += rows[:, 1:].numel()
+    finally:
+        model.train(was_training)
+    return total.item(), count
+
+
+class Reporter:
+    """What train() tells the outside world; the CLI draws it, the library stays quiet."""
+
+    def start(self, info: dict) -> None: ...
+
+    def progress(self, info: dict) -> None: ...
+
+    def evaluation(self, record: dict) -> None: ...
+
+    def finish(self, summary: dict) -> None: ...
+
+
+def lr_at(config: TrainConfig, progress: float, step: int) -> float:
+    """The learning rate at a point of the run: linear warm-up, then constant or cosine
+    decay over the run's progress (0..1 of its step or time budget)."""
+    if config.warmup_steps and step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    if config.lr_schedule == "cosine":
+        low = config.lr * config.min_lr_fraction
+        return low + (config.lr - low) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return config.lr
+
+
+def make_optimizer(config: TrainConfig, params):
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, weight_decay=config.weight_decay)
+    cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
+    return cls(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def new_run_dir(out: str) -> Path:
+    run = Path(out) if out else Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    if not out and run.exists():
+        run = run.with_name(run.name + f"-{os.getpid()}")
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+        probe = run / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise CharrnnError(f"cannot write to the run directory {run}: {e.strerror or e}") from None
+    return run
+
+
+def point_latest(run: Path) -> None:
+    """runs/latest -> the newest run (a relative symlink, replaced atomically)."""
+    latest = run.parent / "latest"
+    tmp = run.parent / f".latest.{os.getpid()}"
+    try:
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(run.name)
+        os.replace(tmp, latest)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+
+
+def write_config(config: TrainConfig, path: Path) -> None:
+    """The run's settings as TOML, usable again as `--config`."""
+    lines = []
+    for key, value in asdict(config).items():
+        if isinstance(value, bool):
+            lines.append(f"{key} = {'true' if value else 'false'}")
+        elif isinstance(value, (int, float)):
+            lines.append(f"{key} = {value!r}")
+        elif isinstance(value, str):
+            escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+            lines.append(f'{key} = "{escaped}"')
+    path.write_text("\n".join(lines) + "\n")
+
+
+def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | Path | None = None) -> dict:
+    """Train a model as `config` says; returns a summary dict (run directory, steps, losses).
+
+    With `resume` (a run directory or checkpoint), continue that run where it stopped."""
+    reporter = reporter or Reporter()
+    device = pick_device(config.device)
+    torch.manual_seed(config.seed)
+    corpus = load_corpus(
+        config.corpus, config.dataset, val_file=config.val_file, val_fraction=config.val_fraction,
+        normalize_how=config.normalize,
+        windows=(config.train_windows, config.val_windows, config.seq_len)
+        if config.train_windows and config.val_windows else None,
+    )
+    vocab = corpus.vocab
+    train_ids, val_ids = vocab.encode(corpus.train), vocab.encode(corpus.val)
+    batches = make_batches(train_ids, config.sampling, config.batch_size, config.seq_len, config.seed)
+    if not batches.carries_state and len(val_ids) <= config.seq_len:
+        raise CharrnnError(f"the validation text is shorter than one window of {config.seq_len + 1} characters")
+
+    model_config = config.model_config(len(vocab))
+    model = build_model(model_config).to(device)
+    params = list(model.parameters())
+    optimizer = make_optimizer(config, params)
+    progress = {"step": 0, "epoch": 0, "index": 0, "chars_seen": 0, "elapsed": 0.0,
+                "best_val_loss": math.inf, "last_val_loss": math.inf}
+    state = None
+    run = new_run_dir(config.out)
+    write_config(config, run / "config.toml")
+    point_latest(run)
+
+    max_time = parse_duration(config.max_time) if config.max_time else math.inf
+    epochs = config.epochs or (0 if (config.max_steps or config.max_time) else 10)
+    step_limits = [config.max_steps] if config.max_steps else []
+    if epochs:
+        step_limits.append(max(1, round(epochs * batches.batches_per_epoch)))
+    total_steps = min(step_limits) if step_limits else None
+    reporter.start({"run": str(run), "device": str(device), "parameters": num_parameters(model),
+                    "vocab_size": len(vocab), "train_chars": len(train_ids), "val_chars": len(val_ids),
+                    "total_steps": total_steps, "max_time": max_time, "step": progress["step"],
+                    "batches_per_epoch": batches.batches_per_epoch, "config": asdict(config)})
+
+    def save(name: str) -> None:
+        save_checkpoint({
+            "model_config": asdict(model_config), "vocab": vocab.to_dict(), "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "config": asdict(config), "progress": dict(progress),
+            "corpus": corpus.source, "rng": {"cpu": torch.get_rng_state()},
+            "state": detach_state(state),
+        }, run / name)
+
+    def run_evaluation(train_loss: float) -> dict:
+        loss_sum, count = evaluate(model, val_ids, batch_size=config.batch_size, seq_len=config.seq_len,
+                                   carry_state=batches.carries_state, device=device)
+        val_loss = loss_sum / count
+        progress["last_val_loss"] = val_loss
+        record = {"step": progress["step"], "epoch": progress["epoch"], "elapsed": progress["elapsed"],
+                  "chars_seen": progress["chars_seen"], "train_loss": train_loss,
+                  "train_ppl": math.exp(min(train_loss, 50)), "val_loss": val_loss,
+                  "val_ppl": math.exp(min(val_loss, 50)), "lr": optimizer.param_groups[0]["lr"],
+                  "chars_per_s": chars_per_s, "best": val_loss < progress["best_val_loss"]}
+        if record["best"]:
+            progress["best_val_loss"] = val_loss
+            save("best.pt")
+        save("last.pt")
+        reporter.evaluation(record)
+        return record
+
+    model.train()
+    started = time.perf_counter() - progress["elapsed"]
+    window_loss, window_steps, window_chars, window_start = torch.zeros((), device=device), 0, 0, time.perf_counter()
+    train_loss, chars_per_s, last_record = math.nan, 0.0, None
+    last_report = time.perf_counter()
+    while True:
+        progress["elapsed"] = time.perf_counter() - started
+        if (total_steps is not None and progress["step"] >= total_steps) or progress["elapsed"] >= max_time:
+            break
+        fraction = max(progress["step"] / total_steps if total_steps else 0.0, progress["elapsed"] / max_time)
+        lr = lr_at(config, fraction, progress["step"])
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        X, Y = batches.batch(progress["epoch"], progress["index"])
+        X, Y = X.to(device, non_blocking=True), Y.to(device, non_blocking=True)
+        if not batches.carries_state or progress["index"] == 0:
+            state = None
+        logits, state = model(X, state)
+        loss = F.cross_entropy(logits.flatten(0, 1), Y.flatten())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip_gradients(config.clip, params)
+        optimizer.step()
+        state = detach_state(state)
+
+        window_loss += loss.detach()
+        window_steps += 1
+        window_chars += Y.numel()
+        progress["step"] += 1
+        progress["chars_seen"] += Y.numel()
+        progress["index"] += 1
+        if progress["index"] == batches.batches_per_epoch:
+            progress["epoch"], progress["index"] = progress["epoch"] + 1, 0
+
+        now = time.perf_counter()
+        at_eval = progress["step"] % config.eval_every == 0
+        if at_eval or now - last_report > 0.5:
+            train_loss = window_loss.item() / window_steps
+            chars_per_s = window_chars / max(now - window_start, 1e-9)
+            if not math.isfinite(train_loss):
+                raise CharrnnError(
+                    f"the training loss became {train_loss} at step {progress['step']}; "
+                    "lower --lr or --clip (the last good checkpoint is kept in the run directory)"
+                )
+            progress["elapsed"] = now - started
+            reporter.progress({"step": progress["step"], "total_steps": total_steps, "loss": train_loss,
+                               "lr": lr, "chars_per_s": chars_per_s, "elapsed": progress["elapsed"],
+                               "max_time": max_time, "epoch": progress["epoch"]})
+            window_loss.zero_()
+            window_steps, window_chars, window_start, last_report = 0, 0, now, now
+        if at_eval:
+            last_record = run_evaluation(train_loss)
+
+    if window_steps:
+        train_loss = window_loss.item() / window_steps
+    if last_record is None or last_record["step"] != progress["step"]:
+        last_record = run_evaluation(train_loss)
+    summary = {"run": str(run), "steps": progress["step"], "elapsed": progress["elapsed"],
+               "chars_seen": progress["chars_seen"], "train_loss": train_loss,
+               "val_loss": last_record["val_loss"], "val_ppl": last_record["val_ppl"],
+               "best_val_loss": progress["best_val_loss"],
+               "best_val_ppl": math.exp(min(progress["best_val_loss"], 50)),
+               "chars_per_s": progress["chars_seen"] / max(progress["elapsed"], 1e-9)}
+    reporter.finish(summary)
+    return summary
