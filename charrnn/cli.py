@@ -103,24 +103,33 @@ def train(
     seed: Annotated[Optional[int], Opt(help="Random seed; CPU runs with the same seed repeat exactly. [default: 0]")] = None,
     device: Annotated[Optional[str], Opt(help="auto, cpu or cuda. [default: auto]")] = None,
     out: Annotated[Optional[Path], Opt(help="Run directory. [default: runs/<timestamp>]")] = None,
+    resume: Annotated[Optional[Path], Opt(help="Continue this run directory exactly where it stopped; --max-steps, --epochs and --max-time count the run's total.")] = None,
     quiet: Annotated[bool, Opt("--quiet", "-q", help="Print only the final summary.")] = False,
 ):
     """Train a character-level language model; checkpoints go to a run directory.
 
     The run directory holds best.pt (lowest validation loss), last.pt and config.toml;
     runs/latest points at the newest run. Training stops at --max-steps, --epochs or
-    --max-time, whichever comes first.
+    --max-time, whichever comes first. Ctrl-C saves last.pt and prints how to resume.
     """
-    given = {k: v for k, v in locals().items() if v is not None and k not in ("config", "quiet")}
+    given = {k: str(v) if isinstance(v, Path) else v for k, v in locals().items()
+             if v is not None and k not in ("config", "quiet", "resume")}
     from charrnn.report import TerminalReporter
     from charrnn.train import TrainConfig, train as run_training
 
-    values = read_preset(config) if config else {}
-    values.update({k: str(v) if isinstance(v, Path) else v for k, v in given.items()})
-    if "corpus" in given and "dataset" not in given:
-        values.pop("dataset", None)  # a corpus on the command line replaces the preset's dataset
+    if resume:
+        values = resumed_config(resume, given)
+    else:
+        values = read_preset(config) if config else {}
+        if "corpus" in given:
+            values.pop("dataset", None)  # a corpus on the command line replaces the preset's dataset
+    values.update(given)
     settings = TrainConfig.from_dict(values, str(config) if config else "config")
-    summary = run_training(settings, TerminalReporter(quiet=quiet))
+    summary = run_training(settings, TerminalReporter(quiet=quiet), resume=resume)
+    if summary["interrupted"]:
+        typer.echo(f"stopped by {summary['interrupted']} at step {summary['steps']}; saved "
+                   f"{summary['run']}/last.pt. Resume with:\n  charrnn train --resume {summary['run']}", err=True)
+        raise typer.Exit(130)
     if settings.sample_prefix:
         from charrnn.sample import generate as generate_chars
 
@@ -128,6 +137,23 @@ def train(
         text = "".join(c[0] for c in generate_chars(model, vocab, settings.sample_prefix, settings.sample_length,
                                                     greedy=settings.sample_greedy, seed=settings.seed))
         typer.echo(f"sample: {settings.sample_prefix}{text}")
+
+
+# What may change when a run resumes: how long it goes on and where; not the model or data.
+RESUMABLE = {"max_steps", "epochs", "max_time", "eval_every", "device",
+             "sample_prefix", "sample_length", "sample_greedy"}
+
+
+def resumed_config(run: Path, given: dict) -> dict:
+    from charrnn.checkpoint import load_checkpoint
+
+    run = Path(run)
+    values = dict(load_checkpoint(run / "last.pt" if run.is_dir() else run)["config"])
+    fixed = sorted(k for k in given if k not in RESUMABLE and given[k] != values.get(k))
+    if fixed:
+        names = ", ".join("--" + k.replace("_", "-") for k in fixed)
+        raise CharrnnError(f"{names} cannot change when resuming a run (start a new run instead)")
+    return values
 
 
 def load_model(where, device_name: str = "auto"):

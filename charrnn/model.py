@@ -269,13 +269,18 @@ def build_model(config: ModelConfig) -> RNNLMScratch:
     return RNNLMScratch(StackedScratch(cells, config.dropout), config.vocab_size, sigma)
 
 
-def detach_state(state):
-    """Cut the graph between batches (truncated BPTT) but keep the values."""
+def map_state(fn, state):
+    """Apply fn to every tensor of a hidden state (a tensor, or tuples/lists of them)."""
     if isinstance(state, torch.Tensor):
-        return state.detach()
+        return fn(state)
     if state is None:
         return None
-    return type(state)(detach_state(s) for s in state)
+    return type(state)(map_state(fn, s) for s in state)
+
+
+def detach_state(state):
+    """Cut the graph between batches (truncated BPTT) but keep the values."""
+    return map_state(torch.Tensor.detach, state)
 
 
 def num_parameters(model: nn.Module) -> int:

@@ -4,9 +4,12 @@ norm, optimizer step; evaluation on the validation split; checkpoints in the run
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime
@@ -16,9 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from charrnn.checkpoint import load_checkpoint, save_checkpoint
-from charrnn.data import Corpus, Vocab, load_corpus, make_batches
+from charrnn.data import load_corpus, make_batches, reload_corpus
 from charrnn.errors import CharrnnError
-from charrnn.model import CELLS, ModelConfig, build_model, detach_state, num_parameters
+from charrnn.model import CELLS, ModelConfig, build_model, detach_state, map_state, num_parameters
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine")
@@ -242,19 +245,53 @@ def write_config(config: TrainConfig, path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | Path | None = None) -> dict:
-    """Train a model as `config` says; returns a summary dict (run directory, steps, losses).
+class StopRequest:
+    """Ctrl-C or SIGTERM during training asks the loop to stop after the current step and
+    save; a second Ctrl-C abandons at once (saves are atomic, so no file is corrupted)."""
 
-    With `resume` (a run directory or checkpoint), continue that run where it stopped."""
+    def __init__(self):
+        self.requested = None
+        self.previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self.handle)
+        return self
+
+    def handle(self, signum, frame):
+        if self.requested is not None:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | Path | None = None) -> dict:
+    """Train a model as `config` says; returns a summary dict (run directory, steps, losses,
+    and `interrupted` when Ctrl-C or SIGTERM stopped it).
+
+    With `resume` (a run directory or a checkpoint file), continue that run exactly where
+    it stopped: weights, optimizer, step, position in the data, hidden state and random
+    number generator; `config` is then that run's settings with any changes to how long
+    it trains (its model and data settings must be the run's own)."""
     reporter = reporter or Reporter()
     device = pick_device(config.device)
     torch.manual_seed(config.seed)
-    corpus = load_corpus(
-        config.corpus, config.dataset, val_file=config.val_file, val_fraction=config.val_fraction,
-        normalize_how=config.normalize,
-        windows=(config.train_windows, config.val_windows, config.seq_len)
-        if config.train_windows and config.val_windows else None,
-    )
+    ckpt = None
+    if resume:
+        resume = Path(resume)
+        ckpt = load_checkpoint(resume / "last.pt" if resume.is_dir() else resume)
+        corpus = reload_corpus(ckpt["corpus"])
+    else:
+        corpus = load_corpus(
+            config.corpus, config.dataset, val_file=config.val_file, val_fraction=config.val_fraction,
+            normalize_how=config.normalize,
+            windows=(config.train_windows, config.val_windows, config.seq_len)
+            if config.train_windows and config.val_windows else None,
+        )
     vocab = corpus.vocab
     train_ids, val_ids = vocab.encode(corpus.train), vocab.encode(corpus.val)
     batches = make_batches(train_ids, config.sampling, config.batch_size, config.seq_len, config.seed)
@@ -268,7 +305,15 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
     progress = {"step": 0, "epoch": 0, "index": 0, "chars_seen": 0, "elapsed": 0.0,
                 "best_val_loss": math.inf, "last_val_loss": math.inf}
     state = None
-    run = new_run_dir(config.out)
+    if ckpt:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        progress.update(ckpt["progress"])
+        torch.set_rng_state(ckpt["rng"]["cpu"])
+        state = map_state(lambda t: t.to(device), ckpt["state"])
+        run = resume if resume.is_dir() else resume.parent
+    else:
+        run = new_run_dir(config.out)
     write_config(config, run / "config.toml")
     point_latest(run)
 
@@ -305,72 +350,83 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
             progress["best_val_loss"] = val_loss
             save("best.pt")
         save("last.pt")
+        with open(run / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
         reporter.evaluation(record)
         return record
 
     model.train()
     started = time.perf_counter() - progress["elapsed"]
-    window_loss, window_steps, window_chars, window_start = torch.zeros((), device=device), 0, 0, time.perf_counter()
+    # train loss: the mean since the last evaluation (summed on the device: no per-step sync);
+    # chars/s: over the last half second or so
+    loss_sum, loss_steps = torch.zeros((), device=device), 0
+    window_chars, window_start = 0, time.perf_counter()
     train_loss, chars_per_s, last_record = math.nan, 0.0, None
-    last_report = time.perf_counter()
-    while True:
-        progress["elapsed"] = time.perf_counter() - started
-        if (total_steps is not None and progress["step"] >= total_steps) or progress["elapsed"] >= max_time:
-            break
-        fraction = max(progress["step"] / total_steps if total_steps else 0.0, progress["elapsed"] / max_time)
-        lr = lr_at(config, fraction, progress["step"])
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+    with StopRequest() as stop:
+        while not stop.requested:
+            progress["elapsed"] = time.perf_counter() - started
+            if (total_steps is not None and progress["step"] >= total_steps) or progress["elapsed"] >= max_time:
+                break
+            fraction = max(progress["step"] / total_steps if total_steps else 0.0, progress["elapsed"] / max_time)
+            lr = lr_at(config, fraction, progress["step"])
+            for group in optimizer.param_groups:
+                group["lr"] = lr
 
-        X, Y = batches.batch(progress["epoch"], progress["index"])
-        X, Y = X.to(device, non_blocking=True), Y.to(device, non_blocking=True)
-        if not batches.carries_state or progress["index"] == 0:
-            state = None
-        logits, state = model(X, state)
-        loss = F.cross_entropy(logits.flatten(0, 1), Y.flatten())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        clip_gradients(config.clip, params)
-        optimizer.step()
-        state = detach_state(state)
+            X, Y = batches.batch(progress["epoch"], progress["index"])
+            X, Y = X.to(device, non_blocking=True), Y.to(device, non_blocking=True)
+            if not batches.carries_state or progress["index"] == 0:
+                state = None
+            logits, state = model(X, state)
+            loss = F.cross_entropy(logits.flatten(0, 1), Y.flatten())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            clip_gradients(config.clip, params)
+            optimizer.step()
+            state = detach_state(state)
 
-        window_loss += loss.detach()
-        window_steps += 1
-        window_chars += Y.numel()
-        progress["step"] += 1
-        progress["chars_seen"] += Y.numel()
-        progress["index"] += 1
-        if progress["index"] == batches.batches_per_epoch:
-            progress["epoch"], progress["index"] = progress["epoch"] + 1, 0
+            loss_sum += loss.detach()
+            loss_steps += 1
+            window_chars += Y.numel()
+            progress["step"] += 1
+            progress["chars_seen"] += Y.numel()
+            progress["index"] += 1
+            if progress["index"] == batches.batches_per_epoch:
+                progress["epoch"], progress["index"] = progress["epoch"] + 1, 0
 
-        now = time.perf_counter()
-        at_eval = progress["step"] % config.eval_every == 0
-        if at_eval or now - last_report > 0.5:
-            train_loss = window_loss.item() / window_steps
-            chars_per_s = window_chars / max(now - window_start, 1e-9)
-            if not math.isfinite(train_loss):
-                raise CharrnnError(
-                    f"the training loss became {train_loss} at step {progress['step']}; "
-                    "lower --lr or --clip (the last good checkpoint is kept in the run directory)"
-                )
-            progress["elapsed"] = now - started
-            reporter.progress({"step": progress["step"], "total_steps": total_steps, "loss": train_loss,
-                               "lr": lr, "chars_per_s": chars_per_s, "elapsed": progress["elapsed"],
-                               "max_time": max_time, "epoch": progress["epoch"]})
-            window_loss.zero_()
-            window_steps, window_chars, window_start, last_report = 0, 0, now, now
-        if at_eval:
+            now = time.perf_counter()
+            at_eval = progress["step"] % config.eval_every == 0
+            if at_eval or now - window_start > 0.5:
+                train_loss = loss_sum.item() / loss_steps
+                chars_per_s = window_chars / max(now - window_start, 1e-9)
+                if not math.isfinite(train_loss):
+                    raise CharrnnError(
+                        f"the training loss became {train_loss} at step {progress['step']}; "
+                        "lower --lr or --clip (the last good checkpoint is kept in the run directory)"
+                    )
+                progress["elapsed"] = now - started
+                reporter.progress({"step": progress["step"], "total_steps": total_steps, "loss": train_loss,
+                                   "lr": lr, "chars_per_s": chars_per_s, "elapsed": progress["elapsed"],
+                                   "max_time": max_time, "epoch": progress["epoch"]})
+                window_chars, window_start = 0, now
+            if at_eval:
+                last_record = run_evaluation(train_loss)
+                loss_sum.zero_()
+                loss_steps = 0
+
+        if loss_steps:
+            train_loss = loss_sum.item() / loss_steps
+        if stop.requested:
+            progress["elapsed"] = time.perf_counter() - started
+            save("last.pt")
+        elif last_record is None or last_record["step"] != progress["step"]:
             last_record = run_evaluation(train_loss)
-
-    if window_steps:
-        train_loss = window_loss.item() / window_steps
-    if last_record is None or last_record["step"] != progress["step"]:
-        last_record = run_evaluation(train_loss)
+    last_val = last_record["val_loss"] if last_record else math.nan
     summary = {"run": str(run), "steps": progress["step"], "elapsed": progress["elapsed"],
                "chars_seen": progress["chars_seen"], "train_loss": train_loss,
-               "val_loss": last_record["val_loss"], "val_ppl": last_record["val_ppl"],
+               "val_loss": last_val, "val_ppl": math.exp(min(last_val, 50)),
                "best_val_loss": progress["best_val_loss"],
                "best_val_ppl": math.exp(min(progress["best_val_loss"], 50)),
-               "chars_per_s": progress["chars_seen"] / max(progress["elapsed"], 1e-9)}
+               "chars_per_s": progress["chars_seen"] / max(progress["elapsed"], 1e-9),
+               "interrupted": stop.requested}
     reporter.finish(summary)
     return summary
