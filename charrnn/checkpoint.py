@@ -12,7 +12,8 @@ a hostile file cannot run code from it. Keys:
     optimizer     the optimizer's state_dict
     config        the TrainConfig the run was started with, as a dict
     progress      step, epoch, index (position in the data), chars_seen, elapsed,
-                  best_val_loss, last_val_loss
+                  best_val_loss, last_val_loss, evals_since_best and lr_scale (patience
+                  and the plateau schedule)
     corpus        where the text came from: kind, path or name, sha256, split
     rng           torch CPU (and CUDA) generator states, for exact resume
     state         the hidden state carried into the next batch (list per layer)
