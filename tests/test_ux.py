@@ -571,3 +571,10 @@ def test_eval_show_html_writes_a_self_contained_page(run, corpus, tmp_path):
     assert body.count('title="') == len(text) - 1
     one_line_error(invoke("eval", corpus, "--checkpoint", run, "--show-html", tmp_path / "no" / "x.html"),
                    "cannot write")
+
+
+def test_the_readme_shows_the_committed_curve():
+    root = Path(__file__).resolve().parents[1]
+    curve = root / "docs" / "curve.png"
+    assert "](docs/curve.png)" in (root / "README.md").read_text()
+    assert curve.read_bytes()[:4] == b"\x89PNG" and curve.stat().st_size < 100_000
