@@ -188,11 +188,13 @@ def generate(
     device: Annotated[str, Opt(help="auto, cpu or cuda.")] = "auto",
 ):
     """Generate text: warm the state up on --prefix, then emit one character at a time."""
+    from charrnn.data import normalize
     from charrnn.sample import generate as generate_chars
 
     if samples < 1:
         raise CharrnnError(f"--samples must be at least 1, got {samples}")
-    model, vocab, _ = load_model(checkpoint, device)
+    model, vocab, ckpt = load_model(checkpoint, device)
+    prefix = normalize(prefix, ckpt.get("corpus", {}).get("normalize", "none"))
     steps = generate_chars(model, vocab, prefix, length, temperature=temperature, top_k=top_k,
                            greedy=greedy, samples=samples, seed=seed)
     if samples == 1:
