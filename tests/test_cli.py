@@ -277,6 +277,17 @@ def test_normalize_letters_applies_to_eval_files(cli, corpus_file, tmp_path):
     result = json.loads(cli("eval", tmp_path / "shouty.txt", "--checkpoint", tmp_path / "run", "--json",
                             "--batch-size", "1").assert_ok().stdout)
     assert result["chars"] == len("the time traveller quite so ") - 1
+    # a prefix is normalised the same way before it reaches the model
+    out = gen(cli, tmp_path / "run", "--prefix", "The Time-Traveller", "--length", "3", "--seed", "0")
+    assert out.startswith("the time traveller") and len(out) == len("the time traveller") + 3 + 1
+
+
+@pytest.mark.parametrize("preset", sorted((ROOT / "configs").glob("*.toml")), ids=lambda p: p.name)
+def test_shipped_presets_are_valid_settings(preset):
+    from charrnn.cli import read_preset
+
+    config = TrainConfig.from_dict(read_preset(preset), str(preset))
+    assert config.model_config(28).hidden == config.hidden
 
 
 # ---------------------------------------------------------------- datasets

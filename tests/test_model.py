@@ -350,3 +350,21 @@ def test_sampling_is_seeded_and_top_k_one_is_greedy():
     three = run(samples=3, greedy=True)
     assert len(three) == 3 and len(set(three)) == 1 and len(three[0]) == 30
     assert run(length=0) == []
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: generate() sets torch's process-wide thread count to 1 and "
+                   "restores it only when the generator finishes, so between yields (and forever for an "
+                   "abandoned generator) the caller's torch runs on one thread")
+def test_generate_leaves_the_thread_count_alone_between_steps():
+    torch.manual_seed(0)
+    vocab = Vocab("abcdefgh ")
+    model = build_model(ModelConfig(len(vocab), "rnn", 8, 1)).eval()
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        steps = generate(model, vocab, "abc", 10, seed=0)
+        next(steps)
+        assert torch.get_num_threads() == 2
+    finally:
+        steps.close()
+        torch.set_num_threads(before)
