@@ -67,46 +67,46 @@ class Sampler:
 NOISE_CHUNK = 256  # steps of Gumbel noise drawn at once
 
 
-@torch.inference_mode()
 def generate(model: RNNLMScratch, vocab: Vocab, prefix: str = "", length: int = 200, *,
              temperature: float = 1.0, top_k: int = 0, greedy: bool = False, samples: int = 1,
              seed: int | None = None) -> Iterator[list[str]]:
-    """Yield, for each of `length` steps, the next character of every one of `samples`
-    continuations of `prefix` (the prefix itself is not yielded)."""
+    """An iterator that yields, for each of `length` steps, the next character of every one
+    of `samples` continuations of `prefix` (the prefix itself is not yielded). Settings and
+    the prefix are checked here, before anything is generated."""
     if length < 0:
         raise CharrnnError(f"--length must not be negative, got {length}")
     if temperature < 0:
         raise CharrnnError(f"--temperature must not be negative, got {temperature}")
     if top_k < 0:
         raise CharrnnError(f"--top-k must not be negative, got {top_k}")
-    model.eval()
-    device = model.W_hq.device
+    if samples < 1:
+        raise CharrnnError(f"--samples must be at least 1, got {samples}")
     prefix_ids = vocab.encode(prefix, "the prefix")
-    generator = torch.Generator(device=device)
+    generator = torch.Generator(device=model.W_hq.device)
     if seed is None:
         generator.seed()
     else:
         generator.manual_seed(seed)
+    return _emit(model, vocab, prefix_ids, length, temperature, top_k, greedy, samples, generator)
+
+
+@torch.inference_mode()
+def _emit(model, vocab, prefix_ids, length, temperature, top_k, greedy, samples, generator):
+    model.eval()
     state, logits = warm_up(model, prefix_ids, samples)
     state = list(state)
     if logits is None:  # no prefix: the first character comes from the zero state's output
         logits = model.output_layer(state_output(state).unsqueeze(0))[:, -1]
     sampler = Sampler(model)
-    tokens = vocab.idx_to_token
-    # One sequence at a time is a chain of tiny matrix-vector products: on a CPU a second
-    # thread only adds synchronisation, so the loop runs on one.
-    threads = torch.get_num_threads()
-    if device.type == "cpu" and samples == 1:
-        torch.set_num_threads(1)
-    try:
-        for t in range(length):
-            if t % NOISE_CHUNK == 0:
-                noise = gumbel_noise(min(NOISE_CHUNK, length - t), samples, len(vocab), generator, device)
-            ids = choose(logits, temperature, top_k, greedy, noise[t % NOISE_CHUNK])
-            yield [tokens[i] for i in ids.tolist()]
-            logits, state = sampler.step(ids, state)
-    finally:
-        torch.set_num_threads(threads)
+    tokens, device = vocab.idx_to_token, model.W_hq.device
+    for t in range(length):
+        if t % NOISE_CHUNK == 0:
+            noise = gumbel_noise(min(NOISE_CHUNK, length - t), samples, len(vocab), generator, device)
+        ids = choose(logits, temperature, top_k, greedy, noise[t % NOISE_CHUNK])
+        yield [tokens[i] for i in ids.tolist()]
+        logits, state = sampler.step(ids, state)
+
+
 def state_output(state) -> torch.Tensor:
     """The last layer's H from a stacked state."""
     last = state[-1]

@@ -250,8 +250,6 @@ def test_hostile_checkpoint_runs_nothing(tmp_path, how):
     assert not target.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: load_checkpoint lets torch.load's UserWarning about the "
-                   "pickle protocol through, so the CLI prints two lines of warning before its one-line error")
 @pytest.mark.parametrize("protocol", [4, 5])
 def test_refused_plain_pickle_emits_no_warning(tmp_path, protocol):
     (tmp_path / "p.pt").write_bytes(pickle.dumps({"format": FORMAT}, protocol=protocol))
@@ -278,8 +276,6 @@ def test_inconsistent_checkpoint_is_one_line(tmp_path, change):
     one_line(info)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: load_model does not check that the vocabulary has "
-                   "model_config.vocab_size tokens; generate then fails with an IndexError")
 def test_vocabulary_that_does_not_fit_the_model(tmp_path):
     path = direct_checkpoint(tmp_path, vocab=Vocab.from_text("ab").to_dict())  # 2 tokens, a model for 7
     with pytest.raises(CharrnnError) as info:
@@ -296,8 +292,6 @@ NOT_CHECKPOINTS = [
 ] + [bytes([first]) + random.Random(first).randbytes(64) for first in range(256)]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: load_checkpoint lets KeyError/IndexError/struct.error "
-                   "from torch.load through for some non-checkpoint files (a text file: KeyError 101)")
 def test_any_file_that_is_not_a_checkpoint_is_a_one_line_error(tmp_path):
     path = tmp_path / "x.pt"
     escaped = []
@@ -314,8 +308,6 @@ def test_any_file_that_is_not_a_checkpoint_is_a_one_line_error(tmp_path):
     assert escaped == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: any file that does not unpickle (random bytes, a PNG) "
-                   "is reported as 'holds Python objects that could run code'")
 @pytest.mark.parametrize("data", [random.Random(0).randbytes(4096), b"\x89PNG\r\n\x1a\n" + bytes(64)],
                          ids=["random", "png"])
 def test_garbage_is_not_called_hostile(tmp_path, data):

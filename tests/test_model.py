@@ -352,9 +352,6 @@ def test_sampling_is_seeded_and_top_k_one_is_greedy():
     assert run(length=0) == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: generate() sets torch's process-wide thread count to 1 and "
-                   "restores it only when the generator finishes, so between yields (and forever for an "
-                   "abandoned generator) the caller's torch runs on one thread")
 def test_generate_leaves_the_thread_count_alone_between_steps():
     torch.manual_seed(0)
     vocab = Vocab("abcdefgh ")
