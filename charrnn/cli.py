@@ -141,10 +141,11 @@ def train(
     if settings.sample_prefix:
         from charrnn.sample import generate as generate_chars
 
-        model, vocab, _ = load_model(Path(summary["run"]) / "best.pt", "cpu")
-        text = "".join(c[0] for c in generate_chars(model, vocab, settings.sample_prefix, settings.sample_length,
+        model, vocab, ckpt = load_model(Path(summary["run"]) / "best.pt", "cpu")
+        prefix = model_prefix(settings.sample_prefix, ckpt)
+        text = "".join(c[0] for c in generate_chars(model, vocab, prefix, settings.sample_length,
                                                     greedy=settings.sample_greedy, seed=settings.seed))
-        typer.echo(f"sample: {settings.sample_prefix}{text}")
+        typer.echo(f"sample: {prefix}{text}")
 
 
 def write_curve(run: Path, quiet: bool) -> None:
@@ -182,6 +183,13 @@ def resumed_config(run: Path, given: dict) -> dict:
     return values
 
 
+def model_prefix(prefix: str, ckpt: dict) -> str:
+    """The prefix as the model saw its training text: normalized the same way."""
+    from charrnn.data import normalize
+
+    return normalize(prefix, ckpt.get("corpus", {}).get("normalize", "none"))
+
+
 def load_model(where, device_name: str = "auto"):
     """(model, vocab, checkpoint) from a checkpoint file or run directory (None: runs/latest)."""
     from charrnn.checkpoint import load_checkpoint, resolve_checkpoint
@@ -197,6 +205,8 @@ def load_model(where, device_name: str = "auto"):
         vocab = Vocab.from_dict(ckpt["vocab"])
     except (TypeError, KeyError, RuntimeError, ValueError) as e:
         raise CharrnnError(f"the checkpoint's model does not fit its config: {str(e).splitlines()[0]}") from None
+    if len(vocab) != model.vocab_size:
+        raise CharrnnError(f"the checkpoint's vocabulary has {len(vocab)} characters but its model {model.vocab_size}")
     return model.to(device).eval(), vocab, ckpt
 
 
@@ -218,25 +228,30 @@ def generate(
     device: Annotated[str, Opt(help="auto, cpu or cuda.")] = "auto",
 ):
     """Generate text: warm the state up on --prefix, then emit one character at a time."""
+    import torch
+
     from charrnn.checkpoint import resolve_checkpoint
     from charrnn.data import read_text
-    from charrnn.sample import Sampler
+    from charrnn.sample import GenerationStream
 
-    if samples < 1:
-        raise CharrnnError(f"--samples must be at least 1, got {samples}")
     if prefix and prefix_file:
         raise CharrnnError("give --prefix or --prefix-file, not both")
     if interactive and (as_json or samples > 1):
         raise CharrnnError("--interactive continues one sample at a prompt; it takes neither --json nor --samples")
     if prefix_file:
         prefix, _ = read_text(prefix_file, "prefix file")
-    model, vocab, _ = load_model(checkpoint, device)
-    sampler = Sampler(model, vocab, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
-                      samples=samples, seed=seed)
-    sampler.feed(prefix, f"the prefix file {prefix_file}" if prefix_file else "the prefix")
+    model, vocab, ckpt = load_model(checkpoint, device)
+    prefix = model_prefix(prefix, ckpt)
+    stream = GenerationStream(model, vocab, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
+                              samples=samples, seed=seed)
+    stream.feed(prefix, f"the prefix file {prefix_file}" if prefix_file else "the prefix")
+    steps = stream.sample(length)  # checks --length before anything is printed, the prompt included
+    if model.W_hq.device.type == "cpu" and samples == 1:
+        # one sequence is a chain of tiny matrix-vector products: a second CPU thread only
+        # adds synchronisation (measured: ~2x slower per character on this project's 2 cores)
+        torch.set_num_threads(1)
     if interactive:
-        return prompt_loop(sampler, length)
-    steps = sampler.sample(length)
+        return prompt_loop(stream, length, ckpt)
     if as_json:
         texts = ["".join(chars) for chars in zip(*steps)] or [""] * samples
         settings = {"checkpoint": str(resolve_checkpoint(checkpoint)), "length": length, "temperature": temperature,
@@ -257,9 +272,10 @@ def generate(
         typer.echo(f"--- sample {i} ---\n{prefix}{''.join(chars)}")
 
 
-def prompt_loop(sampler, length: int) -> None:
-    """Feed each line typed and stream its continuation, until end of input (Ctrl-D). A
-    line the vocabulary cannot encode gets a one-line message and the loop goes on."""
+def prompt_loop(stream, length: int, ckpt: dict) -> None:
+    """Feed each line typed (normalized as the training text was) and stream its
+    continuation, until end of input (Ctrl-D). A line the vocabulary cannot encode gets a
+    one-line message and the loop goes on."""
     try:
         import readline  # noqa: F401  (gives input() line editing and history where available)
     except ImportError:
@@ -274,11 +290,11 @@ def prompt_loop(sampler, length: int) -> None:
                 typer.echo("")  # end the prompt's line
                 return
             try:
-                sampler.feed(line, "that line")
+                stream.feed(model_prefix(line, ckpt), "that line")
             except CharrnnError as e:
                 typer.echo(f"error: {e}", err=True)
                 continue
-            for chars in sampler.sample(length):
+            for chars in stream.sample(length):
                 sys.stdout.write(chars[0])
                 sys.stdout.flush()
             sys.stdout.write("\n")

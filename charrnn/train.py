@@ -230,11 +230,23 @@ def make_optimizer(config: TrainConfig, params):
 
 
 def new_run_dir(out: str) -> Path:
-    run = Path(out) if out else Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
-    if not out and run.exists():
-        run = run.with_name(run.name + f"-{os.getpid()}")
+    """A fresh run directory: --out, or runs/<timestamp> (with -2, -3, ... when runs start
+    in the same second). A directory that already holds a run is refused, not overwritten."""
+    if out:
+        run = Path(out)
+        if (run / "last.pt").exists() or (run / "best.pt").exists():
+            raise CharrnnError(f"{run} already holds a run: continue it with --resume {run}, or pick another --out")
+        candidates = [run]
+    else:
+        stamp = Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+        candidates = [stamp] + [stamp.with_name(f"{stamp.name}-{i}") for i in range(2, 1000)]
     try:
-        run.mkdir(parents=True, exist_ok=True)
+        for run in candidates:
+            try:
+                run.mkdir(parents=True, exist_ok=bool(out))
+                break
+            except FileExistsError:
+                continue
         probe = run / ".write-test"
         probe.write_bytes(b"")
         probe.unlink()
@@ -244,8 +256,12 @@ def new_run_dir(out: str) -> Path:
 
 
 def point_latest(run: Path) -> None:
-    """runs/latest -> the newest run (a relative symlink, replaced atomically)."""
+    """<runs>/latest -> the newest run: a relative symlink, replaced atomically; anything
+    called `latest` there that is not such a link is the user's and left alone."""
+    run = run.resolve()
     latest = run.parent / "latest"
+    if latest.exists() and not latest.is_symlink():
+        return
     tmp = run.parent / f".latest.{os.getpid()}"
     try:
         tmp.unlink(missing_ok=True)
@@ -335,7 +351,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
         progress.update(ckpt["progress"])
         torch.set_rng_state(ckpt["rng"]["cpu"])
         state = map_state(lambda t: t.to(device), ckpt["state"])
-        run = resume if resume.is_dir() else resume.parent
+        run = (resume if resume.is_dir() else resume.parent).resolve()
     else:
         run = new_run_dir(config.out)
     write_config(config, run / "config.toml")

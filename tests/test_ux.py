@@ -359,17 +359,27 @@ def nucleus_size(probs: torch.Tensor, top_p: float) -> int:
     return size
 
 
+def noise_for(logits: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    from charrnn.sample import gumbel_noise
+
+    return gumbel_noise(1, *logits.shape, torch.Generator().manual_seed(seed), "cpu")[0].to(logits.dtype)
+
+
 def test_top_p_samples_only_the_nucleus():
     from charrnn.sample import choose
 
     probs = torch.tensor([0.05, 0.5, 0.15, 0.3])
     logits = probs.log().expand(4000, -1)
-    g = torch.Generator().manual_seed(0)
-    assert set(choose(logits, 1.0, 0, False, g, top_p=0.7).tolist()) == {1, 3}
-    assert set(choose(logits, 1.0, 0, False, g, top_p=0.5).tolist()) == {1}
-    assert set(choose(logits, 1.0, 0, False, g, top_p=0.81).tolist()) == {1, 2, 3}
-    assert set(choose(logits, 1.0, 0, False, g, top_p=1.0).tolist()) == {0, 1, 2, 3}
-    assert set(choose(logits, 1.0, 2, False, g, top_p=0.99).tolist()) == {1, 3}  # top-k first
+
+    def drawn(temperature=1.0, top_k=0, top_p=1.0):
+        return set(choose(logits, temperature, top_k, False, noise_for(logits), top_p=top_p).tolist())
+
+    assert drawn(top_p=0.7) == {1, 3}
+    assert drawn(top_p=0.5) == {1}
+    assert drawn(top_p=0.81) == {1, 2, 3}
+    assert drawn(top_p=1.0) == {0, 1, 2, 3}
+    assert drawn(top_k=2, top_p=0.99) == {1, 3}  # top-k first
+    assert drawn(temperature=0.25, top_p=0.7) == {1}  # the nucleus of the tempered distribution (0.88 on 1)
 
 
 @settings(max_examples=40, deadline=None)
@@ -380,7 +390,8 @@ def test_top_p_never_samples_outside_the_nucleus(logit_values, top_p):
     logits = torch.tensor(logit_values, dtype=torch.float64)
     probs = torch.softmax(logits, -1)
     rank = {i: r for r, i in enumerate(sorted(range(len(probs)), key=lambda i: (-probs[i].item(), i)))}
-    picked = choose(logits.expand(200, -1), 1.0, 0, False, torch.Generator().manual_seed(1), top_p=top_p)
+    rows = logits.expand(200, -1)
+    picked = choose(rows, 1.0, 0, False, noise_for(rows, 1), top_p=top_p)
     # ties at the nucleus edge may go either way; nothing ranked beyond the nucleus and its ties
     limit = nucleus_size(probs, top_p)
     edge = sorted(probs.tolist(), reverse=True)[limit - 1]
@@ -463,15 +474,15 @@ def test_interactive_takes_neither_json_nor_samples(run):
 
 def test_a_sampler_stopped_early_keeps_a_consistent_state(run):
     from charrnn.cli import load_model
-    from charrnn.sample import Sampler, generate
+    from charrnn.sample import GenerationStream, generate
 
     model, vocab, _ = load_model(run, "cpu")
-    sampler = Sampler(model, vocab, greedy=True)
-    sampler.feed("the ")
-    steps = sampler.sample(10)
+    stream = GenerationStream(model, vocab, greedy=True)
+    stream.feed("the ")
+    steps = stream.sample(10)
     first = [next(steps)[0] for _ in range(3)]
     steps.close()  # a caller that stops early
-    rest = [c[0] for c in sampler.sample(5)]
+    rest = [c[0] for c in stream.sample(5)]
     assert first + rest == [c[0] for c in generate(model, vocab, "the ", 8, greedy=True)]
 
 
