@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from charrnn import bptt
 from charrnn.checkpoint import load_checkpoint, save_checkpoint
 from charrnn.data import load_corpus, make_batches, reload_corpus
 from charrnn.errors import CharrnnError
@@ -319,6 +320,8 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
     it trains (its model and data settings must be the run's own)."""
     reporter = reporter or Reporter()
     device = pick_device(config.device)
+    if device.type == "cpu":
+        bptt.tune_allocator()  # recycle the large per-sequence buffers instead of faulting them in anew
     torch.manual_seed(config.seed)
     ckpt = None
     if resume:
