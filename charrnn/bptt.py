@@ -85,11 +85,15 @@ def _probe_onednn() -> bool:
             c = torch.randn(6, 7, generator=g)
             bias = torch.randn(7, generator=g)
             want = a.double() @ b.double()
+            packed = torch.ops.mkldnn._reorder_linear_weight(b.t().contiguous(), 6)
             cases = [
                 (lp(a, b.t(), None, "none", [], ""), want),
                 (lp(a, b.t(), bias, "none", [], ""), want + bias.double()),
                 (lp.binary(a, c, b.t(), None, "add"), want + c.double()),
                 (lp(a.t().contiguous().t(), b.t().contiguous(), None, "none", [], ""), want),  # strided input
+                (lp(a, packed, None, "none", [], ""), want),
+                (lp(a, packed, bias, "none", [], ""), want + bias.double()),
+                (lp.binary(a, c, packed, None, "add"), want + c.double()),
             ]
         return all(
             r.dtype == torch.float32 and r.shape == w.shape and torch.allclose(r.double(), w, rtol=1e-5, atol=1e-5)
@@ -152,6 +156,54 @@ def _mm(dnn: bool, a: torch.Tensor, b: torch.Tensor, add: torch.Tensor | None = 
     return torch.addmm(add, a, b) if out is None else torch.addmm(add, a, b, out=out)
 
 
+class _Matmul:
+    """``add + a @ W`` for one weight W (K, N) used again and again on ``rows`` x K inputs:
+    the per-step product of a scan. Through oneDNN (when ``_use_onednn`` allows) with W
+    reordered once, when the scan starts, into the blocked layout oneDNN's kernel reads
+    ("packed"; a plain weight is reordered inside every call): ~10-15% faster per step at
+    batch 64, ~45% at batch 16. Else torch.mm/addmm, into ``out`` when given (``add`` may
+    alias ``out``); oneDNN returns a new tensor and ignores ``out``."""
+
+    def __init__(self, W: torch.Tensor, rows: int, *others: torch.Tensor):
+        K, N = W.shape
+        self.dnn = rows > 0 and _use_onednn(rows * K * N, W, *others)
+        if self.dnn:
+            self.W = torch.ops.mkldnn._reorder_linear_weight(W.t().contiguous(), rows)
+        else:
+            self.W = _plain(W)
+
+    def __call__(self, a: torch.Tensor, add: torch.Tensor | None = None, out=None) -> torch.Tensor:
+        if not self.dnn:
+            if add is None:
+                return torch.mm(a, self.W) if out is None else torch.mm(a, self.W, out=out)
+            return torch.addmm(add, a, self.W) if out is None else torch.addmm(add, a, self.W, out=out)
+        lp = torch.ops.mkldnn._linear_pointwise
+        if add is None:
+            return lp(a, self.W, None, "none", [], "")
+        if add.dim() == 1:
+            return lp(a, self.W, add, "none", [], "")
+        if add.is_contiguous():
+            return lp.binary(a, add, self.W, None, "add")
+        return lp(a, self.W, None, "none", [], "").add_(add)
+
+
+# torch.tanh's CPU kernel is slow: on the AMD EPYC this was tuned on, ~9x slower than
+# torch.sigmoid's (a 64 x 512 float32 block: 63 us against 7). tanh(x) = 2 sigmoid(2x) - 1 in
+# four cheap ops takes ~15 us, within 2e-7 of tanh (absolute; float32 rounds tanh to ~6e-8).
+# The scans use it for CPU float32; elsewhere (CUDA, float64) torch.tanh.
+
+
+def _fast_tanh(x: torch.Tensor) -> bool:
+    return x.device.type == "cpu" and x.dtype == torch.float32
+
+
+def _tanh(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """tanh(x) into out (which may be x)."""
+    if _fast_tanh(x):
+        return torch.mul(x, 2, out=out).sigmoid_().mul_(2).sub_(1)
+    return torch.tanh(x, out=out)
+
+
 def _plain(W: torch.Tensor) -> torch.Tensor:
     """W itself when it or its transpose is contiguous (what BLAS and oneDNN take without a
     copy), else a contiguous copy, made once per call rather than once per step."""
@@ -184,7 +236,11 @@ class _Linear(torch.autograd.Function):
         x2, W = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad
         dx = _mm(True, g, W.t()) if need_x else None
-        dW = _mm(True, x2.t(), g) if need_w else None
+        dW = None
+        if need_w:
+            # x2^T @ g, or (g^T @ x2)^T when the output is the narrow side (e.g. the output
+            # layer, 65 wide): oneDNN then copies the smaller g^T, ~2x faster there
+            dW = _mm(True, g.t(), x2).t() if g.shape[1] < x2.shape[1] else _mm(True, x2.t(), g)
         db = g.sum(0) if need_b and ctx.has_bias else None
         return dx, dW, db
 
@@ -269,12 +325,11 @@ def _set_mallopt(mmap_threshold: int, trim_threshold: int) -> bool:
 
 def _rnn_forward(xp: torch.Tensor, h0: torch.Tensor, W_hh: torch.Tensor) -> torch.Tensor:
     T, B, H = xp.shape
-    dnn = _use_onednn(B * H * H, xp, h0, W_hh)
-    W_hh = _plain(W_hh)
+    mm = _Matmul(W_hh, B, xp, h0)
     out = xp.new_empty((T, B, H))
     h = h0
     for x_t, o_t in zip(xp.unbind(0), out.unbind(0)):
-        torch.tanh(_mm(dnn, h, W_hh, add=x_t, out=o_t), out=o_t)
+        _tanh(mm(h, add=x_t, out=o_t), out=o_t)
         h = o_t
     return out
 
@@ -299,8 +354,7 @@ class _RNNScan(torch.autograd.Function):
     def backward(ctx, g_out, g_hT):
         h0, W_hh, out = ctx.saved_tensors
         T, B, H = out.shape
-        dnn = _use_onednn(B * H * H, out, W_hh)
-        WT = _plain(W_hh).t()
+        mm = _Matmul(W_hh.t(), B, out)
         one = out.new_ones(())
         dA = torch.empty_like(out)
         dAs, outs = dA.unbind(0), out.unbind(0)
@@ -312,7 +366,7 @@ class _RNNScan(torch.autograd.Function):
             torch.addcmul(one, outs[t], outs[t], value=-1, out=dA_t)  # dA_t = (1 - H_t^2) * dH_t
             dA_t.mul_(dh)
             # dH_{t-1} = g_out[t-1] + dA_t @ W_hh^T
-            dh = _mm(dnn, dA_t, WT, add=gos[t - 1] if t > 0 and gos is not None else None, out=scratch)
+            dh = mm(dA_t, add=gos[t - 1] if t > 0 and gos is not None else None, out=scratch)
         need_x, need_h0, need_w = ctx.needs_input_grad
         dW = _weight_grad(h0, out, dA) if need_w else None
         return (dA if need_x else None), (dh if need_h0 else None), dW
@@ -340,22 +394,19 @@ def rnn_scan(xp: torch.Tensor, h0: torch.Tensor, W_hh: torch.Tensor) -> tuple[to
 # H_{t-1} @ W_hh + b_hh. With BLAS the step's addmm writes [h_r, h_z, h_n] straight into
 # S[t][:, :3H] and the sigmoid then overwrites h_r, h_z with R, Z in place.
 #
-# Backward buffer D of shape (T, B, 4H) holds per step [dh_n, dR_pre, dZ_pre, dN_pre]:
-#   D[..., H:]  = [dR_pre, dZ_pre, dN_pre]  is the gradient w.r.t. xp (gate order r, z, n);
-#   D[..., :3H] = [dh_n, dR_pre, dZ_pre]   is the hidden-side gradient in gate order n, r, z,
-# which the per-step matmul and the final weight-gradient matmul use with W_hh's columns
-# permuted to (n, r, z). Thus the input and hidden sides, which differ only in the n chunk
-# (dh_n = R * dN_pre), share one buffer: the gradient w.r.t. xp needs no copy. (oneDNN copies
-# the row-strided hidden side to contiguous: per step inside the op, B x 3H, and once for the
-# weight gradient.)
+# Backward: the hidden and input sides of the gradient differ only in the n chunk (the
+# hidden side has dh_n = R * dN_pre, the input side dN_pre), so they get a buffer each, both
+# contiguous, in gate order (r, z, n): Dh (T, B, 3H) = [dR_pre, dZ_pre, dh_n] feeds the
+# per-step matmul with W_hh^T and the weight-gradient matmul; Dx (T, B, 3H) = [dR_pre, dZ_pre,
+# dN_pre] is the gradient w.r.t. xp (one copy of B x 2H per step; a shared, row-strided
+# buffer would cost a copy of the whole of it in each of its three consumers instead).
 
 
 def _gru_forward(xp, h0, W_hh, b_hh, save: bool):
     T, B, G = xp.shape
     H = G // 3
-    dnn = _use_onednn(B * H * G, xp, h0, W_hh, b_hh)
-    W_hh = _plain(W_hh)
-    if dnn:
+    mm = _Matmul(W_hh, B, xp, h0, b_hh)
+    if mm.dnn:
         b_hh = b_hh.contiguous()
     out = xp.new_empty((T, B, H))
     if save:
@@ -366,20 +417,17 @@ def _gru_forward(xp, h0, W_hh, b_hh, save: bool):
         steps = (s,) * T
     h = h0
     for x_t, s, o_t in zip(xp.unbind(0), steps, out.unbind(0)):
-        hh = _mm(dnn, h, W_hh, add=b_hh, out=s[:, : 3 * H])  # [h_r, h_z, h_n]
+        hh = mm(h, add=b_hh, out=s[:, : 3 * H])  # [h_r, h_z, h_n]
         rz = s[:, : 2 * H]
         torch.add(hh[:, : 2 * H], x_t[:, : 2 * H], out=rz).sigmoid_()
         hn = s[:, 2 * H : 3 * H]
-        if dnn:
+        if mm.dnn:
             hn.copy_(hh[:, 2 * H :])
         R = s[:, :H]
         Z = s[:, H : 2 * H]
         N = s[:, 3 * H :]
-        torch.addcmul(x_t[:, 2 * H :], R, hn, out=N)
-        N.tanh_()
-        # H_t = (1 - Z) * N + Z * H_{t-1} = N + Z * (H_{t-1} - N)
-        torch.sub(h, N, out=o_t)
-        o_t.mul_(Z).add_(N)
+        _tanh(torch.addcmul(x_t[:, 2 * H :], R, hn, out=N), out=N)
+        torch.lerp(N, h, Z, out=o_t)  # H_t = (1 - Z) * N + Z * H_{t-1} = N + Z * (H_{t-1} - N)
         h = o_t
     return out, (S if save else None)
 
@@ -397,52 +445,46 @@ class _GRUScan(torch.autograd.Function):
     def backward(ctx, g_out, g_hT):
         h0, W_hh, out, S = ctx.saved_tensors
         T, B, H = out.shape
-        dnn = _use_onednn(B * H * 3 * H, out, W_hh)
-        # W_hh with its columns permuted from (r, z, n) to (n, r, z), transposed for dA @ W^T.
-        WpT = torch.cat((W_hh[:, 2 * H :], W_hh[:, : 2 * H]), dim=1).t()
-
+        mm = _Matmul(W_hh.t(), B, out)
         # Everything per step, while the step's tiles are in cache (whole-sequence elementwise
         # passes over these tens-of-MB buffers cost more in memory traffic than they save in
-        # op calls). Per step, with dH the gradient w.r.t. H_t:
-        #   dN_pre = dH (1-Z)(1-N^2); dZ_pre = dH (Hprev-N) Z(1-Z); dR_pre = dN_pre h_n R(1-R);
-        #   dh_n = R dN_pre; dH_{t-1} = g_out[t-1] + dH Z + [dh_n, dR_pre, dZ_pre] @ Wp^T.
+        # op calls), in as few ops as the fused ones (addcmul, lerp) allow. Per step, with dH
+        # the gradient w.r.t. H_t and H_t - N = Z (H_{t-1} - N):
+        #   dN_pre = dH (1-Z)(1-N^2); dZ_pre = dH (H_{t-1}-N) Z(1-Z) = dH (1-Z)(H_t-N);
+        #   dh_n = R dN_pre; dR_pre = dN_pre h_n R(1-R) = (dh_n - dh_n R) h_n;
+        #   dH_{t-1} = g_out[t-1] + dH Z + [dR_pre, dZ_pre, dh_n] @ W_hh^T.
         one = out.new_ones(())
-        D = S.new_empty((T, B, 4 * H))
+        Dh = S.new_empty((T, B, 3 * H))
+        Dx = S.new_empty((T, B, 3 * H))
         gos = g_out.unbind(0) if g_out is not None else None
         dh = _init_grad(gos, g_hT, h0)
-        Ss, Ds, outs = S.unbind(0), D.unbind(0), out.unbind(0)
+        Ss, Dhs, Dxs, outs = S.unbind(0), Dh.unbind(0), Dx.unbind(0), out.unbind(0)
         scratch = (torch.empty_like(out[0]), torch.empty_like(out[0]))
         tmp = torch.empty_like(out[0])
         for t in range(T - 1, -1, -1):
-            s, d = Ss[t], Ds[t]
+            s, d, dx = Ss[t], Dhs[t], Dxs[t]
             R, Z, hn, N = s[:, :H], s[:, H : 2 * H], s[:, 2 * H : 3 * H], s[:, 3 * H :]
-            dhn, dR, dZ, dNp, dRZ = d[:, :H], d[:, H : 2 * H], d[:, 2 * H : 3 * H], d[:, 3 * H :], d[:, H : 3 * H]
-            hprev = outs[t - 1] if t > 0 else h0
+            dR, dZ, dhn, dNp = d[:, :H], d[:, H : 2 * H], d[:, 2 * H :], dx[:, 2 * H :]
             nxt = scratch[t & 1]  # never aliases dh, which lives in the other one (or elsewhere)
-            torch.mul(s[:, : 2 * H], s[:, : 2 * H], out=dRZ)
-            torch.sub(s[:, : 2 * H], dRZ, out=dRZ)  # R(1-R), Z(1-Z)
-            torch.mul(dh, Z, out=nxt)  # dH Z
-            torch.sub(dh, nxt, out=tmp)  # dH (1-Z)
+            torch.addcmul(dh, dh, Z, value=-1, out=tmp)  # dH (1-Z)
+            if t > 0 and gos is not None:
+                torch.addcmul(gos[t - 1], dh, Z, out=nxt)  # g_out[t-1] + dH Z
+            else:
+                torch.mul(dh, Z, out=nxt)
             torch.addcmul(one, N, N, value=-1, out=dNp)
             dNp.mul_(tmp)  # dN_pre
-            torch.sub(hprev, N, out=tmp)
-            dZ.mul_(tmp).mul_(dh)  # dZ_pre
-            dR.mul_(hn).mul_(dNp)  # dR_pre
+            torch.sub(outs[t], N, out=dZ)
+            dZ.mul_(tmp)  # dZ_pre
             torch.mul(dNp, R, out=dhn)  # dh_n
-            if t > 0 and gos is not None:
-                nxt.add_(gos[t - 1])
-            dh = _mm(dnn, d[:, : 3 * H], WpT, add=nxt, out=nxt)
+            torch.addcmul(dhn, dhn, R, value=-1, out=dR)
+            dR.mul_(hn)  # dR_pre
+            dx[:, : 2 * H].copy_(d[:, : 2 * H])
+            dh = mm(d, add=nxt, out=nxt)
 
         need_x, need_h0, need_w, need_b = ctx.needs_input_grad
-        dW = db = None
-        Dh = D[..., : 3 * H]
-        if need_w:
-            dWp = _weight_grad(h0, out, Dh)
-            dW = torch.cat((dWp[:, H:], dWp[:, :H]), dim=1)
-        if need_b:
-            dbp = Dh.sum(dim=(0, 1))
-            db = torch.cat((dbp[H:], dbp[:H]))
-        return (D[..., H:] if need_x else None), (dh if need_h0 else None), dW, db
+        dW = _weight_grad(h0, out, Dh) if need_w else None
+        db = Dh.sum(dim=(0, 1)) if need_b else None
+        return (Dx if need_x else None), (dh if need_h0 else None), dW, db
 
 
 def gru_scan(
@@ -475,11 +517,22 @@ def gru_scan(
 # pre-activation gradients, which is also the gradient w.r.t. xp.
 
 
+def _lstm_gates(g: torch.Tensor, a: torch.Tensor, H: int) -> None:
+    """a = [sigmoid(i), sigmoid(f), tanh(g), sigmoid(o)] of g = [i, f, g, o] (g is scratch)."""
+    if _fast_tanh(g):  # one sigmoid over all four blocks, tanh(g) = 2 sigmoid(2g) - 1
+        g[:, 2 * H : 3 * H].mul_(2)
+        torch.sigmoid(g, out=a)
+        a[:, 2 * H : 3 * H].mul_(2).sub_(1)
+    else:
+        torch.sigmoid(g[:, : 2 * H], out=a[:, : 2 * H])
+        torch.tanh(g[:, 2 * H : 3 * H], out=a[:, 2 * H : 3 * H])
+        torch.sigmoid(g[:, 3 * H :], out=a[:, 3 * H :])
+
+
 def _lstm_forward(xp, h0, c0, W_hh, save: bool):
     T, B, G4 = xp.shape
     H = G4 // 4
-    dnn = _use_onednn(B * H * G4, xp, h0, c0, W_hh)
-    W_hh = _plain(W_hh)
+    mm = _Matmul(W_hh, B, xp, h0, c0)
     out = xp.new_empty((T, B, H))
     if save:
         A = xp.new_empty((T, B, 4 * H))
@@ -494,17 +547,14 @@ def _lstm_forward(xp, h0, c0, W_hh, save: bool):
         c_steps = tuple(cbufs[t & 1] for t in range(T))
     h, c = h0, c0
     for x_t, a, c_t, tc, o_t in zip(xp.unbind(0), a_steps, c_steps, tc_steps, out.unbind(0)):
-        g = _mm(dnn, h, W_hh, add=x_t, out=a)
-        torch.sigmoid(g[:, : 2 * H], out=a[:, : 2 * H])
-        torch.tanh(g[:, 2 * H : 3 * H], out=a[:, 2 * H : 3 * H])
-        torch.sigmoid(g[:, 3 * H :], out=a[:, 3 * H :])
+        _lstm_gates(mm(h, add=x_t, out=a), a, H)
         I = a[:, :H]
         F = a[:, H : 2 * H]
         Gt = a[:, 2 * H : 3 * H]
         O = a[:, 3 * H :]
         torch.mul(F, c, out=c_t)
         c_t.addcmul_(I, Gt)
-        torch.tanh(c_t, out=tc)
+        _tanh(c_t, out=tc)
         torch.mul(O, tc, out=o_t)
         h, c = o_t, c_t
     if save:
@@ -525,39 +575,39 @@ class _LSTMScan(torch.autograd.Function):
     def backward(ctx, g_out, g_hT, g_cT):
         h0, c0, W_hh, out, A, C, TC = ctx.saved_tensors
         T, B, H = out.shape
-        dnn = _use_onednn(B * H * 4 * H, out, W_hh)
-        WT = _plain(W_hh).t()
-        # Per step (see the GRU's note), with dH, dC_carry the gradients from above:
-        #   dC = dC_carry + dH O (1 - tanh(C)^2);  dO_pre = dH tanh(C) O(1-O);
-        #   dI_pre = dC G I(1-I);  dF_pre = dC Cprev F(1-F);  dG_pre = dC I (1-G^2);
-        #   dC_carry' = dC F;  dH_{t-1} = g_out[t-1] + [dI, dF, dG, dO] @ W_hh^T.
-        one = out.new_ones(())
+        mm = _Matmul(W_hh.t(), B, out)
+        # Per step (see the GRU's note), with dH, dC_carry the gradients from above, and
+        # H_t = O tanh(C), U = I G:
+        #   dC = dC_carry + dH O (1 - tanh(C)^2) = dC_carry + dH (O - H_t tanh(C));
+        #   dO_pre = dH tanh(C) O(1-O) = dH (H_t - H_t O);
+        #   dI_pre = dC G I(1-I) = dC (U - U I);  dG_pre = dC I (1-G^2) = dC (I - U G);
+        #   dF_pre = dC Cprev F(1-F);  dC_carry' = dC F;
+        #   dH_{t-1} = g_out[t-1] + [dI, dF, dG, dO] @ W_hh^T.
         D = A.new_empty((T, B, 4 * H))
         gos = g_out.unbind(0) if g_out is not None else None
         dh = _init_grad(gos, g_hT, h0)
         dc_carry = g_cT if g_cT is not None else torch.zeros_like(c0)
-        As, Ds, Cs, TCs = A.unbind(0), D.unbind(0), C.unbind(0), TC.unbind(0)
+        As, Ds, Cs, TCs, outs = A.unbind(0), D.unbind(0), C.unbind(0), TC.unbind(0), out.unbind(0)
         dc = torch.empty_like(out[0])
         tmp = torch.empty_like(out[0])
         carry = (torch.empty_like(out[0]), torch.empty_like(out[0]))
         dh_buf = torch.empty_like(out[0])
         for t in range(T - 1, -1, -1):
-            a, d, tc = As[t], Ds[t], TCs[t]
+            a, d, tc, h_t = As[t], Ds[t], TCs[t], outs[t]
             I, F, Gt, O = a[:, :H], a[:, H : 2 * H], a[:, 2 * H : 3 * H], a[:, 3 * H :]
-            dG, dO = d[:, 2 * H : 3 * H], d[:, 3 * H :]
-            torch.mul(a, a, out=d)
-            torch.sub(a, d, out=d)  # s(1-s) for all four chunks; G's is replaced next
-            torch.addcmul(one, Gt, Gt, value=-1, out=dG)
-            torch.addcmul(one, tc, tc, value=-1, out=tmp)
-            tmp.mul_(O)
+            dI, dF, dG, dO = d[:, :H], d[:, H : 2 * H], d[:, 2 * H : 3 * H], d[:, 3 * H :]
+            torch.addcmul(O, h_t, tc, value=-1, out=tmp)
             torch.addcmul(dc_carry, dh, tmp, out=dc)  # dC
-            dO.mul_(tc).mul_(dh)
-            d[:, :H].mul_(Gt)
-            d[:, H : 2 * H].mul_(Cs[t - 1] if t > 0 else c0)
-            dG.mul_(I)
-            d[:, : 3 * H].view(B, 3, H).mul_(dc.unsqueeze(1))
+            torch.addcmul(h_t, h_t, O, value=-1, out=dO)
+            dO.mul_(dh)  # dO_pre
+            torch.mul(I, Gt, out=tmp)  # U
+            torch.addcmul(tmp, tmp, I, value=-1, out=dI)
+            torch.addcmul(I, tmp, Gt, value=-1, out=dG)
+            torch.addcmul(F, F, F, value=-1, out=dF)
+            dF.mul_(Cs[t - 1] if t > 0 else c0)
+            d[:, : 3 * H].view(B, 3, H).mul_(dc.unsqueeze(1))  # dI_pre, dF_pre, dG_pre
             dc_carry = torch.mul(dc, F, out=carry[t & 1])
-            dh = _mm(dnn, d, WT, add=gos[t - 1] if t > 0 and gos is not None else None, out=dh_buf)
+            dh = mm(d, add=gos[t - 1] if t > 0 and gos is not None else None, out=dh_buf)
 
         need_x, need_h0, need_c0, need_w = ctx.needs_input_grad
         dW = _weight_grad(h0, out, D) if need_w else None

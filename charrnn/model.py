@@ -64,8 +64,11 @@ class ScratchCell(nn.Module):
         return bptt.linear(inputs, self.W_xh, self.input_bias())
 
     def gather(self, tokens: torch.Tensor) -> torch.Tensor:
-        """`one_hot(tokens) @ W_xh + b` as a row gather: (T, B) int -> (T, B, gates*H)."""
-        return F.embedding(tokens, self.W_xh) + self.input_bias()
+        """`one_hot(tokens) @ W_xh + b` as a row gather: (T, B) int -> (T, B, gates*H).
+        The bias is added to the (vocabulary-sized) table rather than to every gathered row:
+        the same numbers, without a pass over the (T, B, gates*H) result, and its gradient is
+        a sum over the table's rows instead of over all T*B of them."""
+        return F.embedding(tokens, self.W_xh + self.input_bias())
 
     def zero_state(self, batch_size: int, like: torch.Tensor):
         return like.new_zeros(batch_size, self.num_hiddens)
