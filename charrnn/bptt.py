@@ -27,12 +27,38 @@ projection), ``set_gemm_backend`` (choose the CPU float32 matmul: oneDNN or BLAS
 from __future__ import annotations
 
 import ctypes
+import functools
 import sys
 
 import torch
 from torch.autograd.function import once_differentiable
 
 __all__ = ["rnn_scan", "gru_scan", "lstm_scan", "linear", "tune_allocator", "set_gemm_backend"]
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_enabled() if device_type == "cuda" else torch.is_autocast_cpu_enabled()
+
+
+def _float32_recurrence(scan):
+    """Under autocast (e.g. training with --amp bf16) a scan runs in float32 all the same:
+    its state is carried through every step, where bfloat16's 8-bit mantissa would pile up
+    error, and its in-place per-step arithmetic needs one dtype. Inputs that autocast made
+    half precision (a deeper layer's xp from a bfloat16 projection) are cast up, which is
+    differentiable; the matmuls still use TF32 where that is allowed."""
+
+    @functools.wraps(scan)
+    def wrapper(*tensors):
+        device_type = tensors[0].device.type
+        if not _autocast_enabled(device_type):
+            return scan(*tensors)
+        with torch.autocast(device_type=device_type, enabled=False):
+            return scan(*(t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in tensors))
+
+    return wrapper
 
 
 def _needs_grad(*tensors: torch.Tensor) -> bool:
@@ -71,6 +97,7 @@ _GEMM_BACKENDS = ("auto", "blas", "onednn")
 _gemm_backend = "auto"
 _onednn_state: bool | None = None  # result of the one-time self-test
 _ONEDNN_MIN_MACS = 1 << 21  # per matmul; measured crossover with MKL at 1 and 2 threads
+_PACKED_MIN_MACS = 1 << 20  # the same with the weight packed once (see _Matmul)
 
 
 def _probe_onednn() -> bool:
@@ -124,9 +151,9 @@ def set_gemm_backend(name: str) -> str:
     return prev
 
 
-def _use_onednn(macs: int, *tensors: torch.Tensor) -> bool:
+def _use_onednn(macs: int, *tensors: torch.Tensor, min_macs: int = _ONEDNN_MIN_MACS) -> bool:
     """Whether a matmul of ``macs`` multiply-adds on these tensors goes through oneDNN."""
-    if _gemm_backend == "blas" or (_gemm_backend == "auto" and macs < _ONEDNN_MIN_MACS):
+    if _gemm_backend == "blas" or (_gemm_backend == "auto" and macs < min_macs):
         return False
     for t in tensors:
         if t.device.type != "cpu" or t.dtype != torch.float32 or t.layout != torch.strided:
@@ -161,12 +188,13 @@ class _Matmul:
     the per-step product of a scan. Through oneDNN (when ``_use_onednn`` allows) with W
     reordered once, when the scan starts, into the blocked layout oneDNN's kernel reads
     ("packed"; a plain weight is reordered inside every call): ~10-15% faster per step at
-    batch 64, ~45% at batch 16. Else torch.mm/addmm, into ``out`` when given (``add`` may
-    alias ``out``); oneDNN returns a new tensor and ignores ``out``."""
+    batch 64, ~45% at batch 16, and ahead of MKL from ~1M multiply-adds (a single row, a
+    matrix-vector product, stays with BLAS). Else torch.mm/addmm, into ``out`` when given
+    (``add`` may alias ``out``); oneDNN returns a new tensor and ignores ``out``."""
 
     def __init__(self, W: torch.Tensor, rows: int, *others: torch.Tensor):
         K, N = W.shape
-        self.dnn = rows > 0 and _use_onednn(rows * K * N, W, *others)
+        self.dnn = rows > 1 and _use_onednn(rows * K * N, W, *others, min_macs=_PACKED_MIN_MACS)
         if self.dnn:
             self.W = torch.ops.mkldnn._reorder_linear_weight(W.t().contiguous(), rows)
         else:
@@ -190,17 +218,22 @@ class _Matmul:
 # torch.tanh's CPU kernel is slow: on the AMD EPYC this was tuned on, ~9x slower than
 # torch.sigmoid's (a 64 x 512 float32 block: 63 us against 7). tanh(x) = 2 sigmoid(2x) - 1 in
 # four cheap ops takes ~15 us, within 2e-7 of tanh (absolute; float32 rounds tanh to ~6e-8).
-# The scans use it for CPU float32; elsewhere (CUDA, float64) torch.tanh.
+# The scans use it for CPU float32 blocks of 2048 elements and more; elsewhere (small blocks,
+# CUDA, float64) torch.tanh.
+
+
+_FAST_TANH_MIN = 2048  # below this many elements torch.tanh's one call is the cheaper
 
 
 def _fast_tanh(x: torch.Tensor) -> bool:
-    return x.device.type == "cpu" and x.dtype == torch.float32
+    return x.device.type == "cpu" and x.dtype == torch.float32 and x.numel() >= _FAST_TANH_MIN
 
 
 def _tanh(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """tanh(x) into out (which may be x)."""
     if _fast_tanh(x):
-        return torch.mul(x, 2, out=out).sigmoid_().mul_(2).sub_(1)
+        torch.add(x, x, out=out).sigmoid_()  # (x + x, not 2 * x: a scalar operand costs two tensor copies)
+        return out.add_(out).sub_(1)
     return torch.tanh(x, out=out)
 
 
@@ -372,6 +405,7 @@ class _RNNScan(torch.autograd.Function):
         return (dA if need_x else None), (dh if need_h0 else None), dW
 
 
+@_float32_recurrence
 def rnn_scan(xp: torch.Tensor, h0: torch.Tensor, W_hh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Elman RNN recurrence ``H_t = tanh(xp[t] + H_{t-1} @ W_hh)``.
 
@@ -487,6 +521,7 @@ class _GRUScan(torch.autograd.Function):
         return (Dx if need_x else None), (dh if need_h0 else None), dW, db
 
 
+@_float32_recurrence
 def gru_scan(
     xp: torch.Tensor, h0: torch.Tensor, W_hh: torch.Tensor, b_hh: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -519,10 +554,11 @@ def gru_scan(
 
 def _lstm_gates(g: torch.Tensor, a: torch.Tensor, H: int) -> None:
     """a = [sigmoid(i), sigmoid(f), tanh(g), sigmoid(o)] of g = [i, f, g, o] (g is scratch)."""
-    if _fast_tanh(g):  # one sigmoid over all four blocks, tanh(g) = 2 sigmoid(2g) - 1
-        g[:, 2 * H : 3 * H].mul_(2)
+    if _fast_tanh(g[:, 2 * H : 3 * H]):  # one sigmoid over all four blocks, tanh(g) = 2 sigmoid(2g) - 1
+        gg, ag = g[:, 2 * H : 3 * H], a[:, 2 * H : 3 * H]
+        gg.add_(gg)
         torch.sigmoid(g, out=a)
-        a[:, 2 * H : 3 * H].mul_(2).sub_(1)
+        ag.add_(ag).sub_(1)
     else:
         torch.sigmoid(g[:, : 2 * H], out=a[:, : 2 * H])
         torch.tanh(g[:, 2 * H : 3 * H], out=a[:, 2 * H : 3 * H])
@@ -614,6 +650,7 @@ class _LSTMScan(torch.autograd.Function):
         return (D if need_x else None), (dh if need_h0 else None), (dc_carry if need_c0 else None), dW
 
 
+@_float32_recurrence
 def lstm_scan(
     xp: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, W_hh: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

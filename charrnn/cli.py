@@ -107,6 +107,8 @@ def train(
     eval_every: Annotated[Optional[int], Opt(help="Evaluate (and checkpoint) every N steps. [default: 200]")] = None,
     seed: Annotated[Optional[int], Opt(help="Random seed; CPU runs with the same seed repeat exactly. [default: 0]")] = None,
     device: Annotated[Optional[str], Opt(help="auto, cpu or cuda. [default: auto]")] = None,
+    tf32: Annotated[Optional[bool], Opt("--tf32/--no-tf32", help="CUDA: TF32 float32 matmuls (faster on Ampere and later GPUs, products rounded to 10 mantissa bits). No effect on a CPU. [default: off]", show_default=False)] = None,
+    amp: Annotated[Optional[str], Opt(help="none, or bf16: CUDA autocast to bfloat16 for the output layer and deeper layers' input projections; the recurrences stay float32. No effect on a CPU. [default: none]")] = None,
     out: Annotated[Optional[Path], Opt(help="Run directory. [default: runs/YYYYmmdd-HHMMSS]")] = None,
     resume: Annotated[Optional[Path], Opt(help="Continue this run directory exactly where it stopped; --max-steps, --epochs and --max-time count the run's total.")] = None,
     quiet: Annotated[bool, Opt("--quiet", "-q", help="Print only the final summary.")] = False,
@@ -167,7 +169,7 @@ def write_curve(run: Path, quiet: bool) -> None:
 
 
 # What may change when a run resumes: how long it goes on and where; not the model or data.
-RESUMABLE = {"max_steps", "epochs", "max_time", "patience", "eval_every", "device",
+RESUMABLE = {"max_steps", "epochs", "max_time", "patience", "eval_every", "device", "tf32", "amp",
              "sample_prefix", "sample_length", "sample_greedy"}
 
 

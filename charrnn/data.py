@@ -283,7 +283,8 @@ class WindowBatches:
     def batch(self, epoch: int, index: int):
         if self._order[0] != epoch:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._order = (epoch, torch.randperm(len(self.windows), generator=g))
+            # drawn on the CPU (the same order on every device), then moved where the text is
+            self._order = (epoch, torch.randperm(len(self.windows), generator=g).to(self.windows.device))
         rows = self.windows[self._order[1][index * self.batch_size : (index + 1) * self.batch_size]]
         return rows[:, :-1].long(), rows[:, 1:].long()
 

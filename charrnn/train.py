@@ -69,6 +69,8 @@ class TrainConfig:
     eval_every: int = 200
     seed: int = 0
     device: str = "auto"
+    tf32: bool = False  # CUDA: TF32 matmuls (10-bit mantissa products, float32 accumulation)
+    amp: str = "none"  # none | bf16: CUDA autocast to bfloat16 (the recurrences stay float32)
     out: str = ""  # run directory; default runs/<timestamp>
     # a sample printed after training
     sample_prefix: str = ""
@@ -98,7 +100,8 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 raise CharrnnError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
         choices = {"cell": CELLS, "optimizer": OPTIMIZERS, "lr_schedule": SCHEDULES,
-                   "sampling": ("sequential", "random"), "device": ("auto", "cpu", "cuda")}
+                   "sampling": ("sequential", "random"), "device": ("auto", "cpu", "cuda"),
+                   "amp": ("none", "bf16")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise CharrnnError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -131,6 +134,24 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)
+
+
+class cuda_precision:
+    """TF32 for CUDA float32 matmuls while training with --tf32 (restored afterwards: the
+    setting is process-wide). Nothing on a CPU."""
+
+    def __init__(self, device: torch.device, tf32: bool):
+        self.active = device.type == "cuda" and tf32
+
+    def __enter__(self):
+        if self.active:
+            self.saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        return self
+
+    def __exit__(self, *exc):
+        if self.active:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = self.saved
 
 
 def clip_gradients(max_norm: float, params) -> torch.Tensor:
@@ -336,7 +357,9 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
             if config.train_windows and config.val_windows else None,
         )
     vocab = corpus.vocab
-    train_ids, val_ids = vocab.encode(corpus.train), vocab.encode(corpus.val)
+    # the texts move to the device once: every batch is then a slice there, with no copy
+    # from the host per step
+    train_ids, val_ids = vocab.encode(corpus.train).to(device), vocab.encode(corpus.val).to(device)
     batches = make_batches(train_ids, config.sampling, config.batch_size, config.seq_len, config.seed)
     if not batches.carries_state and len(val_ids) <= config.seq_len:
         raise CharrnnError(f"the validation text is shorter than one window of {config.seq_len + 1} characters")
@@ -406,7 +429,8 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
     loss_sum, loss_steps = torch.zeros((), device=device), 0
     window_chars, window_start = 0, time.perf_counter()
     train_loss, chars_per_s, last_record, stopped_early = math.nan, 0.0, None, False
-    with StopRequest() as stop:
+    amp = device.type == "cuda" and config.amp == "bf16"
+    with StopRequest() as stop, cuda_precision(device, config.tf32):
         while not stop.requested:
             progress["elapsed"] = time.perf_counter() - started
             if (total_steps is not None and progress["step"] >= total_steps) or progress["elapsed"] >= max_time:
@@ -416,12 +440,12 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
             for group in optimizer.param_groups:
                 group["lr"] = lr
 
-            X, Y = batches.batch(progress["epoch"], progress["index"])
-            X, Y = X.to(device, non_blocking=True), Y.to(device, non_blocking=True)
+            X, Y = batches.batch(progress["epoch"], progress["index"])  # already on the device
             if not batches.carries_state or progress["index"] == 0:
                 state = None
-            logits, state = model(X, state)
-            loss = F.cross_entropy(logits.flatten(0, 1), Y.flatten())
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                logits, state = model(X, state)
+                loss = F.cross_entropy(logits.flatten(0, 1), Y.flatten())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             clip_gradients(config.clip, params)
