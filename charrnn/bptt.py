@@ -14,6 +14,9 @@ needs, in buffers allocated once per call, and its backward:
   (``Hprev^T @ dA`` with ``Hprev = [h0, outputs[:-1]]``);
 * returns the gradient w.r.t. ``xp`` as (a view of) that buffer, without a copy.
 
+A first layer over characters passes a ``Gathered(table, tokens)`` instead of ``xp``: each
+step's input rows are then gathered from ``table = W_xh + b`` just before the step.
+
 When no input requires grad (or grad mode is off, e.g. under ``torch.no_grad`` or
 ``torch.inference_mode``) a plain forward loop runs that saves nothing and reuses per-step
 scratch buffers. Nothing in the loops syncs with the host, so this works on CUDA as well.
@@ -33,7 +36,7 @@ import sys
 import torch
 from torch.autograd.function import once_differentiable
 
-__all__ = ["rnn_scan", "gru_scan", "lstm_scan", "linear", "tune_allocator", "set_gemm_backend"]
+__all__ = ["rnn_scan", "gru_scan", "lstm_scan", "Gathered", "linear", "tune_allocator", "set_gemm_backend"]
 
 
 def _autocast_enabled(device_type: str) -> bool:
@@ -56,7 +59,8 @@ def _float32_recurrence(scan):
         if not _autocast_enabled(device_type):
             return scan(*tensors)
         with torch.autocast(device_type=device_type, enabled=False):
-            return scan(*(t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in tensors))
+            return scan(*(t.float() if isinstance(t, torch.Tensor) and t.dtype in (torch.float16, torch.bfloat16)
+                          else t for t in tensors))
 
     return wrapper
 
@@ -77,6 +81,61 @@ def _check(xp: torch.Tensor, h0: torch.Tensor, W_hh: torch.Tensor, gates: int) -
     if h0.shape != (B, H):
         raise ValueError(f"initial state must be (B, H) = ({B}, {H}), got {tuple(h0.shape)}")
     return T, B, H
+
+
+class Gathered:
+    """The input side of a first layer over characters, ``xp[t] = table[tokens[t]]`` (the
+    one-hot product ``one_hot(tokens) @ W_xh + b`` as a row gather from ``table = W_xh +
+    b``), given to a scan in place of ``xp``: each step's rows are gathered just before the
+    step, into one reused (B, G) buffer that stays in cache, instead of building the whole
+    (T, B, G) ``xp`` first (tens of MB written, then read back from memory step by step).
+    The scans' gradient for ``table`` is the scatter-add of their gradient w.r.t. ``xp``.
+
+    table: (V, G) floats; tokens: (T, B) integer ids. Stands in for xp where the scans look
+    at it: shape, dim(), device, dtype, layout, requires_grad, new_empty/new_zeros, unbind(0).
+    """
+
+    def __init__(self, table: torch.Tensor, tokens: torch.Tensor):
+        if table.dim() != 2 or tokens.dim() != 2:
+            raise ValueError(f"Gathered takes a (V, G) table and (T, B) tokens, got {tuple(table.shape)}, "
+                             f"{tuple(tokens.shape)}")
+        self.table, self.tokens = table, tokens
+        self.shape = torch.Size((*tokens.shape, table.shape[1]))
+        self.device, self.dtype, self.layout = table.device, table.dtype, table.layout
+        self.requires_grad = table.requires_grad
+
+    def dim(self) -> int:
+        return 3
+
+    def new_empty(self, *args, **kwargs) -> torch.Tensor:
+        return self.table.new_empty(*args, **kwargs)
+
+    def new_zeros(self, *args, **kwargs) -> torch.Tensor:
+        return self.table.new_zeros(*args, **kwargs)
+
+    def unbind(self, dim: int = 0):
+        """Step t's (B, G) input, for t = 0 .. T-1; valid until the next one is drawn."""
+        if dim != 0:
+            raise ValueError("Gathered unbinds along time (dim 0) only")
+        buf = self.table.new_empty((self.shape[1], self.shape[2]))
+        return (torch.index_select(self.table, 0, ids, out=buf) for ids in self.tokens.unbind(0))
+
+
+def _source(xp) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """What a scan's autograd Function takes for its input side: (xp, None), or (table, tokens)."""
+    return (xp.table, xp.tokens) if isinstance(xp, Gathered) else (xp, None)
+
+
+def _input(src: torch.Tensor, tokens: torch.Tensor | None):
+    return src if tokens is None else Gathered(src, tokens)
+
+
+def _input_grad(D: torch.Tensor, src: torch.Tensor, tokens: torch.Tensor | None) -> torch.Tensor:
+    """The gradient for the input side from D, the gradient w.r.t. xp: D itself, or for a
+    gathered input the rows of D added up per token (what F.embedding's backward does)."""
+    if tokens is None:
+        return D
+    return torch.ops.aten.embedding_dense_backward(D, tokens, src.shape[0], -1, False)
 
 
 # ------------------------------------------------------------------------------ matmul backend
@@ -376,16 +435,16 @@ def _init_grad(g_outs, g_final: torch.Tensor | None, like: torch.Tensor) -> torc
 
 class _RNNScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, xp, h0, W_hh):
-        out = _rnn_forward(xp, h0, W_hh)
+    def forward(ctx, src, h0, W_hh, tokens):
+        out = _rnn_forward(_input(src, tokens), h0, W_hh)
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(h0, W_hh, out)
+        ctx.save_for_backward(h0, W_hh, out, src, tokens)
         return out, out[-1].clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g_out, g_hT):
-        h0, W_hh, out = ctx.saved_tensors
+        h0, W_hh, out, src, tokens = ctx.saved_tensors
         T, B, H = out.shape
         mm = _Matmul(W_hh.t(), B, out)
         one = out.new_ones(())
@@ -400,23 +459,24 @@ class _RNNScan(torch.autograd.Function):
             dA_t.mul_(dh)
             # dH_{t-1} = g_out[t-1] + dA_t @ W_hh^T
             dh = mm(dA_t, add=gos[t - 1] if t > 0 and gos is not None else None, out=scratch)
-        need_x, need_h0, need_w = ctx.needs_input_grad
+        need_x, need_h0, need_w, _ = ctx.needs_input_grad
         dW = _weight_grad(h0, out, dA) if need_w else None
-        return (dA if need_x else None), (dh if need_h0 else None), dW
+        return (_input_grad(dA, src, tokens) if need_x else None), (dh if need_h0 else None), dW, None
 
 
 @_float32_recurrence
 def rnn_scan(xp: torch.Tensor, h0: torch.Tensor, W_hh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Elman RNN recurrence ``H_t = tanh(xp[t] + H_{t-1} @ W_hh)``.
 
-    xp: (T, B, H) input projections (biases included); h0: (B, H); W_hh: (H, H).
+    xp: (T, B, H) input projections (biases included), or a Gathered; h0: (B, H); W_hh: (H, H).
     Returns (outputs (T, B, H), hT (B, H)).
     """
     T, _, _ = _check(xp, h0, W_hh, 1)
     if T == 0:
         return xp.new_empty(xp.shape), h0.clone()
     if _needs_grad(xp, h0, W_hh):
-        return _RNNScan.apply(xp, h0, W_hh)
+        src, tokens = _source(xp)
+        return _RNNScan.apply(src, h0, W_hh, tokens)
     with torch.no_grad():
         out = _rnn_forward(xp, h0, W_hh)
         return out, out[-1].clone()
@@ -468,16 +528,16 @@ def _gru_forward(xp, h0, W_hh, b_hh, save: bool):
 
 class _GRUScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, xp, h0, W_hh, b_hh):
-        out, S = _gru_forward(xp, h0, W_hh, b_hh, save=True)
+    def forward(ctx, src, h0, W_hh, b_hh, tokens):
+        out, S = _gru_forward(_input(src, tokens), h0, W_hh, b_hh, save=True)
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(h0, W_hh, out, S)
+        ctx.save_for_backward(h0, W_hh, out, S, src, tokens)
         return out, out[-1].clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g_out, g_hT):
-        h0, W_hh, out, S = ctx.saved_tensors
+        h0, W_hh, out, S, src, tokens = ctx.saved_tensors
         T, B, H = out.shape
         mm = _Matmul(W_hh.t(), B, out)
         # Everything per step, while the step's tiles are in cache (whole-sequence elementwise
@@ -515,10 +575,10 @@ class _GRUScan(torch.autograd.Function):
             dx[:, : 2 * H].copy_(d[:, : 2 * H])
             dh = mm(d, add=nxt, out=nxt)
 
-        need_x, need_h0, need_w, need_b = ctx.needs_input_grad
+        need_x, need_h0, need_w, need_b, _ = ctx.needs_input_grad
         dW = _weight_grad(h0, out, Dh) if need_w else None
         db = Dh.sum(dim=(0, 1)) if need_b else None
-        return (Dx if need_x else None), (dh if need_h0 else None), dW, db
+        return (_input_grad(Dx, src, tokens) if need_x else None), (dh if need_h0 else None), dW, db, None
 
 
 @_float32_recurrence
@@ -527,7 +587,7 @@ def gru_scan(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """GRU recurrence in torch.nn.GRU's form, gate order (r, z, n).
 
-    xp: (T, B, 3H) = X @ W_xh + b_xh; h0: (B, H); W_hh: (H, 3H); b_hh: (3H,).
+    xp: (T, B, 3H) = X @ W_xh + b_xh, or a Gathered; h0: (B, H); W_hh: (H, 3H); b_hh: (3H,).
     With hh = H_{t-1} @ W_hh + b_hh and both xp[t] and hh split into (r, z, n):
     R = sigmoid(x_r + h_r); Z = sigmoid(x_z + h_z); N = tanh(x_n + R * h_n);
     H_t = (1 - Z) * N + Z * H_{t-1}. Returns (outputs (T, B, H), hT (B, H)).
@@ -538,7 +598,8 @@ def gru_scan(
     if T == 0:
         return xp.new_empty((0,) + tuple(h0.shape)), h0.clone()
     if _needs_grad(xp, h0, W_hh, b_hh):
-        return _GRUScan.apply(xp, h0, W_hh, b_hh)
+        src, tokens = _source(xp)
+        return _GRUScan.apply(src, h0, W_hh, b_hh, tokens)
     with torch.no_grad():
         out, _ = _gru_forward(xp, h0, W_hh, b_hh, save=False)
         return out, out[-1].clone()
@@ -600,16 +661,16 @@ def _lstm_forward(xp, h0, c0, W_hh, save: bool):
 
 class _LSTMScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, xp, h0, c0, W_hh):
-        out, A, C, TC = _lstm_forward(xp, h0, c0, W_hh, save=True)
+    def forward(ctx, src, h0, c0, W_hh, tokens):
+        out, A, C, TC = _lstm_forward(_input(src, tokens), h0, c0, W_hh, save=True)
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(h0, c0, W_hh, out, A, C, TC)
+        ctx.save_for_backward(h0, c0, W_hh, out, A, C, TC, src, tokens)
         return out, out[-1].clone(), C[-1].clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g_out, g_hT, g_cT):
-        h0, c0, W_hh, out, A, C, TC = ctx.saved_tensors
+        h0, c0, W_hh, out, A, C, TC, src, tokens = ctx.saved_tensors
         T, B, H = out.shape
         mm = _Matmul(W_hh.t(), B, out)
         # Per step (see the GRU's note), with dH, dC_carry the gradients from above, and
@@ -645,9 +706,10 @@ class _LSTMScan(torch.autograd.Function):
             dc_carry = torch.mul(dc, F, out=carry[t & 1])
             dh = mm(d, add=gos[t - 1] if t > 0 and gos is not None else None, out=dh_buf)
 
-        need_x, need_h0, need_c0, need_w = ctx.needs_input_grad
+        need_x, need_h0, need_c0, need_w, _ = ctx.needs_input_grad
         dW = _weight_grad(h0, out, D) if need_w else None
-        return (D if need_x else None), (dh if need_h0 else None), (dc_carry if need_c0 else None), dW
+        return ((_input_grad(D, src, tokens) if need_x else None), (dh if need_h0 else None),
+                (dc_carry if need_c0 else None), dW, None)
 
 
 @_float32_recurrence
@@ -656,7 +718,8 @@ def lstm_scan(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """LSTM recurrence, gate order (i, f, g, o) as in torch.nn.LSTM.
 
-    xp: (T, B, 4H) input projections including ALL biases; h0, c0: (B, H); W_hh: (H, 4H).
+    xp: (T, B, 4H) input projections including ALL biases, or a Gathered; h0, c0: (B, H);
+    W_hh: (H, 4H).
     g4 = xp[t] + H_{t-1} @ W_hh; I, F, O = sigmoid; G = tanh;
     C_t = F * C_{t-1} + I * G; H_t = O * tanh(C_t). Returns (outputs (T, B, H), hT, cT).
     """
@@ -666,7 +729,8 @@ def lstm_scan(
     if T == 0:
         return xp.new_empty((0,) + tuple(h0.shape)), h0.clone(), c0.clone()
     if _needs_grad(xp, h0, c0, W_hh):
-        return _LSTMScan.apply(xp, h0, c0, W_hh)
+        src, tokens = _source(xp)
+        return _LSTMScan.apply(src, h0, c0, W_hh, tokens)
     with torch.no_grad():
         out, _, cT, _ = _lstm_forward(xp, h0, c0, W_hh, save=False)
         return out, out[-1].clone(), cT.clone()

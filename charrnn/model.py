@@ -8,7 +8,7 @@ Every cell follows one shape:
   `gather(tokens)`, which gives the same numbers as `one_hot(tokens) @ W_xh + b` by reading
   rows of `W_xh` (a one-hot product only selects a row).
 - `recur(xp, state)`: the loop over time; only the recurrent product `H @ W_hh` is left in
-  it. It runs as one autograd Function with a hand-written backward pass through time
+  it. For the first layer, xp is `gathered(tokens)`: the gather happens step by step. It runs as one autograd Function with a hand-written backward pass through time
   (`charrnn.bptt`): one matmul per step going back, and each weight gradient as one large
   matmul over all steps afterwards.
 - `step(xp_t, state)`: one time step. `loop(xp, state)` runs it step by step under
@@ -69,6 +69,10 @@ class ScratchCell(nn.Module):
         the same numbers, without a pass over the (T, B, gates*H) result, and its gradient is
         a sum over the table's rows instead of over all T*B of them."""
         return F.embedding(tokens, self.W_xh + self.input_bias())
+
+    def gathered(self, tokens: torch.Tensor) -> bptt.Gathered:
+        """What `gather(tokens)` computes, for `recur` to gather step by step (see bptt.Gathered)."""
+        return bptt.Gathered(self.W_xh + self.input_bias(), tokens)
 
     def zero_state(self, batch_size: int, like: torch.Tensor):
         return like.new_zeros(batch_size, self.num_hiddens)
@@ -225,7 +229,7 @@ class StackedScratch(nn.Module):
         return self._run(self.cells[0].project(inputs), state, reference)
 
     def forward_tokens(self, tokens, state=None):
-        return self._run(self.cells[0].gather(tokens), state)
+        return self._run(self.cells[0].gathered(tokens), state)
 
     def zero_state(self, batch_size, like):
         return [cell.zero_state(batch_size, like) for cell in self.cells]

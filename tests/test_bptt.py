@@ -369,3 +369,73 @@ def test_matches_torch_nn(cell):
     torch.testing.assert_close(gW_hh.T, want_grads[1], rtol=0, atol=1e-9)
     torch.testing.assert_close(gb_ih, want_grads[2], rtol=0, atol=1e-9)
     torch.testing.assert_close(gb_hh, want_grads[3], rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_float32_fast_path_matches_float64_reference(cell):
+    """At a size where the scans take their fast CPU float32 path (tanh as 2 sigmoid(2x) - 1,
+    oneDNN matmuls with packed weights when available), results and gradients agree with the
+    float64 reference to float32 accuracy."""
+    scan, ref = CELLS[cell][:2]
+    T, B, H = 6, 32, 96
+    assert B * H >= bptt._FAST_TANH_MIN
+    args64 = [a.detach() for a in make_inputs(cell, T, B, H, seed=21)]
+    leaves = [a.float().requires_grad_() for a in args64]
+    ref_args = [a.clone().requires_grad_() for a in args64]
+    got, want = scan(*leaves), ref(*ref_args)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=2e-6)
+    ws = loss_weights(want, seed=4)
+    grads = torch.autograd.grad(loss_of(got, [w.float() for w in ws]), leaves)
+    ref_grads = torch.autograd.grad(loss_of(want, ws), ref_args)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g.double(), r, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_scans_stay_float32_under_autocast(cell):
+    """Under autocast (train --amp bf16 on CUDA; here the CPU's) the recurrence runs in
+    float32, half-precision inputs included, and gradients flow back in their dtypes."""
+    scan = CELLS[cell][0]
+    args = [a.detach().float().requires_grad_() for a in make_inputs(cell, 4, 3, 8, seed=2)]
+    want = scan(*args)
+    xp_half = args[0].detach().bfloat16().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = scan(xp_half, *args[1:])
+        got_f32 = scan(*args)
+    for a, b, c in zip(got, want, got_f32):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(c, b, rtol=0, atol=0)
+        torch.testing.assert_close(a, b, rtol=0.02, atol=0.02)
+    (g,) = torch.autograd.grad(sum(r.sum() for r in got), [xp_half])
+    assert g.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_gathered_input_is_the_gathered_xp(cell):
+    """A Gathered(table, tokens) input gives the scan's results for xp = table[tokens], and
+    its gradient for the table is xp's gradient added up per token (gradcheck in float64)."""
+    scan, _, gates, _, _ = CELLS[cell]
+    T, B, H, V = 4, 3, 3, 5
+    g = torch.Generator().manual_seed(8)
+    tokens = torch.randint(0, V, (B, T), generator=g).T  # (T, B), strided as the model's X.T is
+    table = torch.randn(V, gates * H, generator=g, dtype=DT, requires_grad=True)
+    rest = make_inputs(cell, T, B, H, seed=6)[1:]
+
+    def via_gathered(table, *rest):
+        return scan(bptt.Gathered(table, tokens), *rest)
+
+    def via_xp(table, *rest):
+        return scan(table[tokens], *rest)
+
+    assert torch.autograd.gradcheck(via_gathered, [table, *rest])
+    got, want = via_gathered(table, *rest), via_xp(table, *rest)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    ws = loss_weights(want, seed=3)
+    leaves = [table, *rest]
+    for a, b in zip(torch.autograd.grad(loss_of(got, ws), leaves), torch.autograd.grad(loss_of(want, ws), leaves)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-9)
+    with torch.no_grad():
+        for a, b in zip(via_gathered(table, *rest), want):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
