@@ -613,17 +613,12 @@ def gru_scan(
 # pre-activation gradients, which is also the gradient w.r.t. xp.
 
 
-def _lstm_gates(g: torch.Tensor, a: torch.Tensor, H: int) -> None:
-    """a = [sigmoid(i), sigmoid(f), tanh(g), sigmoid(o)] of g = [i, f, g, o] (g is scratch)."""
-    if _fast_tanh(g[:, 2 * H : 3 * H]):  # one sigmoid over all four blocks, tanh(g) = 2 sigmoid(2g) - 1
-        gg, ag = g[:, 2 * H : 3 * H], a[:, 2 * H : 3 * H]
-        gg.add_(gg)
-        torch.sigmoid(g, out=a)
-        ag.add_(ag).sub_(1)
-    else:
-        torch.sigmoid(g[:, : 2 * H], out=a[:, : 2 * H])
-        torch.tanh(g[:, 2 * H : 3 * H], out=a[:, 2 * H : 3 * H])
-        torch.sigmoid(g[:, 3 * H :], out=a[:, 3 * H :])
+def _steps(X: torch.Tensor, parts: int) -> list:
+    """Per-step views of the equal column blocks of X (T, B, parts*H): parts tuples of T
+    (B, H) views, made in a few C++ calls instead of slicing in Python at every step."""
+    T, B, G = X.shape
+    blocks = X.view(T, B, parts, G // parts)
+    return [blocks[:, :, k].unbind(0) for k in range(parts)]
 
 
 def _lstm_forward(xp, h0, c0, W_hh, save: bool):
@@ -636,19 +631,30 @@ def _lstm_forward(xp, h0, c0, W_hh, save: bool):
         C = xp.new_empty((T, B, H))
         TC = xp.new_empty((T, B, H))
         a_steps, c_steps, tc_steps = A.unbind(0), C.unbind(0), TC.unbind(0)
+        Is, Fs, Gs, Os = _steps(A, 4)
     else:
         a = xp.new_empty((B, 4 * H))
         tc = xp.new_empty((B, H))
         cbufs = (xp.new_empty((B, H)), xp.new_empty((B, H)))
         a_steps, tc_steps = (a,) * T, (tc,) * T
         c_steps = tuple(cbufs[t & 1] for t in range(T))
+        Is, Fs, Gs, Os = ((chunk,) * T for chunk in a.view(B, 4, H).unbind(1))
+    # the gates: sigmoid for i, f, o and tanh for g; on the fast path one sigmoid over all
+    # four blocks, with g doubled before and 2 s - 1 after (tanh(g) = 2 sigmoid(2g) - 1)
+    fast = _fast_tanh(tc_steps[0])
     h, c = h0, c0
-    for x_t, a, c_t, tc, o_t in zip(xp.unbind(0), a_steps, c_steps, tc_steps, out.unbind(0)):
-        _lstm_gates(mm(h, add=x_t, out=a), a, H)
-        I = a[:, :H]
-        F = a[:, H : 2 * H]
-        Gt = a[:, 2 * H : 3 * H]
-        O = a[:, 3 * H :]
+    for x_t, a, c_t, tc, o_t, I, F, Gt, O in zip(xp.unbind(0), a_steps, c_steps, tc_steps, out.unbind(0),
+                                                 Is, Fs, Gs, Os):
+        g = mm(h, add=x_t, out=a)  # [i, f, g, o]
+        if fast:
+            gg = g[:, 2 * H : 3 * H]
+            gg.add_(gg)
+            torch.sigmoid(g, out=a)
+            Gt.add_(Gt).sub_(1)
+        else:
+            torch.sigmoid(g[:, : 2 * H], out=a[:, : 2 * H])
+            torch.tanh(g[:, 2 * H : 3 * H], out=Gt)
+            torch.sigmoid(g[:, 3 * H :], out=O)
         torch.mul(F, c, out=c_t)
         c_t.addcmul_(I, Gt)
         _tanh(c_t, out=tc)
@@ -681,18 +687,24 @@ class _LSTMScan(torch.autograd.Function):
         #   dF_pre = dC Cprev F(1-F);  dC_carry' = dC F;
         #   dH_{t-1} = g_out[t-1] + [dI, dF, dG, dO] @ W_hh^T.
         D = A.new_empty((T, B, 4 * H))
-        gos = g_out.unbind(0) if g_out is not None else None
-        dh = _init_grad(gos, g_hT, h0)
+        gos = g_out.unbind(0) if g_out is not None else (None,) * T
+        dh = _init_grad(None if g_out is None else gos, g_hT, h0)
         dc_carry = g_cT if g_cT is not None else torch.zeros_like(c0)
-        As, Ds, Cs, TCs, outs = A.unbind(0), D.unbind(0), C.unbind(0), TC.unbind(0), out.unbind(0)
+        # per-step views, made once (see _steps): step t reads cprevs[t], adds ahead[t]
+        Is, Fs, Gs, Os = _steps(A, 4)
+        dIs, dFs, dGs, dOs = _steps(D, 4)
+        dIFGs = D[..., : 3 * H].view(T, B, 3, H).unbind(0)
+        cprevs = (c0,) + C.unbind(0)[:-1]
+        ahead = (None,) + gos[:-1]
         dc = torch.empty_like(out[0])
+        dc3 = dc.unsqueeze(1)
         tmp = torch.empty_like(out[0])
         carry = (torch.empty_like(out[0]), torch.empty_like(out[0]))
         dh_buf = torch.empty_like(out[0])
+        Ds, TCs, outs = D.unbind(0), TC.unbind(0), out.unbind(0)
         for t in range(T - 1, -1, -1):
-            a, d, tc, h_t = As[t], Ds[t], TCs[t], outs[t]
-            I, F, Gt, O = a[:, :H], a[:, H : 2 * H], a[:, 2 * H : 3 * H], a[:, 3 * H :]
-            dI, dF, dG, dO = d[:, :H], d[:, H : 2 * H], d[:, 2 * H : 3 * H], d[:, 3 * H :]
+            I, F, Gt, O, dI, dF, dG, dO = Is[t], Fs[t], Gs[t], Os[t], dIs[t], dFs[t], dGs[t], dOs[t]
+            h_t, tc = outs[t], TCs[t]
             torch.addcmul(O, h_t, tc, value=-1, out=tmp)
             torch.addcmul(dc_carry, dh, tmp, out=dc)  # dC
             torch.addcmul(h_t, h_t, O, value=-1, out=dO)
@@ -701,10 +713,10 @@ class _LSTMScan(torch.autograd.Function):
             torch.addcmul(tmp, tmp, I, value=-1, out=dI)
             torch.addcmul(I, tmp, Gt, value=-1, out=dG)
             torch.addcmul(F, F, F, value=-1, out=dF)
-            dF.mul_(Cs[t - 1] if t > 0 else c0)
-            d[:, : 3 * H].view(B, 3, H).mul_(dc.unsqueeze(1))  # dI_pre, dF_pre, dG_pre
+            dF.mul_(cprevs[t])
+            dIFGs[t].mul_(dc3)  # dI_pre, dF_pre, dG_pre
             dc_carry = torch.mul(dc, F, out=carry[t & 1])
-            dh = mm(d, add=gos[t - 1] if t > 0 and gos is not None else None, out=dh_buf)
+            dh = mm(Ds[t], add=ahead[t], out=dh_buf)
 
         need_x, need_h0, need_c0, need_w, _ = ctx.needs_input_grad
         dW = _weight_grad(h0, out, D) if need_w else None
