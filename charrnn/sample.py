@@ -176,16 +176,20 @@ class GenerationStream:
             raise CharrnnError(f"--length must not be negative, got {length}")
         return self._emit(length)
 
-    @torch.inference_mode()
     def _emit(self, length: int):
-        model = self.model
-        model.eval()
-        if self.state is None:
-            self.state = model.zero_state(self.samples)
-        self.state = list(self.state)
-        if self.logits is None:  # nothing fed yet: the first character comes from the zero state's output
-            self.logits = model.output_layer(state_output(self.state).unsqueeze(0))[:, -1]
-        sampler = Sampler(model)
+        # inference mode around each step's work, not around the generator: torch's
+        # decorator would re-enter it (a copy of the context manager) at every yield, ~3 us
+        # of a ~25 us character, and a `with` across a yield would leak into the caller
+        no_autograd = torch.inference_mode()
+        with no_autograd:
+            model = self.model
+            model.eval()
+            if self.state is None:
+                self.state = model.zero_state(self.samples)
+            self.state = list(self.state)
+            if self.logits is None:  # nothing fed yet: the first character comes from the zero state's output
+                self.logits = model.output_layer(state_output(self.state).unsqueeze(0))[:, -1]
+            sampler = Sampler(model)
         tokens, device = self.vocab.idx_to_token, model.W_hq.device
         s = self.settings
         temperature = s["temperature"]
@@ -193,19 +197,21 @@ class GenerationStream:
         # one operation fewer per step with the noise scaled once per chunk
         plain = not (s["greedy"] or temperature == 0 or 0 < s["top_k"] < len(self.vocab) or s["top_p"] < 1)
         for t in range(length):
-            if t % NOISE_CHUNK == 0:
-                noise = gumbel_noise(min(NOISE_CHUNK, length - t), self.samples, len(self.vocab), self.generator,
-                                     device)
-                if plain and temperature != 1:
-                    noise.mul_(temperature)
-            if plain:
-                ids = torch.add(self.logits, noise[t % NOISE_CHUNK]).argmax(-1)
-            else:
-                ids = choose(self.logits, noise=noise[t % NOISE_CHUNK], **s)
-            id_list = ids.tolist()
-            # step before yielding: a caller that stops early still leaves a state that has
-            # seen every character it was given
-            self.logits, self.state = sampler.step(id_list if len(id_list) == 1 else ids, self.state)
+            with no_autograd:
+                if t % NOISE_CHUNK == 0:
+                    noise = gumbel_noise(min(NOISE_CHUNK, length - t), self.samples, len(self.vocab),
+                                         self.generator, device)
+                    if plain and temperature != 1:
+                        noise.mul_(temperature)
+                    noise_steps = noise.unbind(0)
+                if plain:  # (in place: these logits are replaced by the step below)
+                    ids = self.logits.add_(noise_steps[t % NOISE_CHUNK]).argmax(-1)
+                else:
+                    ids = choose(self.logits, noise=noise_steps[t % NOISE_CHUNK], **s)
+                id_list = ids.tolist()
+                # step before yielding: a caller that stops early still leaves a state that has
+                # seen every character it was given
+                self.logits, self.state = sampler.step(id_list if len(id_list) == 1 else ids, self.state)
             yield [tokens[i] for i in id_list]
 
 
