@@ -280,6 +280,7 @@ def test_parse_duration():
     ("lr", 0.0), ("lr", -1.0), ("lr", float("nan")), ("lr", float("inf")), ("seq_len", 0), ("hidden", 0),
     ("batch_size", -1), ("layers", 0), ("eval_every", 0), ("clip", 0.0), ("dropout", 1.0), ("max_steps", -1),
     ("cell", "transformer"), ("optimizer", "lbfgs"), ("sampling", "shuffled"), ("device", "tpu"), ("max_time", "soon"),
+    ("amp", "fp8"),
 ])
 def test_bad_settings_are_one_line_errors(field, value):
     with pytest.raises(CharrnnError) as info:
@@ -291,3 +292,32 @@ def test_bad_settings_are_one_line_errors(field, value):
 def test_unknown_setting_in_a_dict():
     with pytest.raises(CharrnnError, match="unknown setting"):
         TrainConfig.from_dict({"hiden": 8}, "preset.toml")
+
+
+# ---------------------------------------------------------------- precision options, devices
+
+
+def test_tf32_and_amp_change_nothing_on_a_cpu(tmp_path):
+    """--tf32 and --amp bf16 are CUDA options: on a CPU the run is the float32 run, bit for bit."""
+    (tmp_path / "c.txt").write_text(make_text(600))
+    plain = train(tiny_config(tmp_path / "c.txt", tmp_path / "a", device="cpu"))
+    fast = train(tiny_config(tmp_path / "c.txt", tmp_path / "b", device="cpu", tf32=True, amp="bf16"))
+    assert plain["val_loss"] == fast["val_loss"]
+    a, b = (load_checkpoint(tmp_path / name / "last.pt") for name in ("a", "b"))
+    assert state_dicts_equal(a["model"], b["model"])
+    assert not torch.backends.cuda.matmul.allow_tf32  # left as it was
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("sampling", ["sequential", "random"])
+def test_cuda_training_with_tf32_and_bf16_autocast(tmp_path, monkeypatch, sampling):
+    """On a GPU every batch is already there (no copy from the host per step), bf16 autocast
+    and TF32 train to a finite loss, and the TF32 setting is restored afterwards."""
+    (tmp_path / "c.txt").write_text(make_text(2000))
+    calls = record_training_calls(monkeypatch)
+    before = torch.backends.cuda.matmul.allow_tf32
+    summary = train(tiny_config(tmp_path / "c.txt", tmp_path / "run", device="cuda", sampling=sampling,
+                                tf32=True, amp="bf16", max_steps=6, eval_every=3, hidden=32, layers=2))
+    assert math.isfinite(summary["val_loss"]) and summary["steps"] == 6
+    assert all(X.device.type == "cuda" for X, _, _ in calls)
+    assert torch.backends.cuda.matmul.allow_tf32 == before
