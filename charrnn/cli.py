@@ -94,7 +94,7 @@ def train(
     lr_schedule: Annotated[Optional[str], Opt(help="constant or cosine (decay over the step or time budget). [default: constant]")] = None,
     warmup_steps: Annotated[Optional[int], Opt(help="Linear learning-rate warm-up steps. [default: 0]")] = None,
     clip: Annotated[Optional[float], Opt(help="Clip gradients to this global L2 norm. [default: 1.0]")] = None,
-    batch_size: Annotated[Optional[int], Opt(help="Sequences per batch. [default: 32]")] = None,
+    batch_size: Annotated[Optional[int], Opt(help="Sequences per batch (per process under torchrun). [default: 32]")] = None,
     seq_len: Annotated[Optional[int], Opt(help="Characters per sequence (truncated BPTT length). [default: 64]")] = None,
     max_steps: Annotated[Optional[int], Opt(help="Stop after this many steps in all.")] = None,
     epochs: Annotated[Optional[float], Opt(help="Stop after this many passes over the training text (default 10 when no other limit is given).")] = None,
@@ -111,9 +111,11 @@ def train(
     The run directory holds best.pt (lowest validation loss), last.pt and config.toml;
     runs/latest points at the newest run. Training stops at --max-steps, --epochs or
     --max-time, whichever comes first. Ctrl-C saves last.pt and prints how to resume.
+    Under torchrun it trains data-parallel, one process per GPU or CPU share.
     """
     given = {k: str(v) if isinstance(v, Path) else v for k, v in locals().items()
              if v is not None and k not in ("config", "quiet", "resume")}
+    from charrnn.distributed import process_group, rank
     from charrnn.report import TerminalReporter
     from charrnn.train import TrainConfig, train as run_training
 
@@ -125,12 +127,15 @@ def train(
             values.pop("dataset", None)  # a corpus on the command line replaces the preset's dataset
     values.update(given)
     settings = TrainConfig.from_dict(values, str(config) if config else "config")
-    summary = run_training(settings, TerminalReporter(quiet=quiet), resume=resume)
+    with process_group(settings.device):  # under torchrun; nothing otherwise
+        summary = run_training(settings, TerminalReporter(quiet=quiet), resume=resume)
+        speaks = rank() == 0  # only rank 0 prints
     if summary["interrupted"]:
-        typer.echo(f"stopped by {summary['interrupted']} at step {summary['steps']}; saved "
-                   f"{summary['run']}/last.pt. Resume with:\n  charrnn train --resume {summary['run']}", err=True)
+        if speaks:
+            typer.echo(f"stopped by {summary['interrupted']} at step {summary['steps']}; saved "
+                       f"{summary['run']}/last.pt. Resume with:\n  charrnn train --resume {summary['run']}", err=True)
         raise typer.Exit(130)
-    if settings.sample_prefix:
+    if settings.sample_prefix and speaks:
         from charrnn.sample import generate as generate_chars
 
         model, vocab, _ = load_model(Path(summary["run"]) / "best.pt", "cpu")
@@ -140,7 +145,9 @@ def train(
 
 
 # What may change when a run resumes: how long it goes on and where; not the model or data.
-RESUMABLE = {"max_steps", "epochs", "max_time", "eval_every", "device",
+# The batch size may, so that a run resumed on another number of processes can keep its
+# global batch (--batch-size x processes).
+RESUMABLE = {"max_steps", "epochs", "max_time", "eval_every", "device", "batch_size",
              "sample_prefix", "sample_length", "sample_greedy"}
 
 

@@ -69,6 +69,10 @@ class TerminalReporter(Reporter):
         if not self.quiet:
             self.console.print(eval_line(r, self.total_steps), highlight=False, markup=False)
 
+    def note(self, text):
+        if not self.quiet:
+            self.console.print(f"note: {text}", highlight=False, markup=False)
+
     def finish(self, s):
         if self.progress_bar:
             self.progress_bar.stop()

@@ -20,6 +20,8 @@ import torch.nn.functional as F
 
 from charrnn.checkpoint import load_checkpoint, save_checkpoint
 from charrnn.data import load_corpus, make_batches, reload_corpus
+from charrnn.distributed import (agree_to_stop, all_reduce, data_parallel, from_rank_zero, gather_rows,
+                                 process_device, rank, world_size)
 from charrnn.errors import CharrnnError
 from charrnn.model import CELLS, ModelConfig, build_model, detach_state, map_state, num_parameters
 
@@ -139,13 +141,14 @@ def clip_gradients(max_norm: float, params) -> torch.Tensor:
 
 @torch.inference_mode()
 def evaluate(model, ids: torch.Tensor, *, batch_size: int, seq_len: int, carry_state: bool = True,
-             device=None) -> tuple[float, int]:
+             device=None, shard: tuple[int, int] = (0, 1)) -> tuple[float, int]:
     """Summed cross-entropy (nats) and number of predicted characters over `ids`.
 
     With carry_state the text is cut into at most `batch_size` contiguous streams whose
     state runs through the whole text (each character predicted from all before it in its
     stream); otherwise every stride-1 window of seq_len + 1 characters from a zero state,
-    as the book evaluates."""
+    as the book evaluates. With `shard` = (i, n), only every n-th stream or window from
+    the i-th: n processes share the work and add up their results."""
     was_training = model.training
     model.eval()
     device = device or model.W_hq.device
@@ -154,8 +157,9 @@ def evaluate(model, ids: torch.Tensor, *, batch_size: int, seq_len: int, carry_s
         if carry_state:
             streams = max(1, min(batch_size, (len(ids) - 1) // max(seq_len, 1)))
             length = (len(ids) - 1) // streams
-            inputs = ids[: streams * length].view(streams, length).to(device)
-            targets = ids[1 : streams * length + 1].view(streams, length).to(device)
+            mine = slice(shard[0], None, shard[1])
+            inputs = ids[: streams * length].view(streams, length)[mine].to(device)
+            targets = ids[1 : streams * length + 1].view(streams, length)[mine].to(device)
             state = None
             for start in range(0, length, seq_len):
                 X = inputs[:, start : start + seq_len].long()
@@ -164,7 +168,7 @@ def evaluate(model, ids: torch.Tensor, *, batch_size: int, seq_len: int, carry_s
                 total += F.cross_entropy(logits.flatten(0, 1), Y.flatten(), reduction="sum")
                 count += Y.numel()
         else:
-            windows = ids.unfold(0, seq_len + 1, 1)
+            windows = ids.unfold(0, seq_len + 1, 1)[shard[0] :: shard[1]]
             for start in range(0, len(windows), batch_size):
                 rows = windows[start : start + batch_size].to(device).long()
                 logits, _ = model(rows[:, :-1])
@@ -185,6 +189,8 @@ class Reporter:
     def evaluation(self, record: dict) -> None: ...
 
     def finish(self, summary: dict) -> None: ...
+
+    def note(self, text: str) -> None: ...
 
 
 def lr_at(config: TrainConfig, progress: float, step: int) -> float:
@@ -276,9 +282,17 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
     With `resume` (a run directory or a checkpoint file), continue that run exactly where
     it stopped: weights, optimizer, step, position in the data, hidden state and random
     number generator; `config` is then that run's settings with any changes to how long
-    it trains (its model and data settings must be the run's own)."""
-    reporter = reporter or Reporter()
-    device = pick_device(config.device)
+    it trains (its model and data settings must be the run's own).
+
+    In a torch.distributed process group (charrnn.distributed), every process trains on
+    its own `batch_size` rows of a global batch of batch_size x world_size, and only rank
+    0 reports and writes files."""
+    reporter = (reporter or Reporter()) if rank() == 0 else Reporter()
+    global_batch = config.batch_size * world_size()
+    mine = slice(rank() * config.batch_size, (rank() + 1) * config.batch_size)  # this process's rows
+    device = process_device(pick_device(config.device))
+    # all processes draw the same random numbers (initial weights, dropout masks), so rank
+    # 0's generator state in a checkpoint resumes every one of them
     torch.manual_seed(config.seed)
     ckpt = None
     if resume:
@@ -294,7 +308,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
         )
     vocab = corpus.vocab
     train_ids, val_ids = vocab.encode(corpus.train), vocab.encode(corpus.val)
-    batches = make_batches(train_ids, config.sampling, config.batch_size, config.seq_len, config.seed)
+    batches = make_batches(train_ids, config.sampling, global_batch, config.seq_len, config.seed)
     if not batches.carries_state and len(val_ids) <= config.seq_len:
         raise CharrnnError(f"the validation text is shorter than one window of {config.seq_len + 1} characters")
 
@@ -303,19 +317,30 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
     params = list(model.parameters())
     optimizer = make_optimizer(config, params)
     progress = {"step": 0, "epoch": 0, "index": 0, "chars_seen": 0, "elapsed": 0.0,
-                "best_val_loss": math.inf, "last_val_loss": math.inf}
+                "best_val_loss": math.inf, "last_val_loss": math.inf, "world_size": world_size()}
     state = None
     if ckpt:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        progress.update(ckpt["progress"])
+        progress.update(ckpt["progress"], world_size=world_size())
         torch.set_rng_state(ckpt["rng"]["cpu"])
-        state = map_state(lambda t: t.to(device), ckpt["state"])
+        saved_batch = ckpt["config"]["batch_size"] * ckpt["progress"].get("world_size", 1)
+        if saved_batch == global_batch:
+            state = map_state(lambda t: t[mine].to(device), ckpt["state"])
+        else:  # other streams (or windows per batch): the same point of the epoch, a zero state
+            saved_batches = make_batches(train_ids, config.sampling, saved_batch, config.seq_len, config.seed)
+            progress["index"] = progress["index"] * batches.batches_per_epoch // saved_batches.batches_per_epoch
+            processes = f"{world_size()} process" + ("es" if world_size() > 1 else "")
+            reporter.note(f"the global batch is now {global_batch} sequences (--batch-size {config.batch_size} x "
+                          f"{processes}), not {saved_batch}: training goes on from the same point of the "
+                          "epoch" + (", with a zero hidden state" if batches.carries_state else ""))
         run = resume if resume.is_dir() else resume.parent
     else:
-        run = new_run_dir(config.out)
-    write_config(config, run / "config.toml")
-    point_latest(run)
+        run = from_rank_zero(new_run_dir(config.out) if rank() == 0 else None)
+    if rank() == 0:
+        write_config(config, run / "config.toml")
+        point_latest(run)
+    parallel_model = data_parallel(model, device)
 
     max_time = parse_duration(config.max_time) if config.max_time else math.inf
     epochs = config.epochs or (0 if (config.max_steps or config.max_time) else 10)
@@ -323,22 +348,32 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
     if epochs:
         step_limits.append(max(1, round(epochs * batches.batches_per_epoch)))
     total_steps = min(step_limits) if step_limits else None
-    reporter.start({"run": str(run), "device": str(device), "parameters": num_parameters(model),
+    device_text = f"{world_size()} processes ({device.type})" if world_size() > 1 else str(device)
+    reporter.start({"run": str(run), "device": device_text, "parameters": num_parameters(model),
                     "vocab_size": len(vocab), "train_chars": len(train_ids), "val_chars": len(val_ids),
                     "total_steps": total_steps, "max_time": max_time, "step": progress["step"],
                     "batches_per_epoch": batches.batches_per_epoch, "config": asdict(config)})
 
     def save(name: str) -> None:
+        # the state carried into the next batch, of every process's streams (so every
+        # process calls save); windows start from a zero state
+        carried = map_state(gather_rows, detach_state(state)) if batches.carries_state else None
+        if rank() != 0:
+            return
         save_checkpoint({
             "model_config": asdict(model_config), "vocab": vocab.to_dict(), "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "config": asdict(config), "progress": dict(progress),
             "corpus": corpus.source, "rng": {"cpu": torch.get_rng_state()},
-            "state": detach_state(state),
+            "state": carried,
         }, run / name)
 
     def run_evaluation(train_loss: float) -> dict:
-        loss_sum, count = evaluate(model, val_ids, batch_size=config.batch_size, seq_len=config.seq_len,
-                                   carry_state=batches.carries_state, device=device)
+        # each process evaluates its share of the global batch's streams; all get the same
+        # sums, so all agree on the best checkpoint
+        loss_sum, count = evaluate(model, val_ids, batch_size=global_batch, seq_len=config.seq_len,
+                                   carry_state=batches.carries_state, device=device,
+                                   shard=(rank(), world_size()))
+        loss_sum, count, train_loss = all_reduce([loss_sum, count, train_loss / world_size()])
         val_loss = loss_sum / count
         progress["last_val_loss"] = val_loss
         record = {"step": progress["step"], "epoch": progress["epoch"], "elapsed": progress["elapsed"],
@@ -350,8 +385,9 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
             progress["best_val_loss"] = val_loss
             save("best.pt")
         save("last.pt")
-        with open(run / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if rank() == 0:
+            with open(run / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
         reporter.evaluation(record)
         return record
 
@@ -363,9 +399,11 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
     window_chars, window_start = 0, time.perf_counter()
     train_loss, chars_per_s, last_record = math.nan, 0.0, None
     with StopRequest() as stop:
-        while not stop.requested:
-            progress["elapsed"] = time.perf_counter() - started
-            if (total_steps is not None and progress["step"] >= total_steps) or progress["elapsed"] >= max_time:
+        while True:
+            # all processes leave the loop at the same step (nothing to agree on alone)
+            progress["elapsed"], stopped_by = agree_to_stop(time.perf_counter() - started, stop.requested)
+            if stopped_by or (total_steps is not None and progress["step"] >= total_steps) \
+                    or progress["elapsed"] >= max_time:
                 break
             fraction = max(progress["step"] / total_steps if total_steps else 0.0, progress["elapsed"] / max_time)
             lr = lr_at(config, fraction, progress["step"])
@@ -373,11 +411,16 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
                 group["lr"] = lr
 
             X, Y = batches.batch(progress["epoch"], progress["index"])
-            X, Y = X.to(device, non_blocking=True), Y.to(device, non_blocking=True)
+            batch_chars = Y.numel()
+            X, Y = X[mine].to(device, non_blocking=True), Y[mine].to(device, non_blocking=True)
             if not batches.carries_state or progress["index"] == 0:
                 state = None
-            logits, state = model(X, state)
-            loss = F.cross_entropy(logits.flatten(0, 1), Y.flatten())
+            logits, state = parallel_model(X, state)
+            # the mean over the global batch: the processes' gradients are averaged, so each
+            # divides its sum by its fair share (a short last batch of windows can leave some
+            # processes fewer rows, or none)
+            fair_share = batch_chars / world_size()
+            loss = F.cross_entropy(logits.flatten(0, 1), Y.flatten(), reduction="sum") / fair_share
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             clip_gradients(config.clip, params)
@@ -386,9 +429,9 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
 
             loss_sum += loss.detach()
             loss_steps += 1
-            window_chars += Y.numel()
+            window_chars += batch_chars
             progress["step"] += 1
-            progress["chars_seen"] += Y.numel()
+            progress["chars_seen"] += batch_chars
             progress["index"] += 1
             if progress["index"] == batches.batches_per_epoch:
                 progress["epoch"], progress["index"] = progress["epoch"] + 1, 0
@@ -414,8 +457,8 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
                 loss_steps = 0
 
         if loss_steps:
-            train_loss = loss_sum.item() / loss_steps
-        if stop.requested:
+            train_loss = all_reduce([loss_sum.item() / loss_steps])[0] / world_size()
+        if stopped_by:
             progress["elapsed"] = time.perf_counter() - started
             save("last.pt")
         elif last_record is None or last_record["step"] != progress["step"]:
@@ -427,6 +470,6 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
                "best_val_loss": progress["best_val_loss"],
                "best_val_ppl": math.exp(min(progress["best_val_loss"], 50)),
                "chars_per_s": progress["chars_seen"] / max(progress["elapsed"], 1e-9),
-               "interrupted": stop.requested}
+               "interrupted": stopped_by}
     reporter.finish(summary)
     return summary
