@@ -37,7 +37,7 @@ def process_group(device: str = "auto"):
     if not launched_by_torchrun() or is_distributed():
         yield
         return
-    on_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    on_cuda = device != "cpu" and torch.cuda.is_available()  # as pick_device chooses
     if on_cuda:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     # gloo carries the small CPU collectives (stop flag, clock, losses) even beside nccl,
