@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -196,7 +197,10 @@ def load_corpus(
         train, val = text[:cut], text[cut:]
     if len(val) < 2:
         raise CharrnnError(f"the validation split has {len(val)} character(s); it needs at least 2")
-    vocab = Vocab.from_text(train, unk=normalize_how == "letters")
+    if normalize_how == "letters":  # the book's vocabulary: 26 letters, space and <unk>
+        vocab = Vocab(string.ascii_lowercase + " ", unk=True)
+    else:
+        vocab = Vocab.from_text(train)
     vocab.check(val, "the validation text")
     return Corpus(train, val, vocab, source)
 
