@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from contextlib import contextmanager
 
 import torch
@@ -43,10 +44,13 @@ def process_group(device: str = "auto"):
     # gloo carries the small CPU collectives (stop flag, clock, losses) even beside nccl,
     # so they never wait for the GPU
     dist.init_process_group("cpu:gloo,cuda:nccl" if on_cuda else "gloo")
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
+    yield  # after an error, leave the group as it is: its peers may be inside a collective
+    dist.destroy_process_group()
+    # gloo's worker threads free the last gradient all-reduces of DDP, which hold a Python
+    # object from backward(), when they get the GIL; an interpreter that shuts down before
+    # then aborts the process ("terminate called without an active exception", about one
+    # exit in five here with torch 2.13). A moment without the GIL lets them finish.
+    time.sleep(0.2)
 
 
 def is_distributed() -> bool:
