@@ -91,6 +91,7 @@ def train(
     hidden: Annotated[Optional[int], Opt(help="Hidden units per layer. [default: 256]")] = None,
     layers: Annotated[Optional[int], Opt(help="Stacked recurrent layers. [default: 1]")] = None,
     dropout: Annotated[Optional[float], Opt(help="Dropout on each layer's outputs. [default: 0]")] = None,
+    init_sigma: Annotated[Optional[float], Opt(help="Weights start as N(0, sigma^2) (the book's init). [default: 0.01]")] = None,
     optimizer: Annotated[Optional[str], Opt(help="sgd, adam or adamw. [default: adam]")] = None,
     lr: Annotated[Optional[float], Opt(help="Learning rate. [default: 0.002]")] = None,
     lr_schedule: Annotated[Optional[str], Opt(help="constant; cosine (decay over the step or time budget); or plateau (multiply by --plateau-factor after --plateau-patience evaluations without a new best). [default: constant]")] = None,
