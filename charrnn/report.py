@@ -57,6 +57,9 @@ class TerminalReporter(Reporter):
             self.progress_bar.start()
             self.task = self.progress_bar.add_task("train", total=100, step="0", loss=math.nan, cps=0)
 
+    def note(self, text):
+        print(f"warning: {text}", file=sys.stderr, flush=True)
+
     def progress(self, p):
         if self.progress_bar:
             fraction = max(p["step"] / p["total_steps"] if p["total_steps"] else 0,
