@@ -26,6 +26,12 @@ from charrnn.model import CELLS, ModelConfig, build_model, detach_state, map_sta
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine")
+# Training stops as diverged when the mean training loss since the last report is this many
+# times the untrained model's: ln(vocabulary size), or the first step's loss if a custom
+# init starts higher. Healthy training never climbs that far above where it started.
+DIVERGENCE_FACTOR = 3.0
+
+
 # The annotations of TrainConfig's fields (strings, by `from __future__ import annotations`)
 # and the values a preset may give them.
 SETTING_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "str | None": (str, type(None))}
@@ -361,7 +367,24 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
                     "total_steps": total_steps, "max_time": max_time, "step": progress["step"],
                     "batches_per_epoch": batches.batches_per_epoch, "config": asdict(config)})
 
+    def stop_diverged(what: str) -> CharrnnError:
+        kept = f"the last good checkpoint is kept in {run}" if (run / "last.pt").exists() else "no checkpoint was saved"
+        return CharrnnError(f"training diverged at step {progress['step']}: {what}; {kept} "
+                            f"(lower --lr, now {config.lr:g}, or --clip, now {config.clip:g})")
+
+    loss_limit = math.inf  # DIVERGENCE_FACTOR times the untrained model's loss, set at the first step
+
+    def check_train_loss(train_loss: float) -> None:
+        if not math.isfinite(train_loss):
+            raise stop_diverged(f"the training loss became {train_loss}")
+        if train_loss > loss_limit:
+            raise stop_diverged(f"the training loss reached {train_loss:.4g}, over {DIVERGENCE_FACTOR:g}x "
+                                f"the untrained model's {loss_limit / DIVERGENCE_FACTOR:.4g}")
+
     def save(name: str) -> None:
+        # Never replace a good checkpoint with a broken model.
+        if not all(bool(torch.isfinite(p).all()) for p in params):
+            raise stop_diverged("the weights became NaN or infinite")
         save_checkpoint({
             "model_config": asdict(model_config), "vocab": vocab.to_dict(), "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "config": asdict(config), "progress": dict(progress),
@@ -373,6 +396,8 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
         loss_sum, count = evaluate(model, val_ids, batch_size=config.batch_size, seq_len=config.seq_len,
                                    carry_state=batches.carries_state, device=device)
         val_loss = loss_sum / count
+        if not math.isfinite(val_loss):
+            raise stop_diverged(f"the validation loss became {val_loss}")
         progress["last_val_loss"] = val_loss
         record = {"step": progress["step"], "epoch": progress["epoch"], "elapsed": progress["elapsed"],
                   "chars_seen": progress["chars_seen"], "train_loss": train_loss,
@@ -411,6 +436,8 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
                 state = None
             logits, state = model(X, state)
             loss = F.cross_entropy(logits.flatten(0, 1), Y.flatten())
+            if loss_limit == math.inf:
+                loss_limit = DIVERGENCE_FACTOR * max(math.log(len(vocab)), loss.item())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             clip_gradients(config.clip, params)
@@ -431,11 +458,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
             if at_eval or now - window_start > 0.5:
                 train_loss = loss_sum.item() / loss_steps
                 chars_per_s = window_chars / max(now - window_start, 1e-9)
-                if not math.isfinite(train_loss):
-                    raise CharrnnError(
-                        f"the training loss became {train_loss} at step {progress['step']}; "
-                        "lower --lr or --clip (the last good checkpoint is kept in the run directory)"
-                    )
+                check_train_loss(train_loss)
                 progress["elapsed"] = now - started
                 reporter.progress({"step": progress["step"], "total_steps": total_steps, "loss": train_loss,
                                    "lr": lr, "chars_per_s": chars_per_s, "elapsed": progress["elapsed"],
@@ -448,6 +471,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
 
         if loss_steps:
             train_loss = loss_sum.item() / loss_steps
+            check_train_loss(train_loss)
         if stop.requested:
             progress["elapsed"] = time.perf_counter() - started
             save("last.pt")
