@@ -75,8 +75,8 @@ def generate(model: RNNLMScratch, vocab: Vocab, prefix: str = "", length: int = 
     continuations of `prefix` (the prefix itself is not yielded)."""
     if length < 0:
         raise CharrnnError(f"--length must not be negative, got {length}")
-    if temperature < 0:
-        raise CharrnnError(f"--temperature must not be negative, got {temperature}")
+    if not temperature >= 0:  # also NaN
+        raise CharrnnError(f"--temperature must be a number >= 0, got {temperature}")
     if top_k < 0:
         raise CharrnnError(f"--top-k must not be negative, got {top_k}")
     model.eval()
