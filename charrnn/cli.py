@@ -242,13 +242,12 @@ def evaluate_command(
 ):
     """Perplexity and bits per character of a model on FILE or on its validation split."""
     from charrnn.checkpoint import resolve_checkpoint
-    from charrnn.data import UNKNOWN_CHOICES, read_text, reload_corpus, skipped_note
+    from charrnn.data import check_unknown, read_text, reload_corpus, skipped_note
     from charrnn.train import evaluate
 
     if batch_size < 1 or seq_len < 1:
         raise CharrnnError("--batch-size and --seq-len must be positive")
-    if unknown not in UNKNOWN_CHOICES:
-        raise CharrnnError(f"--unknown must be one of {', '.join(UNKNOWN_CHOICES)}, got {unknown!r}")
+    check_unknown(unknown)
     model, vocab, ckpt = load_model(checkpoint, device)
     source = ckpt.get("corpus") or {}
     if file is None:
@@ -256,7 +255,7 @@ def evaluate_command(
             raise CharrnnError("the checkpoint does not record its corpus; give a FILE to eval")
         corpus = reload_corpus(source, cache_dir=resolve_checkpoint(checkpoint).parent)
         ids, what, notes = corpus.val_ids, "the validation split", corpus.notes
-        window = source.get("windows", [0, 0, 0])[2]  # the book's split: stride-1 windows of seq_len
+        window = source["windows"][2] if "windows" in source else 0
     else:
         text, what, window = read_text(file, "file", source.get("normalize", "none")), str(file), 0
         ids, dropped = vocab.ids_of(text, what=what, unknown=unknown, hint=" (--unknown skip drops them)",
@@ -266,12 +265,12 @@ def evaluate_command(
         raise CharrnnError(f"{what} is too short to evaluate (it needs at least 2 characters)")
     for note in notes:
         typer.echo(f"warning: {note}", err=True)
-    if window:  # the book's split: stride-1 windows, each from a zero state
+    if window:  # the book's split: stride-1 windows of the run's seq_len, each from a zero state
         loss_sum, count = evaluate(model, ids, batch_size=1024, seq_len=window, carry_state=False)
     else:
         loss_sum, count = evaluate(model, ids, batch_size=batch_size, seq_len=seq_len)
     loss = loss_sum / count
-    result = {"perplexity": math.exp(loss) if loss < 700 else math.inf, "bits_per_char": loss / math.log(2), "loss": loss,
+    result = {"perplexity": math.exp(min(loss, 709)), "bits_per_char": loss / math.log(2), "loss": loss,
               "chars": count, "text": what}
     if as_json:
         typer.echo(json.dumps(result))

@@ -57,8 +57,8 @@ class Text:
     notes: list[str] = field(default_factory=list)
 
     @classmethod
-    def from_str(cls, text: str, how: str = "none") -> "Text":
-        return cls(*encode_pieces([normalize(text, how)], len(text)))
+    def from_str(cls, text: str, normalize_how: str = "none") -> "Text":
+        return cls(*encode_pieces([normalize(text, normalize_how)], len(text)))
 
 
 def read_text(path: str | Path, what: str = "corpus", normalize_how: str = "none") -> Text:
@@ -343,8 +343,7 @@ def load_corpus(
     `unknown="skip"` are dropped, with a note saying how many."""
     if path and dataset:
         raise CharrnnError("give a corpus file or --dataset, not both")
-    if unknown not in UNKNOWN_CHOICES:
-        raise CharrnnError(f"--unknown must be one of {', '.join(UNKNOWN_CHOICES)}, got {unknown!r}")
+    check_unknown(unknown)
     if dataset:
         from charrnn.datasets import dataset_path
 
@@ -394,6 +393,11 @@ def load_corpus(
     # Last, and in place: the training ids take the place of the text's own.
     train_ids, _ = vocab.ids_of(text, *train_span, what="the training text", in_place=True)
     return Corpus(train_ids, val_ids, vocab, source, notes)
+
+
+def check_unknown(unknown: str) -> None:
+    if unknown not in UNKNOWN_CHOICES:
+        raise CharrnnError(f"--unknown must be one of {', '.join(UNKNOWN_CHOICES)}, got {unknown!r}")
 
 
 def skipped_note(dropped: int, what: str) -> str:
