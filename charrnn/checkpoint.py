@@ -12,7 +12,8 @@ a hostile file cannot run code from it. Keys:
     optimizer     the optimizer's state_dict
     config        the TrainConfig the run was started with, as a dict
     progress      step, epoch, index (position in the data), chars_seen, elapsed,
-                  best_val_loss, last_val_loss
+                  best_val_loss, last_val_loss, evals_since_best and lr_scale (patience
+                  and the plateau schedule)
     corpus        where the text came from: kind, path or name, sha256, split
     rng           torch CPU (and CUDA) generator states, for exact resume
     state         the hidden state carried into the next batch (list per layer)
@@ -27,6 +28,7 @@ import os
 import pickle
 import tempfile
 import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -93,6 +95,12 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         path = resolve_checkpoint(path)
     if not path.is_file():
         raise CharrnnError(f"checkpoint not found: {path}")
+    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since PyTorch 1.6
+        with open(path, "rb") as f:
+            starts_like_zip = f.read(4) == b"PK\x03\x04"
+        if starts_like_zip:
+            raise CharrnnError(f"{path} is not a readable checkpoint (truncated or corrupt?)")
+        raise CharrnnError(f"{path} is not a charrnn checkpoint (not a PyTorch zip archive)")
     try:
         with warnings.catch_warnings():  # torch's notes on odd files would break the one-line promise
             warnings.simplefilter("ignore")
@@ -102,7 +110,7 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
             f"refusing to load {path}: it is not a plain charrnn checkpoint (it holds Python "
             "objects that could run code)"
         ) from None
-    except Exception as e:  # torch.load's failures on a damaged file are many and undocumented
+    except Exception as e:  # a damaged archive can fail in many ways; none may escape as a traceback
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CharrnnError(f"{path} is not a readable checkpoint (truncated or corrupt?): {reason}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

@@ -19,8 +19,10 @@ from charrnn.errors import CharrnnError
 
 app = typer.Typer(
     help="Character-level recurrent language models written from scratch in PyTorch "
-    "(RNN, GRU, LSTM): train, generate, eval.",
+    "(RNN, GRU, LSTM): train, generate, eval, info, plot.",
     no_args_is_help=True,
+    # markdown, not rich markup: rich would take "[default: 256]" in a help text for a style tag and drop it
+    rich_markup_mode="markdown",
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -95,7 +97,9 @@ def train(
     dropout: Annotated[Optional[float], Opt(help="Dropout on each layer's outputs. [default: 0]")] = None,
     optimizer: Annotated[Optional[str], Opt(help="sgd, adam or adamw. [default: adam]")] = None,
     lr: Annotated[Optional[float], Opt(help="Learning rate. [default: 0.002]")] = None,
-    lr_schedule: Annotated[Optional[str], Opt(help="constant or cosine (decay over the step or time budget). [default: constant]")] = None,
+    lr_schedule: Annotated[Optional[str], Opt(help="constant; cosine (decay over the step or time budget); or plateau (multiply by --plateau-factor after --plateau-patience evaluations without a new best). [default: constant]")] = None,
+    plateau_factor: Annotated[Optional[float], Opt(help="With --lr-schedule plateau: multiply the learning rate by this. [default: 0.5]")] = None,
+    plateau_patience: Annotated[Optional[int], Opt(help="With --lr-schedule plateau: evaluations without a new best validation loss before lowering it. [default: 2]")] = None,
     warmup_steps: Annotated[Optional[int], Opt(help="Linear learning-rate warm-up steps. [default: 0]")] = None,
     clip: Annotated[Optional[float], Opt(help="Clip gradients to this global L2 norm. [default: 1.0]")] = None,
     batch_size: Annotated[Optional[int], Opt(help="Sequences per batch. [default: 32]")] = None,
@@ -103,18 +107,21 @@ def train(
     max_steps: Annotated[Optional[int], Opt(help="Stop after this many steps in all.")] = None,
     epochs: Annotated[Optional[float], Opt(help="Stop after this many passes over the training text (default 10 when no other limit is given).")] = None,
     max_time: Annotated[Optional[str], Opt(help="Stop after this much training time: 90s, 10m, 1h.")] = None,
+    patience: Annotated[Optional[int], Opt(help="Early stopping: stop after this many evaluations without a new best validation loss (0: off). [default: 0]")] = None,
     eval_every: Annotated[Optional[int], Opt(help="Evaluate (and checkpoint) every N steps. [default: 200]")] = None,
     seed: Annotated[Optional[int], Opt(help="Random seed; CPU runs with the same seed repeat exactly. [default: 0]")] = None,
     device: Annotated[Optional[str], Opt(help="auto, cpu or cuda. [default: auto]")] = None,
-    out: Annotated[Optional[Path], Opt(help="Run directory. [default: runs/<timestamp>]")] = None,
+    out: Annotated[Optional[Path], Opt(help="Run directory. [default: runs/YYYYmmdd-HHMMSS]")] = None,
     resume: Annotated[Optional[Path], Opt(help="Continue this run directory exactly where it stopped; --max-steps, --epochs and --max-time count the run's total.")] = None,
     quiet: Annotated[bool, Opt("--quiet", "-q", help="Print only the final summary.")] = False,
 ):
     """Train a character-level language model; checkpoints go to a run directory.
 
-    The run directory holds best.pt (lowest validation loss), last.pt and config.toml;
-    runs/latest points at the newest run. Training stops at --max-steps, --epochs or
-    --max-time, whichever comes first. Ctrl-C saves last.pt and prints how to resume.
+    The run directory holds best.pt (lowest validation loss), last.pt, config.toml,
+    metrics.jsonl (one record per evaluation) and curve.png (with matplotlib installed);
+    runs/latest points at the newest run. Training stops at --max-steps, --epochs,
+    --max-time or --patience, whichever comes first. Ctrl-C saves last.pt and prints how
+    to resume.
     """
     given = {k: str(v) if isinstance(v, Path) else v for k, v in locals().items()
              if v is not None and k not in ("config", "quiet", "resume")}
@@ -130,6 +137,7 @@ def train(
     values.update(given)
     settings = TrainConfig.from_dict(values, str(config) if config else "config")
     summary = run_training(settings, TerminalReporter(quiet=quiet), resume=resume)
+    write_curve(Path(summary["run"]), quiet)
     if summary["interrupted"]:
         typer.echo(f"stopped by {summary['interrupted']} at step {summary['steps']}; saved "
                    f"{summary['run']}/last.pt. Resume with:\n  charrnn train --resume {summary['run']}", err=True)
@@ -137,14 +145,33 @@ def train(
     if settings.sample_prefix:
         from charrnn.sample import generate as generate_chars
 
-        model, vocab, _ = load_model(Path(summary["run"]) / "best.pt", "cpu")
-        text = "".join(c[0] for c in generate_chars(model, vocab, settings.sample_prefix, settings.sample_length,
+        model, vocab, ckpt = load_model(Path(summary["run"]) / "best.pt", "cpu")
+        prefix = model_prefix(settings.sample_prefix, ckpt)
+        text = "".join(c[0] for c in generate_chars(model, vocab, prefix, settings.sample_length,
                                                     greedy=settings.sample_greedy, seed=settings.seed))
-        typer.echo(f"sample: {settings.sample_prefix}{text}")
+        typer.echo(f"sample: {prefix}{text}")
+
+
+def write_curve(run: Path, quiet: bool) -> None:
+    """curve.png in the run directory. Training does not need matplotlib: without it, say
+    in one line that the curve was skipped. A run stopped before its first evaluation has
+    nothing to draw."""
+    from charrnn.plot import plot_runs
+
+    if not (run / "metrics.jsonl").is_file():
+        return
+    try:
+        curve = plot_runs([run], run / "curve.png")
+    except CharrnnError as e:
+        if not quiet:
+            typer.echo(f"curve.png skipped: {e}", err=True)
+        return
+    if not quiet:
+        typer.echo(f"learning curve: {curve}")
 
 
 # What may change when a run resumes: how long it goes on and where; not the model or data.
-RESUMABLE = {"max_steps", "epochs", "max_time", "eval_every", "device",
+RESUMABLE = {"max_steps", "epochs", "max_time", "patience", "eval_every", "device",
              "sample_prefix", "sample_length", "sample_greedy"}
 
 
@@ -161,6 +188,13 @@ def resumed_config(run: Path, given: dict) -> dict:
         names = ", ".join("--" + k.replace("_", "-") for k in fixed)
         raise CharrnnError(f"{names} cannot change when resuming a run (start a new run instead)")
     return values
+
+
+def model_prefix(prefix: str, ckpt: dict) -> str:
+    """The prefix as the model saw its training text: normalized the same way."""
+    from charrnn.data import normalize
+
+    return normalize(prefix, ckpt.get("corpus", {}).get("normalize", "none"))
 
 
 def load_model(where, device_name: str = "auto"):
@@ -188,7 +222,8 @@ def load_model(where, device_name: str = "auto"):
         raise CharrnnError(f"the checkpoint's model does not fit its config: {str(e).splitlines()[0]}") from None
     if len(vocab) != config.vocab_size:
         raise CharrnnError(f"the checkpoint's vocabulary has {len(vocab)} characters but its model {config.vocab_size}")
-    if not all(p.is_floating_point() and bool(torch.isfinite(p).all()) for p in model.parameters()):
+    if not all(p.device.type != "meta" and p.is_floating_point() and bool(torch.isfinite(p).all())
+               for p in model.parameters()):
         raise CharrnnError("the checkpoint's weights are not all finite floating-point numbers")
     return model.to(device).eval(), vocab, ckpt
 
@@ -198,25 +233,51 @@ def load_model(where, device_name: str = "auto"):
 def generate(
     checkpoint: Annotated[Optional[Path], Opt(help="A checkpoint file or run directory. [default: the best checkpoint of runs/latest]", show_default=False)] = None,
     prefix: Annotated[str, Opt(help="Text to warm the state up on; the continuation follows it.")] = "",
+    prefix_file: Annotated[Optional[Path], Opt(help="Warm up on this UTF-8 file instead (a long prime); only the continuation is printed.")] = None,
     length: Annotated[int, Opt(help="Characters to generate.")] = 200,
     temperature: Annotated[float, Opt(help="Divide the logits by this: < 1 is safer, > 1 wilder.")] = 1.0,
     top_k: Annotated[int, Opt(help="Sample only among the k most likely characters (0: all).")] = 0,
+    top_p: Annotated[float, Opt(help="Nucleus sampling: only among the fewest most likely characters whose probabilities add up to p (1: all).")] = 1.0,
     greedy: Annotated[bool, Opt("--greedy", help="Always take the most likely character (the book's predict).")] = False,
     samples: Annotated[int, Opt(help="Generate this many continuations at once.")] = 1,
     seed: Annotated[Optional[int], Opt(help="Random seed for repeatable samples.")] = None,
+    as_json: Annotated[bool, Opt("--json", help="Print one JSON object: prefix, samples (a list) and settings.")] = False,
+    interactive: Annotated[bool, Opt("--interactive", "-i", help="A prompt: each line typed is fed to the model and continued by --length characters; the state carries over between lines (an empty line just continues). Ctrl-D ends.")] = False,
     device: Annotated[str, Opt(help="auto, cpu or cuda.")] = "auto",
 ):
     """Generate text: warm the state up on --prefix, then emit one character at a time."""
-    from charrnn.data import normalize
-    from charrnn.sample import generate as generate_chars
+    import torch
 
-    if samples < 1:
-        raise CharrnnError(f"--samples must be at least 1, got {samples}")
+    from charrnn.checkpoint import resolve_checkpoint
+    from charrnn.data import read_text
+    from charrnn.sample import GenerationStream
+
+    if prefix and prefix_file:
+        raise CharrnnError("give --prefix or --prefix-file, not both")
+    if interactive and (as_json or samples > 1):
+        raise CharrnnError("--interactive continues one sample at a prompt; it takes neither --json nor --samples")
+    if prefix_file:
+        prefix = read_text(prefix_file, "prefix file").as_str()
     model, vocab, ckpt = load_model(checkpoint, device)
-    prefix = normalize(prefix, ckpt.get("corpus", {}).get("normalize", "none"))
-    vocab.check(prefix, "the prefix")  # before the prefix is printed: it may not even be printable
-    steps = generate_chars(model, vocab, prefix, length, temperature=temperature, top_k=top_k,
-                           greedy=greedy, samples=samples, seed=seed)
+    prefix = model_prefix(prefix, ckpt)
+    stream = GenerationStream(model, vocab, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
+                              samples=samples, seed=seed)
+    stream.feed(prefix, f"the prefix file {prefix_file}" if prefix_file else "the prefix")
+    steps = stream.sample(length)  # checks --length before anything is printed, the prompt included
+    if model.W_hq.device.type == "cpu" and samples == 1:
+        # one sequence is a chain of tiny matrix-vector products: a second CPU thread only
+        # adds synchronisation (measured: ~2x slower per character on this project's 2 cores)
+        torch.set_num_threads(1)
+    if interactive:
+        return prompt_loop(stream, length, ckpt)
+    if as_json:
+        texts = ["".join(chars) for chars in zip(*steps)] or [""] * samples
+        settings = {"checkpoint": str(resolve_checkpoint(checkpoint)), "length": length, "temperature": temperature,
+                    "top_k": top_k, "top_p": top_p, "greedy": greedy, "seed": seed}
+        typer.echo(json.dumps({"prefix": prefix, "samples": texts, "settings": settings}, ensure_ascii=False))
+        return
+    if prefix_file:
+        prefix = ""  # the prime is the user's own file: print only what follows it
     if samples == 1:
         sys.stdout.write(prefix)
         for chars in steps:
@@ -229,6 +290,37 @@ def generate(
         typer.echo(f"--- sample {i} ---\n{prefix}{''.join(chars)}")
 
 
+def prompt_loop(stream, length: int, ckpt: dict) -> None:
+    """Feed each line typed (normalized as the training text was) and stream its
+    continuation, until end of input (Ctrl-D). A line the vocabulary cannot encode gets a
+    one-line message and the loop goes on."""
+    try:
+        import readline  # noqa: F401  (gives input() line editing and history where available)
+    except ImportError:
+        pass
+    typer.echo(f"Type text for the model to continue ({length} characters each); an empty line "
+               "continues where it stopped; Ctrl-D ends.", err=True)
+    try:
+        while True:
+            try:
+                line = input("> ")
+            except EOFError:
+                typer.echo("")  # end the prompt's line
+                return
+            try:
+                stream.feed(model_prefix(line, ckpt), "that line")
+            except CharrnnError as e:
+                typer.echo(f"error: {e}", err=True)
+                continue
+            for chars in stream.sample(length):
+                sys.stdout.write(chars[0])
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+    except KeyboardInterrupt:
+        typer.echo("", err=True)
+        raise typer.Exit(130) from None
+
+
 @app.command("eval")
 @user_errors
 def evaluate_command(
@@ -238,6 +330,9 @@ def evaluate_command(
     batch_size: Annotated[int, Opt(help="Parallel streams the text is cut into.")] = 16,
     seq_len: Annotated[int, Opt(help="Characters per forward call.")] = 256,
     unknown: Annotated[str, Opt(help="Characters of FILE outside the model's vocabulary: error, or skip (drop them, with a warning).")] = "error",
+    show: Annotated[bool, Opt("--show", help="Print the text with each character shaded by the model's surprisal (bits), to see where it is confused.")] = False,
+    show_chars: Annotated[int, Opt(help="How much of the text --show and --show-html shade: the first N characters.")] = 2000,
+    show_html: Annotated[Optional[Path], Opt(help="Write the shaded text as a self-contained HTML page to this file.")] = None,
     device: Annotated[str, Opt(help="auto, cpu or cuda.")] = "auto",
 ):
     """Perplexity and bits per character of a model on FILE or on its validation split."""
@@ -248,6 +343,10 @@ def evaluate_command(
     if batch_size < 1 or seq_len < 1:
         raise CharrnnError("--batch-size and --seq-len must be positive")
     check_unknown(unknown)
+    if show_chars < 2:
+        raise CharrnnError(f"--show-chars must be at least 2, got {show_chars}")
+    if show and as_json:
+        raise CharrnnError("--show prints shaded text; it does not mix with --json (use --show-html FILE)")
     model, vocab, ckpt = load_model(checkpoint, device)
     source = ckpt.get("corpus") or {}
     if file is None:
@@ -272,8 +371,66 @@ def evaluate_command(
     loss = loss_sum / count
     result = {"perplexity": math.exp(min(loss, 709)), "bits_per_char": loss / math.log(2), "loss": loss,
               "chars": count, "text": what}
+    if show or show_html:
+        shown = what if len(ids) <= show_chars else f"the first {show_chars:,} characters of {what}"
+        show_surprisal(model, vocab, vocab.decode(ids[:show_chars]), shown, show, show_html)
     if as_json:
         typer.echo(json.dumps(result))
     else:
         typer.echo(f"{what}: perplexity {result['perplexity']:.3f} | {result['bits_per_char']:.3f} "
                    f"bits/char | loss {loss:.4f} nats/char | {count:,} characters")
+
+
+def show_surprisal(model, vocab, text: str, what: str, show: bool, html_file: Path | None) -> None:
+    """Shade each character of text by the model's surprisal: in the terminal, or as HTML."""
+    from rich.console import Console
+
+    from charrnn.inspect import legend_text, mean_perplexity, shaded_text, surprisal, surprisal_html
+
+    bits = surprisal(model, vocab, text)
+    title = f"perplexity {mean_perplexity(bits):.3f} on {what}"
+    if html_file:
+        try:
+            html_file.write_text(surprisal_html(text, bits, title), encoding="utf-8")
+        except OSError as e:
+            raise CharrnnError(f"cannot write {html_file}: {e.strerror or e}") from None
+    if show:
+        console = Console(soft_wrap=True, highlight=False)
+        console.print(shaded_text(text, bits))
+        console.print(legend_text())
+        console.print(title, markup=False)
+
+
+@app.command()
+@user_errors
+def info(
+    checkpoint: Annotated[Optional[Path], typer.Argument(help="A checkpoint file or run directory. [default: the best checkpoint of runs/latest]", show_default=False)] = None,
+    as_json: Annotated[bool, Opt("--json", help="Print one JSON object.")] = False,
+):
+    """What a checkpoint holds: model, vocabulary, training so far, corpus and its sha256."""
+    from charrnn.checkpoint import load_checkpoint, resolve_checkpoint
+    from charrnn.inspect import checkpoint_info, info_lines
+
+    path = resolve_checkpoint(checkpoint)
+    try:
+        details = checkpoint_info(load_checkpoint(path), str(path))
+        shown = json.dumps(details, ensure_ascii=False) if as_json else "\n".join(info_lines(details))
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise CharrnnError(f"{path} is a checkpoint with missing or malformed fields ({e!r})") from None
+    typer.echo(shown)
+
+
+@app.command()
+@user_errors
+def plot(
+    runs: Annotated[Optional[list[Path]], typer.Argument(metavar="RUN...", help="Run directories (or their metrics.jsonl files). [default: runs/latest]", show_default=False)] = None,
+    out: Annotated[Path, Opt(help="The image to write; its suffix picks the format (.png, .svg, .pdf).")] = Path("curves.png"),
+):
+    """Draw learning curves: train and validation perplexity against step, runs on the same axes.
+
+    One colour per run, validation solid, train dashed, log-scale perplexity. Needs
+    matplotlib: pip install charrnn[plot].
+    """
+    from charrnn.plot import plot_runs
+
+    typer.echo(f"wrote {plot_runs(runs or [Path('runs/latest')], out)}")

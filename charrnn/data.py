@@ -60,6 +60,10 @@ class Text:
     def from_str(cls, text: str, normalize_how: str = "none") -> "Text":
         return cls(*encode_pieces([normalize(text, normalize_how)], len(text)))
 
+    def as_str(self) -> str:
+        """The text as one str: for small texts (a prefix file), not for corpora."""
+        return "".join(map(self.chars.__getitem__, self.ids.tolist()))
+
 
 def read_text(path: str | Path, what: str = "corpus", normalize_how: str = "none") -> Text:
     """A UTF-8 file's text (normalized as `normalize_how` says) and the sha256 of its bytes;

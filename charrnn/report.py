@@ -20,6 +20,23 @@ def eval_line(r: dict, total_steps: int | None) -> str:
             f"| {r['chars_per_s']:9,.0f} chars/s | lr {r['lr']:.2e} |")
 
 
+def finish_line(s: dict, patience: int = 0) -> str:
+    """The final summary; its first word says how training ended (done, stopped early, or
+    stopped by a signal), so a log's last line answers "did it finish?"."""
+    if s["interrupted"]:
+        how = f"stopped by {s['interrupted']}"
+    elif s["stopped_early"]:
+        how = f"stopped early (no new best validation loss in {patience} evaluations)"
+    else:
+        how = "done"
+    if math.isnan(s["val_loss"]):
+        quality = "no evaluation yet"
+    else:
+        quality = f"validation perplexity {s['val_ppl']:.3f} (best {s['best_val_ppl']:.3f})"
+    return (f"{how}: {s['steps']} steps in {s['elapsed']:.1f}s ({s['chars_per_s']:,.0f} chars/s); "
+            f"{quality}; checkpoints in {s['run']}")
+
+
 class TerminalReporter(Reporter):
     def __init__(self, console: Console | None = None, quiet: bool = False):
         self.console = console or Console(soft_wrap=True)
@@ -31,6 +48,7 @@ class TerminalReporter(Reporter):
     def start(self, info):
         self.total_steps = info["total_steps"]
         self.max_time = info["max_time"]
+        self.patience = info["config"].get("patience", 0)
         if self.quiet:
             return
         budget = []
@@ -47,15 +65,20 @@ class TerminalReporter(Reporter):
             highlight=False,
         )
         if self.live:
+            resumed_best = info["best_val_loss"]  # a resumed run already has a best
+            best = f"{math.exp(min(resumed_best, 50)):.2f}" if math.isfinite(resumed_best) else "-"
             self.progress_bar = Progress(
                 TextColumn("[bold]step {task.fields[step]}"),
-                BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                TextColumn("loss {task.fields[loss]:.3f} | {task.fields[cps]:,.0f} chars/s"),
-                TimeElapsedColumn(), TimeRemainingColumn(),
+                BarColumn(bar_width=24), TextColumn("{task.percentage:>3.0f}%"),
+                TextColumn("loss {task.fields[loss]:.3f} | val ppl {task.fields[val_ppl]} "
+                           "(best {task.fields[best_ppl]}) | lr {task.fields[lr]:.2e} | "
+                           "{task.fields[cps]:,.0f} chars/s"),
+                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                 console=self.console, transient=True,
             )
             self.progress_bar.start()
-            self.task = self.progress_bar.add_task("train", total=100, step="0", loss=math.nan, cps=0)
+            self.task = self.progress_bar.add_task("train", total=100, step="0", loss=math.nan, cps=0,
+                                                   lr=c["lr"], val_ppl="-", best_ppl=best)
 
     def note(self, text):
         print(f"warning: {text}", file=sys.stderr, flush=True)
@@ -66,18 +89,18 @@ class TerminalReporter(Reporter):
                            p["elapsed"] / p["max_time"])
             of = f"/{p['total_steps']}" if p["total_steps"] else ""
             self.progress_bar.update(self.task, completed=100 * fraction, step=f"{p['step']}{of}",
-                                     loss=p["loss"], cps=p["chars_per_s"])
+                                     loss=p["loss"], cps=p["chars_per_s"], lr=p["lr"])
 
     def evaluation(self, r):
+        if self.progress_bar:
+            shown = {"val_ppl": f"{r['val_ppl']:.2f}"}
+            if r["best"]:
+                shown["best_ppl"] = shown["val_ppl"]
+            self.progress_bar.update(self.task, **shown)
         if not self.quiet:
             self.console.print(eval_line(r, self.total_steps), highlight=False, markup=False)
 
     def finish(self, s):
         if self.progress_bar:
             self.progress_bar.stop()
-        self.console.print(
-            f"done: {s['steps']} steps in {s['elapsed']:.1f}s ({s['chars_per_s']:,.0f} chars/s); "
-            f"validation perplexity {s['val_ppl']:.3f} (best {s['best_val_ppl']:.3f}); "
-            f"checkpoints in {s['run']}",
-            highlight=False,
-        )
+        self.console.print(finish_line(s, self.patience), highlight=False, markup=False)

@@ -25,7 +25,7 @@ from charrnn.errors import CharrnnError
 from charrnn.model import CELLS, ModelConfig, build_model, detach_state, map_state, num_parameters
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("constant", "cosine", "plateau")
 # Training stops as diverged when the mean training loss since the last report is this many
 # times the untrained model's: ln(vocabulary size), or the first step's loss if a custom
 # init starts higher. Healthy training never climbs that far above where it started.
@@ -64,6 +64,8 @@ class TrainConfig:
     lr_schedule: str = "constant"
     warmup_steps: int = 0
     min_lr_fraction: float = 0.1  # cosine decays to lr * min_lr_fraction
+    plateau_factor: float = 0.5  # plateau multiplies lr by this ...
+    plateau_patience: int = 2  # ... after this many evaluations without a new best validation loss
     weight_decay: float = 0.0
     clip: float = 1.0
     batch_size: int = 32
@@ -72,6 +74,7 @@ class TrainConfig:
     max_steps: int = 0
     epochs: float = 0.0
     max_time: str = ""  # 90s, 10m, 1h
+    patience: int = 0  # early stopping: stop after this many evaluations without a new best (0: off)
     # bookkeeping
     eval_every: int = 200
     seed: int = 0
@@ -96,7 +99,12 @@ class TrainConfig:
             raise CharrnnError(f"--clip must be positive, got {self.clip}")
         if not 0 <= self.dropout < 1:
             raise CharrnnError(f"--dropout must be in [0, 1), got {self.dropout}")
-        for name in ("max_steps", "epochs", "warmup_steps", "train_windows", "val_windows", "sample_length"):
+        if not 0 < self.plateau_factor < 1:
+            raise CharrnnError(f"--plateau-factor must be between 0 and 1, got {self.plateau_factor}")
+        if self.plateau_patience < 1:
+            raise CharrnnError(f"--plateau-patience must be at least 1, got {self.plateau_patience}")
+        for name in ("max_steps", "epochs", "warmup_steps", "train_windows", "val_windows", "sample_length",
+                     "patience"):
             if getattr(self, name) < 0:
                 raise CharrnnError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
         choices = {"cell": CELLS, "optimizer": OPTIMIZERS, "lr_schedule": SCHEDULES,
@@ -206,15 +214,31 @@ class Reporter:
     def finish(self, summary: dict) -> None: ...
 
 
-def lr_at(config: TrainConfig, progress: float, step: int) -> float:
-    """The learning rate at a point of the run: linear warm-up, then constant or cosine
-    decay over the run's progress (0..1 of its step or time budget)."""
+def lr_at(config: TrainConfig, progress: float, step: int, plateau_scale: float = 1.0) -> float:
+    """The learning rate at a point of the run: linear warm-up, then constant, cosine decay
+    over the run's progress (0..1 of its step or time budget), or plateau: lr times
+    `plateau_scale`, which `after_evaluation` lowers when validation stops improving."""
     if config.warmup_steps and step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
     if config.lr_schedule == "cosine":
         low = config.lr * config.min_lr_fraction
         return low + (config.lr - low) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    if config.lr_schedule == "plateau":
+        return config.lr * plateau_scale
     return config.lr
+
+
+def after_evaluation(config: TrainConfig, progress: dict, val_loss: float) -> None:
+    """Count evaluations without a new best validation loss; every `plateau_patience` of
+    them the plateau schedule multiplies its scale by `plateau_factor`. The counters live in
+    `progress`, which every checkpoint holds, so a resumed run continues them exactly."""
+    if val_loss < progress["best_val_loss"]:
+        progress["best_val_loss"] = val_loss
+        progress["evals_since_best"] = 0
+    else:
+        progress["evals_since_best"] += 1
+        if config.lr_schedule == "plateau" and progress["evals_since_best"] % config.plateau_patience == 0:
+            progress["lr_scale"] *= config.plateau_factor
 
 
 def make_optimizer(config: TrainConfig, params):
@@ -225,11 +249,23 @@ def make_optimizer(config: TrainConfig, params):
 
 
 def new_run_dir(out: str) -> Path:
-    run = Path(out) if out else Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
-    if not out and run.exists():
-        run = run.with_name(run.name + f"-{os.getpid()}")
+    """A fresh run directory: --out, or runs/<timestamp> (with -2, -3, ... when runs start
+    in the same second). A directory that already holds a run is refused, not overwritten."""
+    if out:
+        run = Path(out)
+        if (run / "last.pt").exists() or (run / "best.pt").exists():
+            raise CharrnnError(f"{run} already holds a run: continue it with --resume {run}, or pick another --out")
+        candidates = [run]
+    else:
+        stamp = Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+        candidates = [stamp] + [stamp.with_name(f"{stamp.name}-{i}") for i in range(2, 1000)]
     try:
-        run.mkdir(parents=True, exist_ok=True)
+        for run in candidates:
+            try:
+                run.mkdir(parents=True, exist_ok=bool(out))
+                break
+            except FileExistsError:
+                continue
     except OSError as e:
         raise CharrnnError(f"cannot create the run directory {run}: {e.strerror or e}") from None
     check_writable(run)
@@ -250,8 +286,12 @@ def check_writable(run: Path) -> None:
 
 
 def point_latest(run: Path) -> None:
-    """runs/latest -> the newest run (a relative symlink, replaced atomically)."""
+    """<runs>/latest -> the newest run: a relative symlink, replaced atomically; anything
+    called `latest` there that is not such a link is the user's and left alone."""
+    run = run.resolve()
     latest = run.parent / "latest"
+    if latest.exists() and not latest.is_symlink():
+        return
     tmp = run.parent / f".latest.{os.getpid()}"
     try:
         tmp.unlink(missing_ok=True)
@@ -301,7 +341,7 @@ class StopRequest:
 
 def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | Path | None = None) -> dict:
     """Train a model as `config` says; returns a summary dict (run directory, steps, losses,
-    and `interrupted` when Ctrl-C or SIGTERM stopped it).
+    `interrupted` when Ctrl-C or SIGTERM stopped it, `stopped_early` when --patience did).
 
     With `resume` (a run directory or a checkpoint file), continue that run exactly where
     it stopped: weights, optimizer, step, position in the data, hidden state and random
@@ -313,7 +353,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
     ckpt = None
     if resume:
         resume = resolve_checkpoint(resume, order=LAST_FIRST)
-        run = resume.parent
+        run = resume.parent.resolve()  # runs/latest names the run itself
         ckpt = load_checkpoint(resume)
         check_writable(run)
         corpus = reload_corpus(ckpt["corpus"], cache_dir=run)
@@ -337,7 +377,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
     params = list(model.parameters())
     optimizer = make_optimizer(config, params)
     progress = {"step": 0, "epoch": 0, "index": 0, "chars_seen": 0, "elapsed": 0.0,
-                "best_val_loss": math.inf, "last_val_loss": math.inf}
+                "best_val_loss": math.inf, "last_val_loss": math.inf, "evals_since_best": 0, "lr_scale": 1.0}
     state = None
     if ckpt:
         try:
@@ -365,6 +405,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
     reporter.start({"run": str(run), "device": str(device), "parameters": num_parameters(model),
                     "vocab_size": len(vocab), "train_chars": len(train_ids), "val_chars": len(val_ids),
                     "total_steps": total_steps, "max_time": max_time, "step": progress["step"],
+                    "best_val_loss": progress["best_val_loss"],
                     "batches_per_epoch": batches.batches_per_epoch, "config": asdict(config)})
 
     def stop_diverged(what: str) -> CharrnnError:
@@ -404,8 +445,8 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
                   "train_ppl": math.exp(min(train_loss, 50)), "val_loss": val_loss,
                   "val_ppl": math.exp(min(val_loss, 50)), "lr": optimizer.param_groups[0]["lr"],
                   "chars_per_s": chars_per_s, "best": val_loss < progress["best_val_loss"]}
+        after_evaluation(config, progress, val_loss)
         if record["best"]:
-            progress["best_val_loss"] = val_loss
             save("best.pt")
         save("last.pt")
         with open(run / "metrics.jsonl", "a") as f:
@@ -419,14 +460,14 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
     # chars/s: over the last half second or so
     loss_sum, loss_steps = torch.zeros((), device=device), 0
     window_chars, window_start = 0, time.perf_counter()
-    train_loss, chars_per_s, last_record = math.nan, 0.0, None
+    train_loss, chars_per_s, last_record, stopped_early = math.nan, 0.0, None, False
     with StopRequest() as stop:
         while not stop.requested:
             progress["elapsed"] = time.perf_counter() - started
             if (total_steps is not None and progress["step"] >= total_steps) or progress["elapsed"] >= max_time:
                 break
             fraction = max(progress["step"] / total_steps if total_steps else 0.0, progress["elapsed"] / max_time)
-            lr = lr_at(config, fraction, progress["step"])
+            lr = lr_at(config, fraction, progress["step"], progress["lr_scale"])
             for group in optimizer.param_groups:
                 group["lr"] = lr
 
@@ -468,6 +509,9 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
                 last_record = run_evaluation(train_loss)
                 loss_sum.zero_()
                 loss_steps = 0
+                if config.patience and progress["evals_since_best"] >= config.patience:
+                    stopped_early = True
+                    break
 
         if loss_steps:
             train_loss = loss_sum.item() / loss_steps
@@ -484,6 +528,6 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
                "best_val_loss": progress["best_val_loss"],
                "best_val_ppl": math.exp(min(progress["best_val_loss"], 50)),
                "chars_per_s": progress["chars_seen"] / max(progress["elapsed"], 1e-9),
-               "interrupted": stop.requested}
+               "interrupted": stop.requested, "stopped_early": stopped_early}
     reporter.finish(summary)
     return summary

@@ -280,7 +280,7 @@ def test_a_full_disk_at_a_save_stops_in_one_line_and_keeps_the_previous_checkpoi
 @pytest.mark.parametrize("wild_lr", [1e6, float("inf")])
 def test_a_diverging_run_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, wild_lr):
     corpus = write(tmp_path / "c.txt", TEXT)
-    monkeypatch.setattr(charrnn.train, "lr_at", lambda config, progress, step: 2e-3 if step < 4 else wild_lr)
+    monkeypatch.setattr(charrnn.train, "lr_at", lambda config, progress, step, *scale: 2e-3 if step < 4 else wild_lr)
     with pytest.raises(CharrnnError) as failure:
         train(tiny(tmp_path, corpus, max_steps=20, clip=1e30))
     message = str(failure.value)
@@ -297,8 +297,8 @@ def test_other_checkpoint_format_versions_are_one_line(tmp_path, version, says):
     train(tiny(tmp_path, write(tmp_path / "c.txt", TEXT), max_steps=2))
     payload = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
     torch.save({**payload, "version": version}, tmp_path / "other.pt")
-    for command in (["generate"], ["eval"], ["train", "--resume"]):
-        option = [] if command[-1] == "--resume" else ["--checkpoint"]
+    for command in (["generate"], ["eval"], ["info"], ["train", "--resume"]):
+        option = [] if command[-1] in ("--resume", "info") else ["--checkpoint"]
         code, _, err = cli(*command, *option, str(tmp_path / "other.pt"))
         assert says in assert_one_line_error(code, err)
 
@@ -313,6 +313,7 @@ def test_a_damaged_checkpoint_is_one_line(tmp_path):
         "nan.pt": {**payload, "model": {k: torch.full_like(v, float("nan")) for k, v in payload["model"].items()}},
         "vocab.pt": {**payload, "vocab": {"tokens": ["a"], "unk": False}},
         "corpus.pt": {**payload, "corpus": {"kind": "file"}},
+        "cell.pt": {**payload, "model_config": {**payload["model_config"], "cell": 5}},
     }
     for name, content in cases.items():
         if isinstance(content, bytes):
@@ -321,6 +322,9 @@ def test_a_damaged_checkpoint_is_one_line(tmp_path):
             torch.save(content, tmp_path / name)
         code, _, err = cli("eval", "--checkpoint", str(tmp_path / name))
         assert_one_line_error(code, err)
+        code, _, err = cli("info", str(tmp_path / name))
+        if code:  # info shows what it can (a NaN weight is still a checkpoint to look at)
+            assert_one_line_error(code, err)
     code, _, err = cli("train", "--resume", str(tmp_path / "corpus.pt"))
     assert_one_line_error(code, err)
 
@@ -355,8 +359,8 @@ def test_the_hostile_payload_is_real(tmp_path):
     assert (tmp_path / "pwned").exists()
 
 
-@pytest.mark.parametrize("command", [["generate", "--checkpoint"], ["eval", "--checkpoint"], ["train", "--resume"],
-                                     ["train", "--resume", "<run>"]])
+@pytest.mark.parametrize("command", [["generate", "--checkpoint"], ["eval", "--checkpoint"], ["info"],
+                                     ["train", "--resume"], ["train", "--resume", "<run>"]])
 def test_a_hostile_checkpoint_runs_nothing_and_is_one_line(tmp_path, command):
     for kind, path in hostile_checkpoints(tmp_path).items():
         if command[-1] == "<run>":  # a run directory whose last.pt is the hostile file
@@ -364,7 +368,8 @@ def test_a_hostile_checkpoint_runs_nothing_and_is_one_line(tmp_path, command):
             path = Path(os.replace(path, tmp_path / "run" / "last.pt") or tmp_path / "run")
             command = command[:-1]
         code, _, err = cli(*command, str(path))
-        assert "refusing to load" in assert_one_line_error(code, err), kind
+        says = "refusing to load" if kind == "torch.save zip" else "not a PyTorch zip archive"
+        assert says in assert_one_line_error(code, err), kind
         assert not (tmp_path / "pwned").exists(), kind
 
 

@@ -1,0 +1,293 @@
+"""The training loop: clipping, evaluation, carried state, learning-rate schedule,
+determinism, exact resume."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import charrnn.train as train_module
+from charrnn.checkpoint import load_checkpoint
+from charrnn.data import load_corpus
+from charrnn.errors import CharrnnError
+from charrnn.model import ModelConfig, build_model
+from charrnn.train import (
+    Reporter,
+    TrainConfig,
+    clip_gradients,
+    evaluate,
+    lr_at,
+    parse_duration,
+    train,
+)
+
+from conftest import make_text
+
+
+def tiny_config(corpus: Path, out: Path, **overrides) -> TrainConfig:
+    values = dict(corpus=str(corpus), out=str(out), cell="lstm", hidden=8, batch_size=4, seq_len=8,
+                  max_steps=4, eval_every=100)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def state_dicts_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---------------------------------------------------------------- clipping
+
+
+def params_with_grads(scale: float, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    params = [torch.nn.Parameter(torch.zeros(shape, dtype=torch.float64)) for shape in ((3, 4), (5,), (2, 2, 2))]
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=g, dtype=torch.float64) * scale
+    return params
+
+
+@pytest.mark.parametrize("scale,max_norm", [(10.0, 1.0), (0.01, 1.0), (1.0, 0.5), (3.0, 100.0)])
+def test_clip_gradients_equals_torch(scale, max_norm):
+    ours, theirs = params_with_grads(scale), params_with_grads(scale)
+    norm_ours = clip_gradients(max_norm, ours)
+    norm_theirs = torch.nn.utils.clip_grad_norm_(theirs, max_norm)
+    torch.testing.assert_close(norm_ours, norm_theirs, rtol=1e-12, atol=0)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-12, atol=0)
+    total = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in ours]))
+    assert total.item() <= max_norm * (1 + 1e-9)
+    if norm_theirs <= max_norm:  # below the threshold nothing changes
+        for a, b in zip(ours, params_with_grads(scale)):
+            assert torch.equal(a.grad, b.grad)
+
+
+def test_clip_gradients_skips_parameters_without_gradients():
+    params = params_with_grads(10.0)
+    params.append(torch.nn.Parameter(torch.ones(3)))  # no .grad
+    reference = params_with_grads(10.0)
+    norm = clip_gradients(1.0, params)
+    torch.testing.assert_close(norm, torch.nn.utils.clip_grad_norm_(reference, 1.0), rtol=1e-12, atol=0)
+    assert params[-1].grad is None
+    assert float(clip_gradients(1.0, [torch.nn.Parameter(torch.ones(2))])) == 0.0
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def test_evaluate_with_carried_state_is_the_loss_of_the_whole_stream():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(9, "gru", 8, 2, init_sigma=0.5)).double()
+    ids = torch.randint(0, 9, (101,), generator=torch.Generator().manual_seed(1)).to(torch.uint8)
+    total, count = evaluate(model, ids, batch_size=1, seq_len=7, carry_state=True)
+    with torch.no_grad():
+        logits, _ = model(ids[:-1].long()[None])
+    expected = F.cross_entropy(logits[0], ids[1:].long(), reduction="sum").item()
+    assert count == 100
+    assert total == pytest.approx(expected, rel=1e-9)
+    assert model.training  # restored
+
+
+def test_evaluate_windows_start_from_a_zero_state():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(9, "rnn", 8, 1, init_sigma=0.5)).double()
+    ids = torch.randint(0, 9, (30,), generator=torch.Generator().manual_seed(2)).to(torch.uint8)
+    total, count = evaluate(model, ids, batch_size=4, seq_len=5, carry_state=False)
+    expected = 0.0
+    with torch.no_grad():
+        for start in range(len(ids) - 5):
+            window = ids[start : start + 6].long()
+            logits, _ = model(window[None, :-1])
+            expected += F.cross_entropy(logits[0], window[1:], reduction="sum").item()
+    assert count == 25 * 5
+    assert total == pytest.approx(expected, rel=1e-9)
+
+
+# ---------------------------------------------------------------- the carried state in train()
+
+
+def record_training_calls(monkeypatch):
+    """Wrap the model train() builds so every training forward call is recorded as
+    (inputs, the state passed in, the state returned)."""
+    calls = []
+    real_build = train_module.build_model
+
+    def build(config):
+        model = real_build(config)
+        forward = model.forward
+
+        def recording_forward(X, state=None):
+            logits, new_state = forward(X, state)
+            if model.training:
+                calls.append((X.clone(), state, new_state))
+            return logits, new_state
+
+        model.forward = recording_forward
+        return model
+
+    monkeypatch.setattr(train_module, "build_model", build)
+    return calls
+
+
+def flat(state):
+    if state is None:
+        return None
+    out = []
+    for layer in state:
+        out.extend(layer if isinstance(layer, tuple) else [layer])
+    return out
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_sequential_training_carries_the_state_across_batches(tmp_path, monkeypatch, cell):
+    text = make_text(400)
+    (tmp_path / "c.txt").write_text(text)
+    calls = record_training_calls(monkeypatch)
+    config = tiny_config(tmp_path / "c.txt", tmp_path / "run", cell=cell, layers=2, max_steps=12)
+    train(config)
+    corpus = load_corpus(str(tmp_path / "c.txt"))
+    ids = corpus.train_ids.long()
+    length = (len(ids) - 1) // 4
+    per_epoch = length // 8
+    assert per_epoch < 12, "the test must cross an epoch boundary"
+    assert len(calls) == 12
+    for step, (X, state_in, _) in enumerate(calls):
+        index = step % per_epoch
+        # batch `index` is the next 8 characters of every one of the 4 contiguous streams
+        expected = torch.stack([ids[b * length + index * 8 : b * length + index * 8 + 8] for b in range(4)])
+        assert torch.equal(X, expected)
+        if index == 0:
+            assert state_in is None  # every epoch starts every stream from a zero state
+        else:
+            previous_out = flat(calls[step - 1][2])
+            for a, b in zip(flat(state_in), previous_out):
+                assert not a.requires_grad  # detached: truncated BPTT
+                assert torch.equal(a, b.detach())
+
+
+def test_random_sampling_starts_every_batch_from_zero(tmp_path, monkeypatch):
+    (tmp_path / "c.txt").write_text(make_text(400))
+    calls = record_training_calls(monkeypatch)
+    train(tiny_config(tmp_path / "c.txt", tmp_path / "run", sampling="random", max_steps=3))
+    assert len(calls) == 3
+    assert all(state_in is None for _, state_in, _ in calls)
+
+
+# ---------------------------------------------------------------- the run as a whole
+
+
+def test_training_learns_a_periodic_text(tmp_path):
+    (tmp_path / "c.txt").write_text("abcd" * 150)
+    summary = train(tiny_config(tmp_path / "c.txt", tmp_path / "run", cell="rnn", hidden=16, lr=0.05,
+                                max_steps=40, eval_every=20))
+    assert summary["steps"] == 40
+    assert summary["val_loss"] < 0.3 * math.log(4)  # far below the uniform guess
+
+
+def test_same_seed_same_weights_and_metrics(tmp_path):
+    (tmp_path / "c.txt").write_text(make_text(600))
+    summaries = [train(tiny_config(tmp_path / "c.txt", tmp_path / name, dropout=0.3, layers=2, max_steps=3))
+                 for name in ("a", "b")]
+    a, b = (load_checkpoint(tmp_path / name / "last.pt") for name in ("a", "b"))
+    assert state_dicts_equal(a["model"], b["model"])
+    assert summaries[0]["val_loss"] == summaries[1]["val_loss"]
+    c = load_checkpoint(train(tiny_config(tmp_path / "c.txt", tmp_path / "c", seed=1, max_steps=3))["run"] + "/last.pt")
+    assert not state_dicts_equal(a["model"], c["model"])
+
+
+def test_metrics_best_and_last(tmp_path):
+    (tmp_path / "c.txt").write_text(make_text(600))
+    summary = train(tiny_config(tmp_path / "c.txt", tmp_path / "run", max_steps=6, eval_every=2, lr=0.02))
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4, 6]
+    for r in records:
+        assert r["val_ppl"] == pytest.approx(math.exp(r["val_loss"]))
+    best = min(r["val_loss"] for r in records)
+    assert summary["best_val_loss"] == pytest.approx(best)
+    assert load_checkpoint(tmp_path / "run" / "best.pt")["progress"]["best_val_loss"] == pytest.approx(best)
+    last = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert last["progress"]["step"] == 6
+    assert summary["val_loss"] == pytest.approx(records[-1]["val_loss"])
+    leftovers = sorted(p.name for p in (tmp_path / "run").iterdir() if not p.name.startswith("encoded-"))
+    assert leftovers == ["best.pt", "config.toml", "last.pt", "metrics.jsonl"]  # no temporary files
+
+
+def test_reporter_sees_start_evaluations_and_finish(tmp_path):
+    (tmp_path / "c.txt").write_text(make_text(600))
+
+    class Recorder(Reporter):
+        def __init__(self):
+            self.events = []
+
+        def start(self, info):
+            self.events.append(("start", info))
+
+        def evaluation(self, record):
+            self.events.append(("evaluation", record))
+
+        def finish(self, summary):
+            self.events.append(("finish", summary))
+
+    recorder = Recorder()
+    train(tiny_config(tmp_path / "c.txt", tmp_path / "run", max_steps=4, eval_every=2), recorder)
+    kinds = [kind for kind, _ in recorder.events]
+    assert kinds == ["start", "evaluation", "evaluation", "finish"]
+    start = recorder.events[0][1]
+    assert start["total_steps"] == 4 and start["step"] == 0
+
+
+def test_exact_resume_equals_an_uninterrupted_run(tmp_path):
+    (tmp_path / "c.txt").write_text(make_text(600))
+    common = dict(layers=2, dropout=0.2, max_steps=5)
+    train(tiny_config(tmp_path / "c.txt", tmp_path / "straight", **common))
+    train(tiny_config(tmp_path / "c.txt", tmp_path / "split", **{**common, "max_steps": 2}))
+    summary = train(tiny_config(tmp_path / "c.txt", tmp_path / "split", **common), resume=tmp_path / "split")
+    assert summary["steps"] == 5
+    straight, split = (load_checkpoint(tmp_path / name / "last.pt") for name in ("straight", "split"))
+    assert state_dicts_equal(straight["model"], split["model"])
+    assert straight["progress"]["chars_seen"] == split["progress"]["chars_seen"]
+
+
+# ---------------------------------------------------------------- settings
+
+
+def test_learning_rate_schedule():
+    config = TrainConfig(lr=0.1, warmup_steps=4)
+    assert lr_at(config, 0.0, 0) == pytest.approx(0.025)
+    assert lr_at(config, 0.0, 3) == pytest.approx(0.1)
+    assert lr_at(config, 0.9, 10) == pytest.approx(0.1)
+    cosine = TrainConfig(lr=0.1, lr_schedule="cosine", min_lr_fraction=0.1)
+    assert lr_at(cosine, 0.0, 0) == pytest.approx(0.1)
+    assert lr_at(cosine, 0.5, 50) == pytest.approx(0.055)
+    assert lr_at(cosine, 1.0, 100) == pytest.approx(0.01)
+
+
+def test_parse_duration():
+    assert parse_duration("90s") == 90
+    assert parse_duration("10m") == 600
+    assert parse_duration("1.5h") == 5400
+    assert parse_duration("45") == 45
+    for bad in ("", "0", "-5s", "10 minutes", "1d"):
+        with pytest.raises(CharrnnError):
+            parse_duration(bad)
+
+
+@pytest.mark.parametrize("field,value", [
+    ("lr", 0.0), ("lr", -1.0), ("lr", float("nan")), ("lr", float("inf")), ("seq_len", 0), ("hidden", 0),
+    ("batch_size", -1), ("layers", 0), ("eval_every", 0), ("clip", 0.0), ("dropout", 1.0), ("max_steps", -1),
+    ("cell", "transformer"), ("optimizer", "lbfgs"), ("sampling", "shuffled"), ("device", "tpu"), ("max_time", "soon"),
+])
+def test_bad_settings_are_one_line_errors(field, value):
+    with pytest.raises(CharrnnError) as info:
+        TrainConfig(**{field: value})
+    message = str(info.value)
+    assert "\n" not in message and field.replace("_", "-") in message.replace("_", "-")
+
+
+def test_unknown_setting_in_a_dict():
+    with pytest.raises(CharrnnError, match="unknown setting"):
+        TrainConfig.from_dict({"hiden": 8}, "preset.toml")
