@@ -194,7 +194,9 @@ def test_a_damaged_cache_is_rebuilt_and_a_changed_text_still_caught(tmp_path):
 
 def test_sigkill_at_random_moments_never_leaves_a_broken_checkpoint(tmp_path):
     """Kill `charrnn train` (evaluating and saving every 2 steps) at random moments; every
-    time, best.pt and last.pt load and the run resumes from where they are."""
+    time, best.pt and last.pt load and the run resumes from where they are. The random
+    delay counts from the first evaluation of each process, not from its start: importing
+    torch takes a second or two, and a kill then would test nothing."""
     corpus, run = write(tmp_path / "c.txt", TEXT), tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     command = [sys.executable, "-m", "charrnn", "train"]
