@@ -204,7 +204,7 @@ def test_sigkill_at_random_moments_never_leaves_a_broken_checkpoint(tmp_path):
              "--seq-len", "8", "--eval-every", "2", "--max-steps", "1000000", "--device", "cpu", "-q"]
     rng, kills, steps, began = random.Random(0), 0, [], time.monotonic()
     metrics = run / "metrics.jsonl"
-    while kills < 10 and time.monotonic() - began < 35:
+    while kills < 10 and time.monotonic() - began < 25:
         resumable = (run / "last.pt").exists() or (run / "best.pt").exists()
         seen = metrics.stat().st_size if metrics.exists() else 0
         proc = subprocess.Popen(command + (["--resume", str(run)] if resumable else fresh), env=env,
