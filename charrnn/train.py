@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from charrnn import bptt
 from charrnn.checkpoint import LAST_FIRST, load_checkpoint, remove_stale_temporaries, resolve_checkpoint, save_checkpoint
 from charrnn.data import UNKNOWN_CHOICES, load_corpus, make_batches, reload_corpus, save_encoded
 from charrnn.errors import CharrnnError
@@ -349,6 +350,8 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
     it trains (its model and data settings must be the run's own)."""
     reporter = reporter or Reporter()
     device = pick_device(config.device)
+    if device.type == "cpu":
+        bptt.tune_allocator()  # recycle the large per-sequence buffers instead of faulting them in anew
     torch.manual_seed(config.seed)
     ckpt = None
     if resume:
