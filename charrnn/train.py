@@ -4,6 +4,7 @@ norm, optimizer step; evaluation on the validation split; checkpoints in the run
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -19,13 +20,22 @@ import torch
 import torch.nn.functional as F
 
 from charrnn import bptt
-from charrnn.checkpoint import load_checkpoint, save_checkpoint
-from charrnn.data import load_corpus, make_batches, reload_corpus
+from charrnn.checkpoint import LAST_FIRST, load_checkpoint, remove_stale_temporaries, resolve_checkpoint, save_checkpoint
+from charrnn.data import UNKNOWN_CHOICES, load_corpus, make_batches, reload_corpus, save_encoded
 from charrnn.errors import CharrnnError
 from charrnn.model import CELLS, ModelConfig, build_model, detach_state, map_state, num_parameters
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "plateau")
+# Training stops as diverged when the mean training loss since the last report is this many
+# times the untrained model's: ln(vocabulary size), or the first step's loss if a custom
+# init starts higher. Healthy training never climbs that far above where it started.
+DIVERGENCE_FACTOR = 3.0
+
+
+# The annotations of TrainConfig's fields (strings, by `from __future__ import annotations`)
+# and the values a preset may give them.
+SETTING_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "str | None": (str, type(None))}
 
 
 @dataclass
@@ -42,6 +52,7 @@ class TrainConfig:
     sampling: str = "sequential"  # sequential (carried state) | random (d2l windows, zero state)
     train_windows: int = 0  # with both windows > 0: the d2l split by windows instead of val_fraction
     val_windows: int = 0
+    unknown: str = "error"  # validation characters the training text lacks: error | skip (drop them)
     # model
     cell: str = "lstm"
     hidden: int = 256
@@ -98,7 +109,8 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 raise CharrnnError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
         choices = {"cell": CELLS, "optimizer": OPTIMIZERS, "lr_schedule": SCHEDULES,
-                   "sampling": ("sequential", "random"), "device": ("auto", "cpu", "cuda")}
+                   "sampling": ("sequential", "random"), "device": ("auto", "cpu", "cuda"),
+                   "unknown": UNKNOWN_CHOICES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise CharrnnError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -107,10 +119,14 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict, where: str = "config") -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise CharrnnError(f"{where}: unknown setting(s) {', '.join(unknown)}")
+        known = {f.name: f.type for f in fields(cls)}
+        strangers = sorted(set(values) - set(known))
+        if strangers:
+            raise CharrnnError(f"{where}: unknown setting(s) {', '.join(strangers)}")
+        for name, value in values.items():
+            allowed = SETTING_TYPES[known[name]]
+            if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+                raise CharrnnError(f"{where}: {name} must be {known[name].replace(' | None', '')}, got {value!r}")
         return cls(**values)
 
     def model_config(self, vocab_size: int) -> ModelConfig:
@@ -189,6 +205,9 @@ class Reporter:
 
     def start(self, info: dict) -> None: ...
 
+    def note(self, text: str) -> None:
+        """Something the user should know that is not an error (a byte-order mark removed)."""
+
     def progress(self, info: dict) -> None: ...
 
     def evaluation(self, record: dict) -> None: ...
@@ -248,12 +267,23 @@ def new_run_dir(out: str) -> Path:
                 break
             except FileExistsError:
                 continue
-        probe = run / ".write-test"
-        probe.write_bytes(b"")
+    except OSError as e:
+        raise CharrnnError(f"cannot create the run directory {run}: {e.strerror or e}") from None
+    check_writable(run)
+    return run
+
+
+def check_writable(run: Path) -> None:
+    """Fail before training, not at the first checkpoint, when the run directory cannot be
+    written (read-only, full, not ours)."""
+    probe = run / ".write-test"
+    try:
+        probe.write_bytes(b"charrnn")
         probe.unlink()
     except OSError as e:
+        with contextlib.suppress(OSError):
+            probe.unlink(missing_ok=True)
         raise CharrnnError(f"cannot write to the run directory {run}: {e.strerror or e}") from None
-    return run
 
 
 def point_latest(run: Path) -> None:
@@ -325,18 +355,22 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
     torch.manual_seed(config.seed)
     ckpt = None
     if resume:
-        resume = Path(resume)
-        ckpt = load_checkpoint(resume / "last.pt" if resume.is_dir() else resume)
-        corpus = reload_corpus(ckpt["corpus"])
+        resume = resolve_checkpoint(resume, order=LAST_FIRST)
+        run = resume.parent.resolve()  # runs/latest names the run itself
+        ckpt = load_checkpoint(resume)
+        check_writable(run)
+        corpus = reload_corpus(ckpt["corpus"], cache_dir=run)
     else:
         corpus = load_corpus(
             config.corpus, config.dataset, val_file=config.val_file, val_fraction=config.val_fraction,
             normalize_how=config.normalize,
             windows=(config.train_windows, config.val_windows, config.seq_len)
             if config.train_windows and config.val_windows else None,
+            unknown=config.unknown,
         )
-    vocab = corpus.vocab
-    train_ids, val_ids = vocab.encode(corpus.train), vocab.encode(corpus.val)
+    for note in corpus.notes:
+        reporter.note(note)
+    vocab, train_ids, val_ids = corpus.vocab, corpus.train_ids, corpus.val_ids
     batches = make_batches(train_ids, config.sampling, config.batch_size, config.seq_len, config.seed)
     if not batches.carries_state and len(val_ids) <= config.seq_len:
         raise CharrnnError(f"the validation text is shorter than one window of {config.seq_len + 1} characters")
@@ -349,14 +383,19 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
                 "best_val_loss": math.inf, "last_val_loss": math.inf, "evals_since_best": 0, "lr_scale": 1.0}
     state = None
     if ckpt:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        progress.update(ckpt["progress"])
-        torch.set_rng_state(ckpt["rng"]["cpu"])
-        state = map_state(lambda t: t.to(device), ckpt["state"])
-        run = (resume if resume.is_dir() else resume.parent).resolve()
+        try:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            progress.update(ckpt["progress"])
+            torch.set_rng_state(ckpt["rng"]["cpu"])
+            state = map_state(lambda t: t.to(device), ckpt["state"])
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise CharrnnError(f"cannot resume from {resume}: its training state is damaged or does not fit: {reason}") from None
     else:
         run = new_run_dir(config.out)
+    remove_stale_temporaries(run)
+    save_encoded(corpus, run)
     write_config(config, run / "config.toml")
     point_latest(run)
 
@@ -372,7 +411,24 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
                     "best_val_loss": progress["best_val_loss"],
                     "batches_per_epoch": batches.batches_per_epoch, "config": asdict(config)})
 
+    def stop_diverged(what: str) -> CharrnnError:
+        kept = f"the last good checkpoint is kept in {run}" if (run / "last.pt").exists() else "no checkpoint was saved"
+        return CharrnnError(f"training diverged at step {progress['step']}: {what}; {kept} "
+                            f"(lower --lr, now {config.lr:g}, or --clip, now {config.clip:g})")
+
+    loss_limit = math.inf  # DIVERGENCE_FACTOR times the untrained model's loss, set at the first step
+
+    def check_train_loss(train_loss: float) -> None:
+        if not math.isfinite(train_loss):
+            raise stop_diverged(f"the training loss became {train_loss}")
+        if train_loss > loss_limit:
+            raise stop_diverged(f"the training loss reached {train_loss:.4g}, over {DIVERGENCE_FACTOR:g}x "
+                                f"the untrained model's {loss_limit / DIVERGENCE_FACTOR:.4g}")
+
     def save(name: str) -> None:
+        # Never replace a good checkpoint with a broken model.
+        if not all(bool(torch.isfinite(p).all()) for p in params):
+            raise stop_diverged("the weights became NaN or infinite")
         save_checkpoint({
             "model_config": asdict(model_config), "vocab": vocab.to_dict(), "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "config": asdict(config), "progress": dict(progress),
@@ -384,6 +440,8 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
         loss_sum, count = evaluate(model, val_ids, batch_size=config.batch_size, seq_len=config.seq_len,
                                    carry_state=batches.carries_state, device=device)
         val_loss = loss_sum / count
+        if not math.isfinite(val_loss):
+            raise stop_diverged(f"the validation loss became {val_loss}")
         progress["last_val_loss"] = val_loss
         record = {"step": progress["step"], "epoch": progress["epoch"], "elapsed": progress["elapsed"],
                   "chars_seen": progress["chars_seen"], "train_loss": train_loss,
@@ -422,6 +480,8 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
                 state = None
             logits, state = model(X, state)
             loss = F.cross_entropy(logits.flatten(0, 1), Y.flatten())
+            if loss_limit == math.inf:
+                loss_limit = DIVERGENCE_FACTOR * max(math.log(len(vocab)), loss.item())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             clip_gradients(config.clip, params)
@@ -442,11 +502,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
             if at_eval or now - window_start > 0.5:
                 train_loss = loss_sum.item() / loss_steps
                 chars_per_s = window_chars / max(now - window_start, 1e-9)
-                if not math.isfinite(train_loss):
-                    raise CharrnnError(
-                        f"the training loss became {train_loss} at step {progress['step']}; "
-                        "lower --lr or --clip (the last good checkpoint is kept in the run directory)"
-                    )
+                check_train_loss(train_loss)
                 progress["elapsed"] = now - started
                 reporter.progress({"step": progress["step"], "total_steps": total_steps, "loss": train_loss,
                                    "lr": lr, "chars_per_s": chars_per_s, "elapsed": progress["elapsed"],
@@ -462,6 +518,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
 
         if loss_steps:
             train_loss = loss_sum.item() / loss_steps
+            check_train_loss(train_loss)
         if stop.requested:
             progress["elapsed"] = time.perf_counter() - started
             save("last.pt")
