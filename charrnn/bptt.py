@@ -3,22 +3,25 @@
 The model computes the input projection of every time step in one matmul
 (``xp = X @ W_xh + b``, shape (T, B, G)); only the recurrent product is left for the
 per-step loop, which is what this module does. Each ``*_scan`` function returns the same
-values (to float rounding) as the plain autograd loop, but its backward pass:
+values (to float rounding) as the plain autograd loop; it saves only what its backward
+needs, in buffers allocated once per call, and its backward:
 
 * walks t = T-1 .. 0 with ONE matmul per step (``dA_t @ W_hh^T``), where ``dA_t`` is the
-  gradient w.r.t. the pre-activation of the recurrent product, written into a buffer
-  preallocated once per call;
+  gradient w.r.t. the pre-activation of the recurrent product, written into a (T, B, G)
+  buffer preallocated once per call; the activation derivatives are formed per step, while
+  that step's tiles are in cache;
 * computes the weight gradient after the loop as ONE large matmul over all steps
   (``Hprev^T @ dA`` with ``Hprev = [h0, outputs[:-1]]``);
-* folds every factor that does not depend on the incoming gradient (activation derivatives
-  and so on) into that buffer with a few whole-sequence elementwise ops before the loop, so
-  each step does only 2-4 small elementwise ops besides its matmul;
 * returns the gradient w.r.t. ``xp`` as (a view of) that buffer, without a copy.
 
 When no input requires grad (or grad mode is off, e.g. under ``torch.no_grad`` or
 ``torch.inference_mode``) a plain forward loop runs that saves nothing and reuses per-step
 scratch buffers. Nothing in the loops syncs with the host, so this works on CUDA as well.
 Double backward is not supported (the backward is ``once_differentiable``).
+
+Also here: ``linear`` (``x @ W + b`` with the same fast CPU matmuls, e.g. for the input
+projection), ``set_gemm_backend`` (choose the CPU float32 matmul: oneDNN or BLAS) and
+``tune_allocator`` (stop glibc from page-faulting the big buffers anew on every call).
 """
 
 from __future__ import annotations
@@ -342,7 +345,9 @@ def rnn_scan(xp: torch.Tensor, h0: torch.Tensor, W_hh: torch.Tensor) -> tuple[to
 #   D[..., :3H] = [dh_n, dR_pre, dZ_pre]   is the hidden-side gradient in gate order n, r, z,
 # which the per-step matmul and the final weight-gradient matmul use with W_hh's columns
 # permuted to (n, r, z). Thus the input and hidden sides, which differ only in the n chunk
-# (dh_n = R * dN_pre), share one buffer and neither needs a copy.
+# (dh_n = R * dN_pre), share one buffer: the gradient w.r.t. xp needs no copy. (oneDNN copies
+# the row-strided hidden side to contiguous: per step inside the op, B x 3H, and once for the
+# weight gradient.)
 
 
 def _gru_forward(xp, h0, W_hh, b_hh, save: bool):

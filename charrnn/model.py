@@ -7,8 +7,12 @@ Every cell follows one shape:
   shape (num_steps, batch, num_inputs). The language model's first layer instead calls
   `gather(tokens)`, which gives the same numbers as `one_hot(tokens) @ W_xh + b` by reading
   rows of `W_xh` (a one-hot product only selects a row).
-- `recur(xp, state)`: the loop over time; only the recurrent product `H @ W_hh` is left in it.
-- `step(xp_t, state)`: one time step, used by the sampler.
+- `recur(xp, state)`: the loop over time; only the recurrent product `H @ W_hh` is left in
+  it. It runs as one autograd Function with a hand-written backward pass through time
+  (`charrnn.bptt`): one matmul per step going back, and each weight gradient as one large
+  matmul over all steps afterwards.
+- `step(xp_t, state)`: one time step. `loop(xp, state)` runs it step by step under
+  autograd: the reference that `recur` is tested against, and the sampler's step.
 - `forward(inputs, state=None)`: the book's interface, `recur(project(inputs), state)`.
 
 State is a tensor `H` (RNN, GRU) or a tuple `(H, C)` (LSTM); `None` means zeros.
@@ -21,6 +25,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from charrnn import bptt
 
 CELLS = ("rnn", "gru", "lstm")
 
@@ -39,7 +45,7 @@ class ModelConfig:
 
 class ScratchCell(nn.Module):
     """What the three cells share. Subclasses set `gates` (how many H-wide blocks the
-    input projection has) and implement `step` and `recur`."""
+    input projection has) and implement `step` and `recur`; state is what `step` takes."""
 
     gates = 1
 
@@ -55,9 +61,7 @@ class ScratchCell(nn.Module):
 
     def project(self, inputs: torch.Tensor) -> torch.Tensor:
         """`inputs @ W_xh + b` for all steps in one matmul: (T, B, in) -> (T, B, gates*H)."""
-        return torch.addmm(self.input_bias(), inputs.reshape(-1, self.num_inputs), self.W_xh).view(
-            *inputs.shape[:-1], -1
-        )
+        return bptt.linear(inputs, self.W_xh, self.input_bias())
 
     def gather(self, tokens: torch.Tensor) -> torch.Tensor:
         """`one_hot(tokens) @ W_xh + b` as a row gather: (T, B) int -> (T, B, gates*H)."""
@@ -69,6 +73,15 @@ class ScratchCell(nn.Module):
     def forward(self, inputs: torch.Tensor, state=None):
         """inputs (num_steps, batch, num_inputs) -> outputs (num_steps, batch, H), state."""
         return self.recur(self.project(inputs), state)
+
+    def loop(self, xp, state=None):
+        """The recurrence step by step under autograd (the reference for `recur`)."""
+        state = self.zero_state(xp.shape[1], xp) if state is None else state
+        outputs = []
+        for xp_t in xp.unbind(0):
+            out, state = self.step(xp_t, state)
+            outputs.append(out)
+        return torch.stack(outputs), state
 
     @classmethod
     def from_torch(cls, module: nn.RNNBase, sigma: float = 0.01) -> "ScratchCell":
@@ -103,11 +116,7 @@ class RNNScratch(ScratchCell):
 
     def recur(self, xp, state=None):
         H = self.zero_state(xp.shape[1], xp) if state is None else state
-        outputs = []
-        for xp_t in xp.unbind(0):
-            out, H = self.step(xp_t, H)
-            outputs.append(out)
-        return torch.stack(outputs), H
+        return bptt.rnn_scan(xp, H, self.W_hh)
 
 
 class GRUScratch(ScratchCell):
@@ -144,7 +153,9 @@ class GRUScratch(ScratchCell):
         H = N + Z * (H - N)  # = Z * H + (1 - Z) * N
         return H, H
 
-    recur = RNNScratch.recur
+    def recur(self, xp, state=None):
+        H = self.zero_state(xp.shape[1], xp) if state is None else state
+        return bptt.gru_scan(xp, H, self.W_hh, self.b_hh)
 
 
 class LSTMScratch(ScratchCell):
@@ -178,7 +189,10 @@ class LSTMScratch(ScratchCell):
         H = O * torch.tanh(C)
         return H, (H, C)
 
-    recur = RNNScratch.recur
+    def recur(self, xp, state=None):
+        H, C = self.zero_state(xp.shape[1], xp) if state is None else state
+        outputs, H, C = bptt.lstm_scan(xp, H, C, self.W_hh)
+        return outputs, (H, C)
 
 
 CELL_CLASSES = {"rnn": RNNScratch, "gru": GRUScratch, "lstm": LSTMScratch}
@@ -195,29 +209,20 @@ class StackedScratch(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.num_inputs, self.num_hiddens = cells[0].num_inputs, cells[-1].num_hiddens
 
-    def _run(self, xp, state):
+    def _run(self, xp, state, reference=False):
         state = [None] * len(self.cells) if state is None else list(state)
         for layer, cell in enumerate(self.cells):
             if layer > 0:
                 xp = cell.project(self.dropout(outputs))
-            outputs, state[layer] = cell.recur(xp, state[layer])
+            outputs, state[layer] = (cell.loop if reference else cell.recur)(xp, state[layer])
         return self.dropout(outputs), state
 
-    def forward(self, inputs, state=None):
-        return self._run(self.cells[0].project(inputs), state)
+    def forward(self, inputs, state=None, reference=False):
+        """inputs (num_steps, batch, num_inputs); `reference` runs every layer's `loop`."""
+        return self._run(self.cells[0].project(inputs), state, reference)
 
     def forward_tokens(self, tokens, state=None):
         return self._run(self.cells[0].gather(tokens), state)
-
-    def step_tokens(self, tokens, state):
-        """One step for token ids (batch,), used by the sampler; state as in forward."""
-        state = list(state)
-        x = self.cells[0].gather(tokens)
-        for layer, cell in enumerate(self.cells):
-            if layer > 0:
-                x = cell.project(out)
-            out, state[layer] = cell.step(x, state[layer])
-        return out, state
 
     def zero_state(self, batch_size, like):
         return [cell.zero_state(batch_size, like) for cell in self.cells]
@@ -241,7 +246,7 @@ class RNNLMScratch(nn.Module):
 
     def output_layer(self, rnn_outputs: torch.Tensor) -> torch.Tensor:
         """(num_steps, batch, H) -> logits (batch, num_steps, vocab), one matmul for all steps."""
-        return torch.matmul(rnn_outputs.transpose(0, 1), self.W_hq) + self.b_q
+        return bptt.linear(rnn_outputs, self.W_hq, self.b_q).transpose(0, 1)
 
     def forward(self, X: torch.Tensor, state=None):
         """X (batch, num_steps) ids -> logits (batch, num_steps, vocab), final state."""
@@ -250,8 +255,9 @@ class RNNLMScratch(nn.Module):
 
     def forward_one_hot(self, X: torch.Tensor, state=None):
         """The book's literal computation, kept as the reference the fast path is tested
-        against: one-hot inputs times W_xh, and the output layer applied step by step."""
-        rnn_outputs, state = self.rnn(self.one_hot(X), state)
+        against: one-hot inputs times W_xh, the recurrence step by step under autograd, and
+        the output layer applied step by step."""
+        rnn_outputs, state = self.rnn(self.one_hot(X), state, reference=True)
         logits = torch.stack([torch.matmul(H, self.W_hq) + self.b_q for H in rnn_outputs], 1)
         return logits, state
 

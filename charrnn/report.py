@@ -4,6 +4,7 @@ one-line records elsewhere (CI logs, pipes), and one scannable line per evaluati
 from __future__ import annotations
 
 import math
+import sys
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -79,6 +80,9 @@ class TerminalReporter(Reporter):
             self.task = self.progress_bar.add_task("train", total=100, step="0", loss=math.nan, cps=0,
                                                    lr=c["lr"], val_ppl="-", best_ppl=best)
 
+    def note(self, text):
+        print(f"warning: {text}", file=sys.stderr, flush=True)
+
     def progress(self, p):
         if self.progress_bar:
             fraction = max(p["step"] / p["total_steps"] if p["total_steps"] else 0,
@@ -95,10 +99,6 @@ class TerminalReporter(Reporter):
             self.progress_bar.update(self.task, **shown)
         if not self.quiet:
             self.console.print(eval_line(r, self.total_steps), highlight=False, markup=False)
-
-    def note(self, text):
-        if not self.quiet:
-            self.console.print(f"note: {text}", highlight=False, markup=False)
 
     def finish(self, s):
         if self.progress_bar:

@@ -4,6 +4,7 @@ norm, optimizer step; evaluation on the validation split; checkpoints in the run
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -18,8 +19,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from charrnn.checkpoint import load_checkpoint, save_checkpoint
-from charrnn.data import load_corpus, make_batches, reload_corpus
+from charrnn import bptt
+from charrnn.checkpoint import LAST_FIRST, load_checkpoint, remove_stale_temporaries, resolve_checkpoint, save_checkpoint
+from charrnn.data import UNKNOWN_CHOICES, load_corpus, make_batches, reload_corpus, save_encoded
 from charrnn.distributed import (agree_to_stop, all_reduce, data_parallel, from_rank_zero, gather_rows,
                                  process_device, rank, world_size)
 from charrnn.errors import CharrnnError
@@ -27,6 +29,15 @@ from charrnn.model import CELLS, ModelConfig, build_model, detach_state, map_sta
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "plateau")
+# Training stops as diverged when the mean training loss since the last report is this many
+# times the untrained model's: ln(vocabulary size), or the first step's loss if a custom
+# init starts higher. Healthy training never climbs that far above where it started.
+DIVERGENCE_FACTOR = 3.0
+
+
+# The annotations of TrainConfig's fields (strings, by `from __future__ import annotations`)
+# and the values a preset may give them.
+SETTING_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "str | None": (str, type(None))}
 
 
 @dataclass
@@ -43,6 +54,7 @@ class TrainConfig:
     sampling: str = "sequential"  # sequential (carried state) | random (d2l windows, zero state)
     train_windows: int = 0  # with both windows > 0: the d2l split by windows instead of val_fraction
     val_windows: int = 0
+    unknown: str = "error"  # validation characters the training text lacks: error | skip (drop them)
     # model
     cell: str = "lstm"
     hidden: int = 256
@@ -99,7 +111,8 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 raise CharrnnError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
         choices = {"cell": CELLS, "optimizer": OPTIMIZERS, "lr_schedule": SCHEDULES,
-                   "sampling": ("sequential", "random"), "device": ("auto", "cpu", "cuda")}
+                   "sampling": ("sequential", "random"), "device": ("auto", "cpu", "cuda"),
+                   "unknown": UNKNOWN_CHOICES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise CharrnnError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -108,10 +121,14 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict, where: str = "config") -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise CharrnnError(f"{where}: unknown setting(s) {', '.join(unknown)}")
+        known = {f.name: f.type for f in fields(cls)}
+        strangers = sorted(set(values) - set(known))
+        if strangers:
+            raise CharrnnError(f"{where}: unknown setting(s) {', '.join(strangers)}")
+        for name, value in values.items():
+            allowed = SETTING_TYPES[known[name]]
+            if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+                raise CharrnnError(f"{where}: {name} must be {known[name].replace(' | None', '')}, got {value!r}")
         return cls(**values)
 
     def model_config(self, vocab_size: int) -> ModelConfig:
@@ -192,13 +209,14 @@ class Reporter:
 
     def start(self, info: dict) -> None: ...
 
+    def note(self, text: str) -> None:
+        """Something the user should know that is not an error (a byte-order mark removed)."""
+
     def progress(self, info: dict) -> None: ...
 
     def evaluation(self, record: dict) -> None: ...
 
     def finish(self, summary: dict) -> None: ...
-
-    def note(self, text: str) -> None: ...
 
 
 def lr_at(config: TrainConfig, progress: float, step: int, plateau_scale: float = 1.0) -> float:
@@ -253,12 +271,23 @@ def new_run_dir(out: str) -> Path:
                 break
             except FileExistsError:
                 continue
-        probe = run / ".write-test"
-        probe.write_bytes(b"")
+    except OSError as e:
+        raise CharrnnError(f"cannot create the run directory {run}: {e.strerror or e}") from None
+    check_writable(run)
+    return run
+
+
+def check_writable(run: Path) -> None:
+    """Fail before training, not at the first checkpoint, when the run directory cannot be
+    written (read-only, full, not ours)."""
+    probe = run / ".write-test"
+    try:
+        probe.write_bytes(b"charrnn")
         probe.unlink()
     except OSError as e:
+        with contextlib.suppress(OSError):
+            probe.unlink(missing_ok=True)
         raise CharrnnError(f"cannot write to the run directory {run}: {e.strerror or e}") from None
-    return run
 
 
 def point_latest(run: Path) -> None:
@@ -331,23 +360,30 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
     global_batch = config.batch_size * world_size()
     mine = slice(rank() * config.batch_size, (rank() + 1) * config.batch_size)  # this process's rows
     device = process_device(pick_device(config.device))
+    if device.type == "cpu":
+        bptt.tune_allocator()  # recycle the large per-sequence buffers instead of faulting them in anew
     # all processes draw the same random numbers (initial weights, dropout masks), so rank
     # 0's generator state in a checkpoint resumes every one of them
     torch.manual_seed(config.seed)
     ckpt = None
     if resume:
-        resume = Path(resume)
-        ckpt = load_checkpoint(resume / "last.pt" if resume.is_dir() else resume)
-        corpus = reload_corpus(ckpt["corpus"])
+        resume = resolve_checkpoint(resume, order=LAST_FIRST)
+        run = resume.parent.resolve()  # runs/latest names the run itself
+        ckpt = load_checkpoint(resume)
+        if rank() == 0:
+            check_writable(run)
+        corpus = reload_corpus(ckpt["corpus"], cache_dir=run)
     else:
         corpus = load_corpus(
             config.corpus, config.dataset, val_file=config.val_file, val_fraction=config.val_fraction,
             normalize_how=config.normalize,
             windows=(config.train_windows, config.val_windows, config.seq_len)
             if config.train_windows and config.val_windows else None,
+            unknown=config.unknown,
         )
-    vocab = corpus.vocab
-    train_ids, val_ids = vocab.encode(corpus.train), vocab.encode(corpus.val)
+    for note in corpus.notes:
+        reporter.note(note)
+    vocab, train_ids, val_ids = corpus.vocab, corpus.train_ids, corpus.val_ids
     batches = make_batches(train_ids, config.sampling, global_batch, config.seq_len, config.seed)
     if not batches.carries_state and len(val_ids) <= config.seq_len:
         raise CharrnnError(f"the validation text is shorter than one window of {config.seq_len + 1} characters")
@@ -361,24 +397,29 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
                 "world_size": world_size()}
     state = None
     if ckpt:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        progress.update(ckpt["progress"], world_size=world_size())
-        torch.set_rng_state(ckpt["rng"]["cpu"])
-        saved_batch = ckpt["config"]["batch_size"] * ckpt["progress"].get("world_size", 1)
-        if saved_batch == global_batch:
-            state = map_state(lambda t: t[mine].to(device), ckpt["state"])
-        else:  # other streams (or windows per batch): the same point of the epoch, a zero state
+        try:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            progress.update(ckpt["progress"], world_size=world_size())
+            torch.set_rng_state(ckpt["rng"]["cpu"])
+            saved_batch = ckpt["config"]["batch_size"] * ckpt["progress"].get("world_size", 1)
+            if saved_batch == global_batch:
+                state = map_state(lambda t: t[mine].to(device), ckpt["state"])
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise CharrnnError(f"cannot resume from {resume}: its training state is damaged or does not fit: {reason}") from None
+        if saved_batch != global_batch:  # other streams (or windows per batch): the same point of the epoch
             saved_batches = make_batches(train_ids, config.sampling, saved_batch, config.seq_len, config.seed)
             progress["index"] = progress["index"] * batches.batches_per_epoch // saved_batches.batches_per_epoch
             processes = f"{world_size()} process" + ("es" if world_size() > 1 else "")
             reporter.note(f"the global batch is now {global_batch} sequences (--batch-size {config.batch_size} x "
                           f"{processes}), not {saved_batch}: training goes on from the same point of the "
                           "epoch" + (", with a zero hidden state" if batches.carries_state else ""))
-        run = (resume if resume.is_dir() else resume.parent).resolve()
     else:
         run = from_rank_zero(new_run_dir(config.out) if rank() == 0 else None)
     if rank() == 0:
+        remove_stale_temporaries(run)
+        save_encoded(corpus, run)
         write_config(config, run / "config.toml")
         point_latest(run)
     parallel_model = data_parallel(model, device)
@@ -396,7 +437,24 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
                     "best_val_loss": progress["best_val_loss"],
                     "batches_per_epoch": batches.batches_per_epoch, "config": asdict(config)})
 
+    def stop_diverged(what: str) -> CharrnnError:
+        kept = f"the last good checkpoint is kept in {run}" if (run / "last.pt").exists() else "no checkpoint was saved"
+        return CharrnnError(f"training diverged at step {progress['step']}: {what}; {kept} "
+                            f"(lower --lr, now {config.lr:g}, or --clip, now {config.clip:g})")
+
+    loss_limit = math.inf  # DIVERGENCE_FACTOR times the untrained model's loss, set at the first step
+
+    def check_train_loss(train_loss: float) -> None:
+        if not math.isfinite(train_loss):
+            raise stop_diverged(f"the training loss became {train_loss}")
+        if train_loss > loss_limit:
+            raise stop_diverged(f"the training loss reached {train_loss:.4g}, over {DIVERGENCE_FACTOR:g}x "
+                                f"the untrained model's {loss_limit / DIVERGENCE_FACTOR:.4g}")
+
     def save(name: str) -> None:
+        # Never replace a good checkpoint with a broken model.
+        if not all(bool(torch.isfinite(p).all()) for p in params):
+            raise stop_diverged("the weights became NaN or infinite")
         # the state carried into the next batch, of every process's streams (so every
         # process calls save); windows start from a zero state
         carried = map_state(gather_rows, detach_state(state)) if batches.carries_state else None
@@ -417,6 +475,8 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
                                    shard=(rank(), world_size()))
         loss_sum, count, train_loss = all_reduce([loss_sum, count, train_loss / world_size()])
         val_loss = loss_sum / count
+        if not math.isfinite(val_loss):
+            raise stop_diverged(f"the validation loss became {val_loss}")
         progress["last_val_loss"] = val_loss
         record = {"step": progress["step"], "epoch": progress["epoch"], "elapsed": progress["elapsed"],
                   "chars_seen": progress["chars_seen"], "train_loss": train_loss,
@@ -463,6 +523,8 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
             # processes fewer rows, or none)
             fair_share = batch_chars / world_size()
             loss = F.cross_entropy(logits.flatten(0, 1), Y.flatten(), reduction="sum") / fair_share
+            if loss_limit == math.inf:
+                loss_limit = DIVERGENCE_FACTOR * max(math.log(len(vocab)), loss.item())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             clip_gradients(config.clip, params)
@@ -483,11 +545,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
             if at_eval or now - window_start > 0.5:
                 train_loss = loss_sum.item() / loss_steps
                 chars_per_s = window_chars / max(now - window_start, 1e-9)
-                if not math.isfinite(train_loss):
-                    raise CharrnnError(
-                        f"the training loss became {train_loss} at step {progress['step']}; "
-                        "lower --lr or --clip (the last good checkpoint is kept in the run directory)"
-                    )
+                check_train_loss(train_loss)
                 progress["elapsed"] = now - started
                 reporter.progress({"step": progress["step"], "total_steps": total_steps, "loss": train_loss,
                                    "lr": lr, "chars_per_s": chars_per_s, "elapsed": progress["elapsed"],
@@ -503,6 +561,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
 
         if loss_steps:
             train_loss = all_reduce([loss_sum.item() / loss_steps])[0] / world_size()
+            check_train_loss(train_loss)
         if stopped_by:
             progress["elapsed"] = time.perf_counter() - started
             save("last.pt")

@@ -305,7 +305,7 @@ def test_carried_state_makes_split_processing_equal_to_the_whole(cell, layers):
 
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
 def test_greedy_generation_is_the_books_predict(cell):
-    """generate(greedy) steps one token at a time through step_tokens; the book's predict
+    """generate(greedy) steps one token at a time through the Sampler; the book's predict
     reruns the whole text through forward and takes the argmax of the last logits."""
     torch.manual_seed(0)
     vocab = Vocab("abcdefgh ")
