@@ -38,22 +38,47 @@ from charrnn.errors import CharrnnError
 FORMAT = "charrnn-checkpoint"
 FORMAT_VERSION = 1
 REQUIRED = ("model_config", "vocab", "model")
+SECTIONS = ("model_config", "vocab", "model", "optimizer", "config", "progress", "corpus", "rng")  # dicts
 
 
 def save_checkpoint(payload: dict, path: str | Path) -> None:
+    """Write a checkpoint atomically. A failed write (a full disk) is a one-line CharrnnError
+    and leaves the previous checkpoint at `path` as it was."""
     path = Path(path)
-    payload = {"format": FORMAT, "version": FORMAT_VERSION, **payload}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        atomic_save({"format": FORMAT, "version": FORMAT_VERSION, **payload}, path)
+    except OSError as e:
+        kept = "the previous one is kept" if path.exists() else "nothing was written"
+        raise CharrnnError(f"cannot save the checkpoint {path}: {e.strerror or e}; {kept}") from None
+
+
+TEMPORARY = ".{name}.*.tmp"  # what atomic_save writes before the rename (mkstemp's prefix and suffix)
+
+
+def atomic_save(obj, path: str | Path) -> None:
+    """torch.save `obj` to `path` atomically: into a temporary file in the same directory,
+    flushed and fsynced, then renamed over `path`. On any failure the temporary file is
+    removed and `path` is untouched; OSError (disk full, read-only) propagates."""
+    path = Path(path)
+    prefix, suffix = TEMPORARY.format(name=path.name).split("*")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=suffix)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint is an ordinary file
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temporaries(directory: str | Path) -> None:
+    """Delete the temporary files that writers killed mid-save (SIGKILL, power loss) left
+    behind; the files they were replacing are intact."""
+    for tmp in Path(directory).glob(TEMPORARY.format(name="*")):
+        tmp.unlink(missing_ok=True)
 
 
 def _umask() -> int:
@@ -77,7 +102,7 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
             raise CharrnnError(f"{path} is not a readable checkpoint (truncated or corrupt?)")
         raise CharrnnError(f"{path} is not a charrnn checkpoint (not a PyTorch zip archive)")
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings():  # torch's notes on odd files would break the one-line promise
             warnings.simplefilter("ignore")
             payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
@@ -92,28 +117,39 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         raise CharrnnError(f"{path} is not a charrnn checkpoint")
     version = payload.get("version")
     if version != FORMAT_VERSION:
-        newer = isinstance(version, int) and version > FORMAT_VERSION
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise CharrnnError(f"{path} has no valid checkpoint format version (found {repr(version)[:40]})")
+        advice = "upgrade charrnn" if version > FORMAT_VERSION else "it was written by an older charrnn: use that version"
         raise CharrnnError(
-            f"{path} has checkpoint format {version}; this charrnn reads format {FORMAT_VERSION}"
-            + (" (upgrade charrnn)" if newer else "")
+            f"{path} has checkpoint format {version}; this charrnn reads format {FORMAT_VERSION} ({advice})"
         )
     missing = [k for k in REQUIRED if k not in payload]
     if missing:
         raise CharrnnError(f"{path} is an incomplete checkpoint: missing {', '.join(missing)}")
+    damaged = [k for k in SECTIONS if k in payload and not isinstance(payload[k], dict)]
+    if damaged:
+        raise CharrnnError(f"{path} is a damaged checkpoint: {', '.join(damaged)} should be a table")
     return payload
 
 
-def resolve_checkpoint(where: str | Path | None, runs_dir: str | Path = "runs") -> Path:
-    """A checkpoint file from a file, a run directory (its best.pt, else last.pt), or
-    nothing (the best checkpoint of runs/latest)."""
+# A run directory's checkpoint for generate and eval: the best; to resume: the newest.
+# best.pt is written just before last.pt, so a run killed between the two has a best.pt
+# and possibly no last.pt yet; resuming from last.pt redoes those steps exactly.
+BEST_FIRST = ("best.pt", "last.pt")
+LAST_FIRST = ("last.pt", "best.pt")
+
+
+def resolve_checkpoint(where: str | Path | None, runs_dir: str | Path = "runs", order=BEST_FIRST) -> Path:
+    """A checkpoint file from a file, a run directory (the first of `order` there), or
+    nothing (runs/latest)."""
     if where is None:
         where = Path(runs_dir) / "latest"
         if not where.exists():
             raise CharrnnError(f"no checkpoint given and no {where} (train a model first, or pass --checkpoint)")
     where = Path(where)
     if where.is_dir():
-        for name in ("best.pt", "last.pt"):
+        for name in order:
             if (where / name).is_file():
                 return where / name
-        raise CharrnnError(f"no checkpoint (best.pt or last.pt) in {where}")
+        raise CharrnnError(f"no checkpoint ({' or '.join(order)}) in {where}")
     return where

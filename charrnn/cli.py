@@ -38,6 +38,9 @@ def user_errors(command):
         except CharrnnError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(e.exit_code) from None
+        except OSError as e:  # the file system said no (disk full, permissions): not a bug to trace
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(CharrnnError.exit_code) from None
 
     return wrapper
 
@@ -84,6 +87,7 @@ def train(
     config: Annotated[Optional[Path], Opt(help="A TOML preset (configs/*.toml); options given here override it.")] = None,
     dataset: Annotated[Optional[str], Opt(help="A named corpus, downloaded once and cached: timemachine or tinyshakespeare.")] = None,
     val_file: Annotated[Optional[Path], Opt(help="Validate on this file instead of the end of the corpus.")] = None,
+    unknown: Annotated[Optional[str], Opt(help="Validation characters the training text lacks: error, or skip (drop them, with a warning). [default: error]")] = None,
     val_fraction: Annotated[Optional[float], Opt(help="The last fraction of the text used for validation. [default: 0.1]")] = None,
     normalize: Annotated[Optional[str], Opt(help="none, or letters: the d2l book's preprocessing (non-letters to one space, lowercase). [default: none]")] = None,
     sampling: Annotated[Optional[str], Opt(help="sequential: contiguous streams, state carried across batches; random: shuffled windows from a zero state (d2l). [default: sequential]")] = None,
@@ -91,6 +95,7 @@ def train(
     hidden: Annotated[Optional[int], Opt(help="Hidden units per layer. [default: 256]")] = None,
     layers: Annotated[Optional[int], Opt(help="Stacked recurrent layers. [default: 1]")] = None,
     dropout: Annotated[Optional[float], Opt(help="Dropout on each layer's outputs. [default: 0]")] = None,
+    init_sigma: Annotated[Optional[float], Opt(help="Weights start as N(0, sigma^2) (the book's init). [default: 0.01]")] = None,
     optimizer: Annotated[Optional[str], Opt(help="sgd, adam or adamw. [default: adam]")] = None,
     lr: Annotated[Optional[float], Opt(help="Learning rate. [default: 0.002]")] = None,
     lr_schedule: Annotated[Optional[str], Opt(help="constant; cosine (decay over the step or time budget); or plateau (multiply by --plateau-factor after --plateau-patience evaluations without a new best). [default: constant]")] = None,
@@ -98,7 +103,7 @@ def train(
     plateau_patience: Annotated[Optional[int], Opt(help="With --lr-schedule plateau: evaluations without a new best validation loss before lowering it. [default: 2]")] = None,
     warmup_steps: Annotated[Optional[int], Opt(help="Linear learning-rate warm-up steps. [default: 0]")] = None,
     clip: Annotated[Optional[float], Opt(help="Clip gradients to this global L2 norm. [default: 1.0]")] = None,
-    batch_size: Annotated[Optional[int], Opt(help="Sequences per batch. [default: 32]")] = None,
+    batch_size: Annotated[Optional[int], Opt(help="Sequences per batch (per process under torchrun). [default: 32]")] = None,
     seq_len: Annotated[Optional[int], Opt(help="Characters per sequence (truncated BPTT length). [default: 64]")] = None,
     max_steps: Annotated[Optional[int], Opt(help="Stop after this many steps in all.")] = None,
     epochs: Annotated[Optional[float], Opt(help="Stop after this many passes over the training text (default 10 when no other limit is given).")] = None,
@@ -119,10 +124,11 @@ def train(
     metrics.jsonl (one record per evaluation) and curve.png (with matplotlib installed);
     runs/latest points at the newest run. Training stops at --max-steps, --epochs,
     --max-time or --patience, whichever comes first. Ctrl-C saves last.pt and prints how
-    to resume.
+    to resume. Under torchrun it trains data-parallel, one process per GPU or CPU share.
     """
     given = {k: str(v) if isinstance(v, Path) else v for k, v in locals().items()
              if v is not None and k not in ("config", "quiet", "resume")}
+    from charrnn.distributed import process_group, rank
     from charrnn.report import TerminalReporter
     from charrnn.train import TrainConfig, train as run_training
 
@@ -134,13 +140,17 @@ def train(
             values.pop("dataset", None)  # a corpus on the command line replaces the preset's dataset
     values.update(given)
     settings = TrainConfig.from_dict(values, str(config) if config else "config")
-    summary = run_training(settings, TerminalReporter(quiet=quiet), resume=resume)
-    write_curve(Path(summary["run"]), quiet)
+    with process_group(settings.device):  # under torchrun; nothing otherwise
+        summary = run_training(settings, TerminalReporter(quiet=quiet), resume=resume)
+        speaks = rank() == 0  # only rank 0 prints and writes
+    if speaks:
+        write_curve(Path(summary["run"]), quiet)
     if summary["interrupted"]:
-        typer.echo(f"stopped by {summary['interrupted']} at step {summary['steps']}; saved "
-                   f"{summary['run']}/last.pt. Resume with:\n  charrnn train --resume {summary['run']}", err=True)
+        if speaks:
+            typer.echo(f"stopped by {summary['interrupted']} at step {summary['steps']}; saved "
+                       f"{summary['run']}/last.pt. Resume with:\n  charrnn train --resume {summary['run']}", err=True)
         raise typer.Exit(130)
-    if settings.sample_prefix:
+    if settings.sample_prefix and speaks:
         from charrnn.sample import generate as generate_chars
 
         model, vocab, ckpt = load_model(Path(summary["run"]) / "best.pt", "cpu")
@@ -169,15 +179,20 @@ def write_curve(run: Path, quiet: bool) -> None:
 
 
 # What may change when a run resumes: how long it goes on and where; not the model or data.
-RESUMABLE = {"max_steps", "epochs", "max_time", "patience", "eval_every", "device", "tf32", "amp",
+# The batch size may, so that a run resumed on another number of processes can keep its
+# global batch (--batch-size x processes).
+RESUMABLE = {"max_steps", "epochs", "max_time", "patience", "eval_every", "device", "batch_size", "tf32", "amp",
              "sample_prefix", "sample_length", "sample_greedy"}
 
 
 def resumed_config(run: Path, given: dict) -> dict:
-    from charrnn.checkpoint import load_checkpoint
+    from charrnn.checkpoint import LAST_FIRST, load_checkpoint, resolve_checkpoint
 
-    run = Path(run)
-    values = dict(load_checkpoint(run / "last.pt" if run.is_dir() else run)["config"])
+    path = resolve_checkpoint(run, order=LAST_FIRST)
+    values = load_checkpoint(path).get("config")
+    if not isinstance(values, dict):
+        raise CharrnnError(f"{path} records no training settings, so it cannot be resumed")
+    values = dict(values)
     fixed = sorted(k for k in given if k not in RESUMABLE and given[k] != values.get(k))
     if fixed:
         names = ", ".join("--" + k.replace("_", "-") for k in fixed)
@@ -194,6 +209,8 @@ def model_prefix(prefix: str, ckpt: dict) -> str:
 
 def load_model(where, device_name: str = "auto"):
     """(model, vocab, checkpoint) from a checkpoint file or run directory (None: runs/latest)."""
+    import torch
+
     from charrnn.checkpoint import load_checkpoint, resolve_checkpoint
     from charrnn.data import Vocab
     from charrnn.model import ModelConfig, build_model
@@ -202,13 +219,22 @@ def load_model(where, device_name: str = "auto"):
     device = pick_device(device_name)
     ckpt = load_checkpoint(resolve_checkpoint(where), map_location=device)
     try:
-        model = build_model(ModelConfig(**ckpt["model_config"]))
-        model.load_state_dict(ckpt["model"])
         vocab = Vocab.from_dict(ckpt["vocab"])
-    except (TypeError, KeyError, RuntimeError, ValueError) as e:
+        config = ModelConfig(**ckpt["model_config"])
+        if not (isinstance(config.layers, int) and 0 < config.layers <= len(ckpt["model"])):
+            raise ValueError(f"{config.layers!r} layers")
+        # Built on the meta device: no memory is set aside for whatever sizes a damaged or
+        # hostile file claims; the weights are the file's own tensors.
+        with torch.device("meta"):
+            model = build_model(config)
+        model.load_state_dict(ckpt["model"], assign=True)
+    except (TypeError, KeyError, RuntimeError, ValueError, AttributeError) as e:
         raise CharrnnError(f"the checkpoint's model does not fit its config: {str(e).splitlines()[0]}") from None
-    if len(vocab) != model.vocab_size:
-        raise CharrnnError(f"the checkpoint's vocabulary has {len(vocab)} characters but its model {model.vocab_size}")
+    if len(vocab) != config.vocab_size:
+        raise CharrnnError(f"the checkpoint's vocabulary has {len(vocab)} characters but its model {config.vocab_size}")
+    if not all(p.device.type != "meta" and p.is_floating_point() and bool(torch.isfinite(p).all())
+               for p in model.parameters()):
+        raise CharrnnError("the checkpoint's weights are not all finite floating-point numbers")
     return model.to(device).eval(), vocab, ckpt
 
 
@@ -241,7 +267,7 @@ def generate(
     if interactive and (as_json or samples > 1):
         raise CharrnnError("--interactive continues one sample at a prompt; it takes neither --json nor --samples")
     if prefix_file:
-        prefix, _ = read_text(prefix_file, "prefix file")
+        prefix = read_text(prefix_file, "prefix file").as_str()
     model, vocab, ckpt = load_model(checkpoint, device)
     prefix = model_prefix(prefix, ckpt)
     stream = GenerationStream(model, vocab, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
@@ -313,45 +339,51 @@ def evaluate_command(
     as_json: Annotated[bool, Opt("--json", help="Print one JSON object.")] = False,
     batch_size: Annotated[int, Opt(help="Parallel streams the text is cut into.")] = 16,
     seq_len: Annotated[int, Opt(help="Characters per forward call.")] = 256,
+    unknown: Annotated[str, Opt(help="Characters of FILE outside the model's vocabulary: error, or skip (drop them, with a warning).")] = "error",
     show: Annotated[bool, Opt("--show", help="Print the text with each character shaded by the model's surprisal (bits), to see where it is confused.")] = False,
     show_chars: Annotated[int, Opt(help="How much of the text --show and --show-html shade: the first N characters.")] = 2000,
     show_html: Annotated[Optional[Path], Opt(help="Write the shaded text as a self-contained HTML page to this file.")] = None,
     device: Annotated[str, Opt(help="auto, cpu or cuda.")] = "auto",
 ):
     """Perplexity and bits per character of a model on FILE or on its validation split."""
-    from charrnn.data import normalize, read_text, reload_corpus
+    from charrnn.checkpoint import resolve_checkpoint
+    from charrnn.data import check_unknown, read_text, reload_corpus, skipped_note
     from charrnn.train import evaluate
 
     if batch_size < 1 or seq_len < 1:
         raise CharrnnError("--batch-size and --seq-len must be positive")
+    check_unknown(unknown)
     if show_chars < 2:
         raise CharrnnError(f"--show-chars must be at least 2, got {show_chars}")
     if show and as_json:
         raise CharrnnError("--show prints shaded text; it does not mix with --json (use --show-html FILE)")
     model, vocab, ckpt = load_model(checkpoint, device)
-    source = ckpt.get("corpus", {})
+    source = ckpt.get("corpus") or {}
     if file is None:
-        if not source:
+        if not isinstance(source, dict) or not source:
             raise CharrnnError("the checkpoint does not record its corpus; give a FILE to eval")
-        text, what = reload_corpus(source).val, "the validation split"
-        windows = "windows" in source
+        corpus = reload_corpus(source, cache_dir=resolve_checkpoint(checkpoint).parent)
+        ids, what, notes = corpus.val_ids, "the validation split", corpus.notes
+        window = source["windows"][2] if "windows" in source else 0
     else:
-        text, _ = read_text(file, "file")
-        text, what, windows = normalize(text, source.get("normalize", "none")), str(file), False
-    if len(text) < 2:
+        text, what, window = read_text(file, "file", source.get("normalize", "none")), str(file), 0
+        ids, dropped = vocab.ids_of(text, what=what, unknown=unknown, hint=" (--unknown skip drops them)",
+                                    in_place=True)
+        notes = text.notes + ([skipped_note(dropped, what)] if dropped else [])
+    if len(ids) < 2:
         raise CharrnnError(f"{what} is too short to evaluate (it needs at least 2 characters)")
-    ids = vocab.encode(text, what)
-    if windows:  # the book's split: stride-1 windows, each from a zero state
-        window = ckpt["config"]["seq_len"]
+    for note in notes:
+        typer.echo(f"warning: {note}", err=True)
+    if window:  # the book's split: stride-1 windows of the run's seq_len, each from a zero state
         loss_sum, count = evaluate(model, ids, batch_size=1024, seq_len=window, carry_state=False)
     else:
         loss_sum, count = evaluate(model, ids, batch_size=batch_size, seq_len=seq_len)
     loss = loss_sum / count
-    result = {"perplexity": math.exp(loss), "bits_per_char": loss / math.log(2), "loss": loss,
+    result = {"perplexity": math.exp(min(loss, 709)), "bits_per_char": loss / math.log(2), "loss": loss,
               "chars": count, "text": what}
     if show or show_html:
-        shown = what if len(text) <= show_chars else f"the first {show_chars:,} characters of {what}"
-        show_surprisal(model, vocab, text[:show_chars], shown, show, show_html)
+        shown = what if len(ids) <= show_chars else f"the first {show_chars:,} characters of {what}"
+        show_surprisal(model, vocab, vocab.decode(ids[:show_chars]), shown, show, show_html)
     if as_json:
         typer.echo(json.dumps(result))
     else:
@@ -392,12 +424,10 @@ def info(
     path = resolve_checkpoint(checkpoint)
     try:
         details = checkpoint_info(load_checkpoint(path), str(path))
+        shown = json.dumps(details, ensure_ascii=False) if as_json else "\n".join(info_lines(details))
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise CharrnnError(f"{path} is a checkpoint with missing or malformed fields ({e!r})") from None
-    if as_json:
-        typer.echo(json.dumps(details, ensure_ascii=False))
-    else:
-        typer.echo("\n".join(info_lines(details)))
+    typer.echo(shown)
 
 
 @app.command()

@@ -4,6 +4,7 @@ one-line records elsewhere (CI logs, pipes), and one scannable line per evaluati
 from __future__ import annotations
 
 import math
+import sys
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -78,6 +79,9 @@ class TerminalReporter(Reporter):
             self.progress_bar.start()
             self.task = self.progress_bar.add_task("train", total=100, step="0", loss=math.nan, cps=0,
                                                    lr=c["lr"], val_ppl="-", best_ppl=best)
+
+    def note(self, text):
+        print(f"warning: {text}", file=sys.stderr, flush=True)
 
     def progress(self, p):
         if self.progress_bar:

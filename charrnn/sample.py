@@ -143,8 +143,8 @@ class GenerationStream:
 
     def __init__(self, model: RNNLMScratch, vocab: Vocab, *, temperature: float = 1.0, top_k: int = 0,
                  top_p: float = 1.0, greedy: bool = False, samples: int = 1, seed: int | None = None):
-        if temperature < 0:
-            raise CharrnnError(f"--temperature must not be negative, got {temperature}")
+        if not temperature >= 0:  # also NaN
+            raise CharrnnError(f"--temperature must be a number >= 0, got {temperature}")
         if top_k < 0:
             raise CharrnnError(f"--top-k must not be negative, got {top_k}")
         if not 0 < top_p <= 1:

@@ -4,6 +4,7 @@ norm, optimizer step; evaluation on the validation split; checkpoints in the run
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -19,13 +20,24 @@ import torch
 import torch.nn.functional as F
 
 from charrnn import bptt
-from charrnn.checkpoint import load_checkpoint, save_checkpoint
-from charrnn.data import load_corpus, make_batches, reload_corpus
+from charrnn.checkpoint import LAST_FIRST, load_checkpoint, remove_stale_temporaries, resolve_checkpoint, save_checkpoint
+from charrnn.data import UNKNOWN_CHOICES, load_corpus, make_batches, reload_corpus, save_encoded
+from charrnn.distributed import (agree_to_stop, all_reduce, data_parallel, from_rank_zero, gather_rows,
+                                 process_device, rank, world_size)
 from charrnn.errors import CharrnnError
 from charrnn.model import CELLS, ModelConfig, build_model, detach_state, map_state, num_parameters
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "plateau")
+# Training stops as diverged when the mean training loss since the last report is this many
+# times the untrained model's: ln(vocabulary size), or the first step's loss if a custom
+# init starts higher. Healthy training never climbs that far above where it started.
+DIVERGENCE_FACTOR = 3.0
+
+
+# The annotations of TrainConfig's fields (strings, by `from __future__ import annotations`)
+# and the values a preset may give them.
+SETTING_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "str | None": (str, type(None))}
 
 
 @dataclass
@@ -42,6 +54,7 @@ class TrainConfig:
     sampling: str = "sequential"  # sequential (carried state) | random (d2l windows, zero state)
     train_windows: int = 0  # with both windows > 0: the d2l split by windows instead of val_fraction
     val_windows: int = 0
+    unknown: str = "error"  # validation characters the training text lacks: error | skip (drop them)
     # model
     cell: str = "lstm"
     hidden: int = 256
@@ -101,7 +114,7 @@ class TrainConfig:
                 raise CharrnnError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
         choices = {"cell": CELLS, "optimizer": OPTIMIZERS, "lr_schedule": SCHEDULES,
                    "sampling": ("sequential", "random"), "device": ("auto", "cpu", "cuda"),
-                   "amp": ("none", "bf16")}
+                   "unknown": UNKNOWN_CHOICES, "amp": ("none", "bf16")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise CharrnnError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -110,10 +123,14 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict, where: str = "config") -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise CharrnnError(f"{where}: unknown setting(s) {', '.join(unknown)}")
+        known = {f.name: f.type for f in fields(cls)}
+        strangers = sorted(set(values) - set(known))
+        if strangers:
+            raise CharrnnError(f"{where}: unknown setting(s) {', '.join(strangers)}")
+        for name, value in values.items():
+            allowed = SETTING_TYPES[known[name]]
+            if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+                raise CharrnnError(f"{where}: {name} must be {known[name].replace(' | None', '')}, got {value!r}")
         return cls(**values)
 
     def model_config(self, vocab_size: int) -> ModelConfig:
@@ -169,13 +186,14 @@ def clip_gradients(max_norm: float, params) -> torch.Tensor:
 
 @torch.inference_mode()
 def evaluate(model, ids: torch.Tensor, *, batch_size: int, seq_len: int, carry_state: bool = True,
-             device=None) -> tuple[float, int]:
+             device=None, shard: tuple[int, int] = (0, 1)) -> tuple[float, int]:
     """Summed cross-entropy (nats) and number of predicted characters over `ids`.
 
     With carry_state the text is cut into at most `batch_size` contiguous streams whose
     state runs through the whole text (each character predicted from all before it in its
     stream); otherwise every stride-1 window of seq_len + 1 characters from a zero state,
-    as the book evaluates."""
+    as the book evaluates. With `shard` = (i, n), only every n-th stream or window from
+    the i-th: n processes share the work and add up their results."""
     was_training = model.training
     model.eval()
     device = device or model.W_hq.device
@@ -184,8 +202,9 @@ def evaluate(model, ids: torch.Tensor, *, batch_size: int, seq_len: int, carry_s
         if carry_state:
             streams = max(1, min(batch_size, (len(ids) - 1) // max(seq_len, 1)))
             length = (len(ids) - 1) // streams
-            inputs = ids[: streams * length].view(streams, length).to(device)
-            targets = ids[1 : streams * length + 1].view(streams, length).to(device)
+            mine = slice(shard[0], None, shard[1])
+            inputs = ids[: streams * length].view(streams, length)[mine].to(device)
+            targets = ids[1 : streams * length + 1].view(streams, length)[mine].to(device)
             state = None
             for start in range(0, length, seq_len):
                 X = inputs[:, start : start + seq_len].long()
@@ -194,7 +213,7 @@ def evaluate(model, ids: torch.Tensor, *, batch_size: int, seq_len: int, carry_s
                 total += F.cross_entropy(logits.flatten(0, 1), Y.flatten(), reduction="sum")
                 count += Y.numel()
         else:
-            windows = ids.unfold(0, seq_len + 1, 1)
+            windows = ids.unfold(0, seq_len + 1, 1)[shard[0] :: shard[1]]
             for start in range(0, len(windows), batch_size):
                 rows = windows[start : start + batch_size].to(device).long()
                 logits, _ = model(rows[:, :-1])
@@ -209,6 +228,9 @@ class Reporter:
     """What train() tells the outside world; the CLI draws it, the library stays quiet."""
 
     def start(self, info: dict) -> None: ...
+
+    def note(self, text: str) -> None:
+        """Something the user should know that is not an error (a byte-order mark removed)."""
 
     def progress(self, info: dict) -> None: ...
 
@@ -269,12 +291,23 @@ def new_run_dir(out: str) -> Path:
                 break
             except FileExistsError:
                 continue
-        probe = run / ".write-test"
-        probe.write_bytes(b"")
+    except OSError as e:
+        raise CharrnnError(f"cannot create the run directory {run}: {e.strerror or e}") from None
+    check_writable(run)
+    return run
+
+
+def check_writable(run: Path) -> None:
+    """Fail before training, not at the first checkpoint, when the run directory cannot be
+    written (read-only, full, not ours)."""
+    probe = run / ".write-test"
+    try:
+        probe.write_bytes(b"charrnn")
         probe.unlink()
     except OSError as e:
+        with contextlib.suppress(OSError):
+            probe.unlink(missing_ok=True)
         raise CharrnnError(f"cannot write to the run directory {run}: {e.strerror or e}") from None
-    return run
 
 
 def point_latest(run: Path) -> None:
@@ -338,29 +371,42 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
     With `resume` (a run directory or a checkpoint file), continue that run exactly where
     it stopped: weights, optimizer, step, position in the data, hidden state and random
     number generator; `config` is then that run's settings with any changes to how long
-    it trains (its model and data settings must be the run's own)."""
-    reporter = reporter or Reporter()
-    device = pick_device(config.device)
+    it trains (its model and data settings must be the run's own).
+
+    In a torch.distributed process group (charrnn.distributed), every process trains on
+    its own `batch_size` rows of a global batch of batch_size x world_size, and only rank
+    0 reports and writes files."""
+    reporter = (reporter or Reporter()) if rank() == 0 else Reporter()
+    global_batch = config.batch_size * world_size()
+    mine = slice(rank() * config.batch_size, (rank() + 1) * config.batch_size)  # this process's rows
+    device = process_device(pick_device(config.device))
     if device.type == "cpu":
         bptt.tune_allocator()  # recycle the large per-sequence buffers instead of faulting them in anew
+    # all processes draw the same random numbers (initial weights, dropout masks), so rank
+    # 0's generator state in a checkpoint resumes every one of them
     torch.manual_seed(config.seed)
     ckpt = None
     if resume:
-        resume = Path(resume)
-        ckpt = load_checkpoint(resume / "last.pt" if resume.is_dir() else resume)
-        corpus = reload_corpus(ckpt["corpus"])
+        resume = resolve_checkpoint(resume, order=LAST_FIRST)
+        run = resume.parent.resolve()  # runs/latest names the run itself
+        ckpt = load_checkpoint(resume)
+        if rank() == 0:
+            check_writable(run)
+        corpus = reload_corpus(ckpt["corpus"], cache_dir=run)
     else:
         corpus = load_corpus(
             config.corpus, config.dataset, val_file=config.val_file, val_fraction=config.val_fraction,
             normalize_how=config.normalize,
             windows=(config.train_windows, config.val_windows, config.seq_len)
             if config.train_windows and config.val_windows else None,
+            unknown=config.unknown,
         )
-    vocab = corpus.vocab
+    for note in corpus.notes:
+        reporter.note(note)
     # the texts move to the device once: every batch is then a slice there, with no copy
     # from the host per step
-    train_ids, val_ids = vocab.encode(corpus.train).to(device), vocab.encode(corpus.val).to(device)
-    batches = make_batches(train_ids, config.sampling, config.batch_size, config.seq_len, config.seed)
+    vocab, train_ids, val_ids = corpus.vocab, corpus.train_ids.to(device), corpus.val_ids.to(device)
+    batches = make_batches(train_ids, config.sampling, global_batch, config.seq_len, config.seed)
     if not batches.carries_state and len(val_ids) <= config.seq_len:
         raise CharrnnError(f"the validation text is shorter than one window of {config.seq_len + 1} characters")
 
@@ -369,19 +415,36 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
     params = list(model.parameters())
     optimizer = make_optimizer(config, params)
     progress = {"step": 0, "epoch": 0, "index": 0, "chars_seen": 0, "elapsed": 0.0,
-                "best_val_loss": math.inf, "last_val_loss": math.inf, "evals_since_best": 0, "lr_scale": 1.0}
+                "best_val_loss": math.inf, "last_val_loss": math.inf, "evals_since_best": 0, "lr_scale": 1.0,
+                "world_size": world_size()}
     state = None
     if ckpt:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        progress.update(ckpt["progress"])
-        torch.set_rng_state(ckpt["rng"]["cpu"])
-        state = map_state(lambda t: t.to(device), ckpt["state"])
-        run = (resume if resume.is_dir() else resume.parent).resolve()
+        try:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            progress.update(ckpt["progress"], world_size=world_size())
+            torch.set_rng_state(ckpt["rng"]["cpu"])
+            saved_batch = ckpt["config"]["batch_size"] * ckpt["progress"].get("world_size", 1)
+            if saved_batch == global_batch:
+                state = map_state(lambda t: t[mine].to(device), ckpt["state"])
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise CharrnnError(f"cannot resume from {resume}: its training state is damaged or does not fit: {reason}") from None
+        if saved_batch != global_batch:  # other streams (or windows per batch): the same point of the epoch
+            saved_batches = make_batches(train_ids, config.sampling, saved_batch, config.seq_len, config.seed)
+            progress["index"] = progress["index"] * batches.batches_per_epoch // saved_batches.batches_per_epoch
+            processes = f"{world_size()} process" + ("es" if world_size() > 1 else "")
+            reporter.note(f"the global batch is now {global_batch} sequences (--batch-size {config.batch_size} x "
+                          f"{processes}), not {saved_batch}: training goes on from the same point of the "
+                          "epoch" + (", with a zero hidden state" if batches.carries_state else ""))
     else:
-        run = new_run_dir(config.out)
-    write_config(config, run / "config.toml")
-    point_latest(run)
+        run = from_rank_zero(new_run_dir(config.out) if rank() == 0 else None)
+    if rank() == 0:
+        remove_stale_temporaries(run)
+        save_encoded(corpus, run)
+        write_config(config, run / "config.toml")
+        point_latest(run)
+    parallel_model = data_parallel(model, device)
 
     max_time = parse_duration(config.max_time) if config.max_time else math.inf
     epochs = config.epochs or (0 if (config.max_steps or config.max_time) else 10)
@@ -389,24 +452,53 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
     if epochs:
         step_limits.append(max(1, round(epochs * batches.batches_per_epoch)))
     total_steps = min(step_limits) if step_limits else None
-    reporter.start({"run": str(run), "device": str(device), "parameters": num_parameters(model),
+    device_text = f"{world_size()} processes ({device.type})" if world_size() > 1 else str(device)
+    reporter.start({"run": str(run), "device": device_text, "parameters": num_parameters(model),
                     "vocab_size": len(vocab), "train_chars": len(train_ids), "val_chars": len(val_ids),
                     "total_steps": total_steps, "max_time": max_time, "step": progress["step"],
                     "best_val_loss": progress["best_val_loss"],
                     "batches_per_epoch": batches.batches_per_epoch, "config": asdict(config)})
 
+    def stop_diverged(what: str) -> CharrnnError:
+        kept = f"the last good checkpoint is kept in {run}" if (run / "last.pt").exists() else "no checkpoint was saved"
+        return CharrnnError(f"training diverged at step {progress['step']}: {what}; {kept} "
+                            f"(lower --lr, now {config.lr:g}, or --clip, now {config.clip:g})")
+
+    loss_limit = math.inf  # DIVERGENCE_FACTOR times the untrained model's loss, set at the first step
+
+    def check_train_loss(train_loss: float) -> None:
+        if not math.isfinite(train_loss):
+            raise stop_diverged(f"the training loss became {train_loss}")
+        if train_loss > loss_limit:
+            raise stop_diverged(f"the training loss reached {train_loss:.4g}, over {DIVERGENCE_FACTOR:g}x "
+                                f"the untrained model's {loss_limit / DIVERGENCE_FACTOR:.4g}")
+
     def save(name: str) -> None:
+        # Never replace a good checkpoint with a broken model.
+        if not all(bool(torch.isfinite(p).all()) for p in params):
+            raise stop_diverged("the weights became NaN or infinite")
+        # the state carried into the next batch, of every process's streams (so every
+        # process calls save); windows start from a zero state
+        carried = map_state(gather_rows, detach_state(state)) if batches.carries_state else None
+        if rank() != 0:
+            return
         save_checkpoint({
             "model_config": asdict(model_config), "vocab": vocab.to_dict(), "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "config": asdict(config), "progress": dict(progress),
             "corpus": corpus.source, "rng": {"cpu": torch.get_rng_state()},
-            "state": detach_state(state),
+            "state": carried,
         }, run / name)
 
     def run_evaluation(train_loss: float) -> dict:
-        loss_sum, count = evaluate(model, val_ids, batch_size=config.batch_size, seq_len=config.seq_len,
-                                   carry_state=batches.carries_state, device=device)
+        # each process evaluates its share of the global batch's streams; all get the same
+        # sums, so all agree on the best checkpoint
+        loss_sum, count = evaluate(model, val_ids, batch_size=global_batch, seq_len=config.seq_len,
+                                   carry_state=batches.carries_state, device=device,
+                                   shard=(rank(), world_size()))
+        loss_sum, count, train_loss = all_reduce([loss_sum, count, train_loss / world_size()])
         val_loss = loss_sum / count
+        if not math.isfinite(val_loss):
+            raise stop_diverged(f"the validation loss became {val_loss}")
         progress["last_val_loss"] = val_loss
         record = {"step": progress["step"], "epoch": progress["epoch"], "elapsed": progress["elapsed"],
                   "chars_seen": progress["chars_seen"], "train_loss": train_loss,
@@ -417,8 +509,9 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
         if record["best"]:
             save("best.pt")
         save("last.pt")
-        with open(run / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if rank() == 0:
+            with open(run / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
         reporter.evaluation(record)
         return record
 
@@ -431,21 +524,31 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
     train_loss, chars_per_s, last_record, stopped_early = math.nan, 0.0, None, False
     amp = device.type == "cuda" and config.amp == "bf16"
     with StopRequest() as stop, cuda_precision(device, config.tf32):
-        while not stop.requested:
-            progress["elapsed"] = time.perf_counter() - started
-            if (total_steps is not None and progress["step"] >= total_steps) or progress["elapsed"] >= max_time:
+        while True:
+            # all processes leave the loop at the same step (nothing to agree on alone)
+            progress["elapsed"], stopped_by = agree_to_stop(time.perf_counter() - started, stop.requested)
+            if stopped_by or (total_steps is not None and progress["step"] >= total_steps) \
+                    or progress["elapsed"] >= max_time:
                 break
             fraction = max(progress["step"] / total_steps if total_steps else 0.0, progress["elapsed"] / max_time)
             lr = lr_at(config, fraction, progress["step"], progress["lr_scale"])
             for group in optimizer.param_groups:
                 group["lr"] = lr
 
-            X, Y = batches.batch(progress["epoch"], progress["index"])  # already on the device
+            X, Y = batches.batch(progress["epoch"], progress["index"])  # slices of the text, on the device
+            batch_chars = Y.numel()
+            X, Y = X[mine], Y[mine]
             if not batches.carries_state or progress["index"] == 0:
                 state = None
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                logits, state = model(X, state)
-                loss = F.cross_entropy(logits.flatten(0, 1), Y.flatten())
+                logits, state = parallel_model(X, state)
+                # the mean over the global batch: the processes' gradients are averaged, so each
+                # divides its sum by its fair share (a short last batch of windows can leave some
+                # processes fewer rows, or none)
+                fair_share = batch_chars / world_size()
+                loss = F.cross_entropy(logits.flatten(0, 1), Y.flatten(), reduction="sum") / fair_share
+            if loss_limit == math.inf:
+                loss_limit = DIVERGENCE_FACTOR * max(math.log(len(vocab)), loss.item())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             clip_gradients(config.clip, params)
@@ -454,9 +557,9 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
 
             loss_sum += loss.detach()
             loss_steps += 1
-            window_chars += Y.numel()
+            window_chars += batch_chars
             progress["step"] += 1
-            progress["chars_seen"] += Y.numel()
+            progress["chars_seen"] += batch_chars
             progress["index"] += 1
             if progress["index"] == batches.batches_per_epoch:
                 progress["epoch"], progress["index"] = progress["epoch"] + 1, 0
@@ -466,11 +569,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
             if at_eval or now - window_start > 0.5:
                 train_loss = loss_sum.item() / loss_steps
                 chars_per_s = window_chars / max(now - window_start, 1e-9)
-                if not math.isfinite(train_loss):
-                    raise CharrnnError(
-                        f"the training loss became {train_loss} at step {progress['step']}; "
-                        "lower --lr or --clip (the last good checkpoint is kept in the run directory)"
-                    )
+                check_train_loss(train_loss)
                 progress["elapsed"] = now - started
                 reporter.progress({"step": progress["step"], "total_steps": total_steps, "loss": train_loss,
                                    "lr": lr, "chars_per_s": chars_per_s, "elapsed": progress["elapsed"],
@@ -485,8 +584,9 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
                     break
 
         if loss_steps:
-            train_loss = loss_sum.item() / loss_steps
-        if stop.requested:
+            train_loss = all_reduce([loss_sum.item() / loss_steps])[0] / world_size()
+            check_train_loss(train_loss)
+        if stopped_by:
             progress["elapsed"] = time.perf_counter() - started
             save("last.pt")
         elif last_record is None or last_record["step"] != progress["step"]:
@@ -498,6 +598,6 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
                "best_val_loss": progress["best_val_loss"],
                "best_val_ppl": math.exp(min(progress["best_val_loss"], 50)),
                "chars_per_s": progress["chars_seen"] / max(progress["elapsed"], 1e-9),
-               "interrupted": stop.requested, "stopped_early": stopped_early}
+               "interrupted": stopped_by, "stopped_early": stopped_early}
     reporter.finish(summary)
     return summary

@@ -63,8 +63,8 @@ def test_round_trip_through_training(trained_and_model):
     for name in trained_state:
         assert torch.equal(trained_state[name], loaded_state[name]), name
     assert vocab == corpus.vocab
-    assert vocab.idx_to_token == sorted(set(corpus.train))
-    X = vocab.encode(corpus.val[:40]).long()[None]
+    assert vocab.idx_to_token == sorted(set(corpus.vocab.decode(corpus.train_ids)))
+    X = corpus.val_ids[:40].long()[None]
     trained.eval()
     with torch.no_grad():
         assert torch.equal(model(X)[0], trained(X)[0])

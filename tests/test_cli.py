@@ -221,10 +221,10 @@ def test_eval_on_the_validation_split(cli, trained_run):
     check_metrics(result)
     ckpt = load_checkpoint(trained_run / "best.pt")
     corpus = load_corpus(ckpt["corpus"]["path"])
-    assert len(corpus.val) == 300
-    assert result["chars"] == len(corpus.val) - 1  # one stream: every character predicted
+    assert len(corpus.val_ids) == 300
+    assert result["chars"] == len(corpus.val_ids) - 1  # one stream: every character predicted
     model, vocab, _ = load_model(trained_run, "cpu")
-    ids = vocab.encode(corpus.val).long()
+    ids = corpus.val_ids.long()
     with torch.no_grad():
         logits, _ = model(ids[None, :-1])
     expected = torch.nn.functional.cross_entropy(logits[0], ids[1:]).item()
@@ -303,7 +303,7 @@ def test_train_on_a_dataset_then_eval_from_the_cache(cli, shared_data_server, tm
     assert result["text"] == "the validation split"
     corpus = load_corpus(dataset="timemachine", quiet=True)
     model, vocab, _ = load_model(run, "cpu")
-    total, count = evaluate(model, vocab.encode(corpus.val), batch_size=16, seq_len=256)
+    total, count = evaluate(model, corpus.val_ids, batch_size=16, seq_len=256)
     assert result["chars"] == count
     assert result["loss"] == pytest.approx(total / count, rel=1e-9)
 

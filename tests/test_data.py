@@ -98,9 +98,9 @@ def test_vocab_dict_round_trip(unk):
 def test_read_text_returns_text_and_sha256(tmp_path):
     path = tmp_path / "u.txt"
     path.write_bytes(UNICODE.encode())
-    text, sha = read_text(path)
-    assert text == UNICODE
-    assert sha == hashlib.sha256(UNICODE.encode()).hexdigest()
+    text = read_text(path)
+    assert text.as_str() == UNICODE
+    assert text.sha256 == hashlib.sha256(UNICODE.encode()).hexdigest()
 
 
 def test_read_text_missing(tmp_path):
@@ -170,14 +170,20 @@ def test_builtin_text_is_the_python_reference():
 # ---------------------------------------------------------------- the split
 
 
+def split_text(corpus) -> tuple[str, str]:
+    """A corpus's training and validation text (it holds them as ids)."""
+    return corpus.vocab.decode(corpus.train_ids), corpus.vocab.decode(corpus.val_ids)
+
+
 def test_validation_is_the_last_ten_percent(tmp_path):
     text = make_text(1000)
     (tmp_path / "c.txt").write_text(text)
     corpus = load_corpus(str(tmp_path / "c.txt"))
-    assert corpus.train + corpus.val == text
-    assert len(corpus.val) == 100
-    assert corpus.val == text[-100:]
-    assert corpus.vocab == Vocab.from_text(corpus.train)
+    train, val = split_text(corpus)
+    assert train + val == text
+    assert len(val) == 100
+    assert val == text[-100:]
+    assert corpus.vocab == Vocab.from_text(train)
     assert corpus.source["kind"] == "file"
     assert corpus.source["path"] == str((tmp_path / "c.txt").resolve())
     assert corpus.source["sha256"] == hashlib.sha256(text.encode()).hexdigest()
@@ -187,7 +193,7 @@ def test_val_fraction(tmp_path):
     text = make_text(1000)
     (tmp_path / "c.txt").write_text(text)
     corpus = load_corpus(str(tmp_path / "c.txt"), val_fraction=0.25)
-    assert corpus.val == text[750:]
+    assert split_text(corpus)[1] == text[750:]
     for bad in (0.0, 1.0, -0.1, 1.5):
         with pytest.raises(CharrnnError):
             load_corpus(str(tmp_path / "c.txt"), val_fraction=bad)
@@ -198,10 +204,10 @@ def test_val_file(tmp_path):
     (tmp_path / "c.txt").write_text(text)
     (tmp_path / "v.txt").write_text(val)
     corpus = load_corpus(str(tmp_path / "c.txt"), val_file=str(tmp_path / "v.txt"))
-    assert corpus.train == text and corpus.val == val
+    assert split_text(corpus) == (text, val)
     assert corpus.source["val_file"]["sha256"] == hashlib.sha256(val.encode()).hexdigest()
     again = reload_corpus(corpus.source)
-    assert (again.train, again.val) == (text, val)
+    assert split_text(again) == (text, val)
 
 
 def test_validation_characters_must_be_in_the_training_vocabulary(tmp_path):
@@ -215,7 +221,7 @@ def test_validation_characters_must_be_in_the_training_vocabulary(tmp_path):
 def test_normalize_letters_split_uses_unk(tmp_path):
     (tmp_path / "c.txt").write_text(make_text(800) + " ZZZ 123")
     corpus = load_corpus(str(tmp_path / "c.txt"), normalize_how="letters")
-    assert set(corpus.train + corpus.val) <= set("abcdefghijklmnopqrstuvwxyz ")
+    assert set("".join(split_text(corpus))) <= set("abcdefghijklmnopqrstuvwxyz ")
     assert corpus.vocab.unk is not None
     assert corpus.source["normalize"] == "letters"
 
@@ -224,7 +230,7 @@ def test_reload_corpus_detects_changes_and_moves(tmp_path):
     path = tmp_path / "c.txt"
     path.write_text(make_text(800))
     corpus = load_corpus(str(path))
-    assert reload_corpus(corpus.source).val == corpus.val
+    assert torch.equal(reload_corpus(corpus.source).val_ids, corpus.val_ids)
     path.write_text(make_text(800, seed=1))
     with pytest.raises(CharrnnError) as info:
         reload_corpus(corpus.source)

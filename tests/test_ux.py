@@ -166,20 +166,20 @@ def test_patience_takes_a_preset_and_may_change_on_resume(corpus, tmp_path):
 def test_resume_continues_the_plateau_exactly(corpus, tmp_path):
     def run_training(out, max_steps, resume=None):
         args = ["train", "--resume", out] if resume else [
-            "train", corpus, *TINY, "--lr", 3.0, "--lr-schedule", "plateau",
+            "train", corpus, *TINY, "--lr", 0.3, "--lr-schedule", "plateau",
             "--plateau-patience", 1, "--eval-every", 2, "--out", out]
         result = invoke(*args, "--max-steps", max_steps, "-q")
         assert result.exit_code == 0, result.output
         return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
-    straight = run_training(tmp_path / "straight", 24)
+    straight = run_training(tmp_path / "straight", 40)
     # split where the plateau has lowered the rate once and will lower it again later (a rate
     # this high makes validation stall early)
     lrs = [r["lr"] for r in straight]
     first_lowered = next((i for i, lr in enumerate(lrs) if lr < lrs[0]), None)
     assert first_lowered is not None and lrs[-1] < lrs[first_lowered], f"the plateau did not fire twice: {lrs}"
     run_training(tmp_path / "split", straight[first_lowered]["step"])
-    resumed = run_training(tmp_path / "split", 24, resume=True)
+    resumed = run_training(tmp_path / "split", 40, resume=True)
     timing = ("elapsed", "chars_per_s")
     assert [{k: v for k, v in r.items() if k not in timing} for r in resumed] == \
            [{k: v for k, v in r.items() if k not in timing} for r in straight]
