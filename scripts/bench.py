@@ -36,8 +36,8 @@ What is measured, and how:
   tinyshakespeare (the last 10% of ../shared/data/tinyshakespeare.txt, or --data), hidden
   512, GFLOP/s and fraction of the peak.
 * Memory (CPU): the growth of the resident set during the first two training steps, each
-  implementation in a fresh process (a fork of a helper process that has only imported
-  torch): the high-water mark (VmHWM, what getrusage's ru_maxrss reports; reset before the
+  implementation in a fresh process (a fork of a helper process that has imported torch and
+  charrnn and computed nothing): the high-water mark (VmHWM, what getrusage's ru_maxrss reports; reset before the
   step where Linux allows) minus the RSS before the step. CUDA: max_memory_allocated minus
   the memory allocated before the step.
 
