@@ -15,12 +15,12 @@ import argparse
 import math
 import platform
 import sys
-import tomllib
 from pathlib import Path
 
 import torch
 
 from charrnn.checkpoint import load_checkpoint
+from charrnn.cli import read_preset
 from charrnn.data import Vocab
 from charrnn.model import ModelConfig, build_model
 from charrnn.sample import generate
@@ -55,7 +55,7 @@ def main():
           file=sys.stderr)
     rows = []
     for preset in presets:
-        values = tomllib.loads(preset.read_text())
+        values = read_preset(preset)
         values["out"] = str(Path("runs/presets") / preset.stem)
         if args.max_time:
             values["max_time"] = args.max_time

@@ -143,8 +143,7 @@ def trained_run(tmp_path_factory, cli) -> Path:
 
 
 class Server:
-    """A ThreadingHTTPServer on 127.0.0.1 serving one directory, counting GET requests
-    (the pattern of tests/test_datasets.py)."""
+    """A ThreadingHTTPServer on 127.0.0.1 serving one directory, counting GET requests."""
 
     def __init__(self, directory: Path):
         self.requests: list[str] = []

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import functools
-import http.server
-import threading
 from pathlib import Path
 
 import pytest
+from conftest import Server
 
 from charrnn import datasets
 from charrnn.datasets import DATASETS, cache_dir, dataset_path, sha256_file
@@ -15,40 +13,6 @@ from charrnn.errors import CharrnnError
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 NAME = "tinyshakespeare"
-
-
-class Server:
-    """A ThreadingHTTPServer on 127.0.0.1 serving one directory, counting GET requests."""
-
-    def __init__(self, directory: Path):
-        self.requests: list[str] = []
-        server = self
-
-        class Handler(http.server.SimpleHTTPRequestHandler):
-            def do_GET(self):
-                server.requests.append(self.path)
-                super().do_GET()
-
-            def log_message(self, format, *args):  # silence request logging
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(
-            ("127.0.0.1", 0), functools.partial(Handler, directory=str(directory))
-        )
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
-        )
-        self.thread.start()
-        self.closed = False
-
-    def close(self):
-        if self.closed:
-            return
-        self.closed = True
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
 
 
 @pytest.fixture
