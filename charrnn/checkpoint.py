@@ -13,9 +13,9 @@ a hostile file cannot run code from it. Keys:
     config        the TrainConfig the run was started with, as a dict
     progress      step, epoch, index (position in the data), chars_seen, elapsed,
                   best_val_loss, last_val_loss, evals_since_best and lr_scale (patience
-                  and the plateau schedule)
+                  and the plateau schedule), world_size (processes that trained it)
     corpus        where the text came from: kind, path or name, sha256, split
-    rng           torch CPU (and CUDA) generator states, for exact resume
+    rng           torch's CPU generator state, for exact resume
     state         the hidden state carried into the next batch (list per layer)
 
 Writes are atomic: a temporary file in the same directory, flushed and fsynced, then

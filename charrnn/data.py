@@ -253,11 +253,6 @@ class Vocab:
             return []
         return sorted(set(text) - self.token_to_idx.keys())
 
-    def check(self, text: str, what: str) -> None:
-        missing = self.unknown(text)
-        if missing:
-            raise self.unknown_error(missing, what)
-
     @staticmethod
     def unknown_error(missing: list[str], what: str, hint: str = "") -> CharrnnError:
         shown = escape_chars(missing[:20]) + (", ..." if len(missing) > 20 else "")

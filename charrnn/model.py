@@ -5,14 +5,15 @@ Every cell follows one shape:
 
 - `project(inputs)`: the input side of every step at once, `X @ W_xh + b` for inputs of
   shape (num_steps, batch, num_inputs). The language model's first layer instead calls
-  `gather(tokens)`, which gives the same numbers as `one_hot(tokens) @ W_xh + b` by reading
+  `gathered(tokens)`, which gives the same numbers as `one_hot(tokens) @ W_xh + b` by reading
   rows of `W_xh` (a one-hot product only selects a row).
 - `recur(xp, state)`: the loop over time; only the recurrent product `H @ W_hh` is left in
   it. For the first layer, xp is `gathered(tokens)`: the gather happens step by step. It runs as one autograd Function with a hand-written backward pass through time
   (`charrnn.bptt`): one matmul per step going back, and each weight gradient as one large
   matmul over all steps afterwards.
 - `step(xp_t, state)`: one time step. `loop(xp, state)` runs it step by step under
-  autograd: the reference that `recur` is tested against, and the sampler's step.
+  autograd: the reference that `recur` is tested against (the sampler's step,
+  `charrnn.sample._fast_step`, is the same function in fewer operations).
 - `forward(inputs, state=None)`: the book's interface, `recur(project(inputs), state)`.
 
 State is a tensor `H` (RNN, GRU) or a tuple `(H, C)` (LSTM); `None` means zeros.
@@ -63,15 +64,11 @@ class ScratchCell(nn.Module):
         """`inputs @ W_xh + b` for all steps in one matmul: (T, B, in) -> (T, B, gates*H)."""
         return bptt.linear(inputs, self.W_xh, self.input_bias())
 
-    def gather(self, tokens: torch.Tensor) -> torch.Tensor:
-        """`one_hot(tokens) @ W_xh + b` as a row gather: (T, B) int -> (T, B, gates*H).
-        The bias is added to the (vocabulary-sized) table rather than to every gathered row:
-        the same numbers, without a pass over the (T, B, gates*H) result, and its gradient is
-        a sum over the table's rows instead of over all T*B of them."""
-        return F.embedding(tokens, self.W_xh + self.input_bias())
-
     def gathered(self, tokens: torch.Tensor) -> bptt.Gathered:
-        """What `gather(tokens)` computes, for `recur` to gather step by step (see bptt.Gathered)."""
+        """`one_hot(tokens) @ W_xh + b` as a row gather, (T, B) int -> (T, B, gates*H), for
+        `recur` to gather step by step (see bptt.Gathered). The bias is added to the
+        (vocabulary-sized) table rather than to every gathered row: the same numbers, and its
+        gradient is a sum over the table's rows instead of over all T*B of them."""
         return bptt.Gathered(self.W_xh + self.input_bias(), tokens)
 
     def zero_state(self, batch_size: int, like: torch.Tensor):

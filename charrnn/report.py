@@ -47,7 +47,6 @@ class TerminalReporter(Reporter):
 
     def start(self, info):
         self.total_steps = info["total_steps"]
-        self.max_time = info["max_time"]
         self.patience = info["config"].get("patience", 0)
         if self.quiet:
             return

@@ -29,7 +29,7 @@ from charrnn.model import CELLS, ModelConfig, build_model, detach_state, map_sta
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "plateau")
-# Training stops as diverged when the mean training loss since the last report is this many
+# Training stops as diverged when the mean training loss since the last evaluation is this many
 # times the untrained model's: ln(vocabulary size), or the first step's loss if a custom
 # init starts higher. Healthy training never climbs that far above where it started.
 DIVERGENCE_FACTOR = 3.0
