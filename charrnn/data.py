@@ -142,6 +142,11 @@ def builtin_text() -> str:
     return "\n".join(topics[key] for key in sorted(topics))
 
 
+def builtin_sha256(text: str) -> str:
+    """The built-in corpus's checksum: the sha256 of its UTF-8 encoding (it has no file)."""
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def normalize(text: str, how: str) -> str:
     """`letters` is the d2l book's preprocessing: every run of non-letters becomes one
     space, then everything is lowercased."""
@@ -354,7 +359,7 @@ def load_corpus(
     else:
         builtin = builtin_text()
         text = Text.from_str(builtin, normalize_how)
-        text.sha256 = hashlib.sha256(builtin.encode()).hexdigest()
+        text.sha256 = builtin_sha256(builtin)
         source = {"kind": "builtin", "name": "pydoc_data.topics"}
     source.update(sha256=text.sha256, normalize=normalize_how, val_fraction=val_fraction, unknown=unknown)
     notes, length = text.notes, len(text.ids)
@@ -470,7 +475,7 @@ def source_hashes(source: dict) -> tuple[str | None, str | None]:
     elif kind == "dataset":
         main = file_hash(dataset_path(source["name"], quiet=True))
     else:
-        main = hashlib.sha256(builtin_text().encode()).hexdigest()
+        main = builtin_sha256(builtin_text())
     return main, val_file and file_hash(val_file["path"])
 
 

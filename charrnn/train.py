@@ -377,7 +377,8 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
     its own `batch_size` rows of a global batch of batch_size x world_size, and only rank
     0 reports and writes files."""
     reporter = (reporter or Reporter()) if rank() == 0 else Reporter()
-    global_batch = config.batch_size * world_size()
+    n_processes = world_size()
+    global_batch = config.batch_size * n_processes
     mine = slice(rank() * config.batch_size, (rank() + 1) * config.batch_size)  # this process's rows
     device = process_device(pick_device(config.device))
     if device.type == "cpu":
@@ -545,7 +546,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
                 # the mean over the global batch: the processes' gradients are averaged, so each
                 # divides its sum by its fair share (a short last batch of windows can leave some
                 # processes fewer rows, or none)
-                fair_share = batch_chars / world_size()
+                fair_share = batch_chars / n_processes
                 loss = F.cross_entropy(logits.flatten(0, 1), Y.flatten(), reduction="sum") / fair_share
             if loss_limit == math.inf:
                 loss_limit = DIVERGENCE_FACTOR * max(math.log(len(vocab)), loss.item())
