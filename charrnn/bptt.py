@@ -412,6 +412,108 @@ def _set_mallopt(mmap_threshold: int, trim_threshold: int) -> bool:
     return ok and bool(mallopt(_M_TRIM_THRESHOLD, clamp(trim_threshold)))
 
 
+# ------------------------------------------------------------------------------ CUDA: fused cells
+#
+# On a GPU every small elementwise op is a kernel launch of its own, a few microseconds of
+# host time however little it computes: the gated steps below are ~8 such ops forward and
+# ~13 backward around their one matmul, so at the sizes people train the host, not the GPU,
+# sets the pace. PyTorch ships the fused CUDA kernels that torch.nn.LSTMCell and GRUCell use
+# (the private ops aten::_thnn_fused_lstm_cell, _thnn_fused_gru_cell and their backwards):
+# each does a whole step's gates, new state and what the backward needs in one launch, in our
+# cells' gate order and form. On CUDA the GRU and LSTM scans use them, one matmul and one
+# fused kernel per step each way, once a first-use self-test has checked them against the
+# formulas (the *_cell_reference functions below, which say what each op computes and how its
+# workspace is laid out); elsewhere, or if the test fails, the scans run the ops further down.
+
+_FUSED = {
+    # (input gates, hidden gates, c_prev) -> (h, c, workspace [I, F, G, O])
+    "lstm": lambda ig, hg, cx: torch.ops.aten._thnn_fused_lstm_cell(ig, hg, cx),
+    # (dH, dC from above or None, c_prev, c, workspace) -> (d gates pre-activation, dC_prev)
+    "lstm_backward": lambda dh, dc, cx, cy, ws: torch.ops.aten._thnn_fused_lstm_cell_backward_impl(
+        dh, dc, cx, cy, ws, False)[:2],
+    # (input gates, hidden gates incl. b_hh, h_prev) -> (h, workspace [R, Z, N, h_prev, h_n])
+    "gru": lambda ig, hg, hx: torch.ops.aten._thnn_fused_gru_cell(ig, hg, hx),
+    # (dH, workspace) -> (d input gates, d hidden gates, the dH_prev part through Z)
+    "gru_backward": lambda dh, ws: torch.ops.aten._thnn_fused_gru_cell_backward(dh, ws, False)[:3],
+}
+_FUSED_DEVICES = ("cuda",)
+_fused_state: dict[str, bool] = {}  # device type -> result of the one-time self-test
+
+
+def lstm_cell_reference(ig, hg, cx):
+    """What _FUSED["lstm"] computes, in plain ops."""
+    I, F, G, O = (ig + hg).chunk(4, 1)
+    I, F, G, O = I.sigmoid(), F.sigmoid(), G.tanh(), O.sigmoid()
+    cy = F * cx + I * G
+    return O * cy.tanh(), cy, torch.cat([I, F, G, O], 1)
+
+
+def lstm_cell_backward_reference(dh, dc, cx, cy, ws):
+    I, F, G, O = ws.chunk(4, 1)
+    tc = cy.tanh()
+    dcy = dh * O * (1 - tc * tc) + (0 if dc is None else dc)
+    d = torch.cat([dcy * G * I * (1 - I), dcy * cx * F * (1 - F), dcy * I * (1 - G * G), dh * tc * O * (1 - O)], 1)
+    return d, dcy * F
+
+
+def gru_cell_reference(ig, hg, hx):
+    (xr, xz, xn), (hr, hz, hn) = ig.chunk(3, 1), hg.chunk(3, 1)
+    R, Z = (xr + hr).sigmoid(), (xz + hz).sigmoid()
+    N = (xn + R * hn).tanh()
+    return N + Z * (hx - N), torch.cat([R, Z, N, hx, hn], 1)
+
+
+def gru_cell_backward_reference(dh, ws):
+    R, Z, N, hx, hn = ws.chunk(5, 1)
+    dZ = dh * (hx - N) * Z * (1 - Z)
+    dN = dh * (1 - Z) * (1 - N * N)
+    dR = dN * hn * R * (1 - R)
+    return torch.cat([dR, dZ, dN], 1), torch.cat([dR, dZ, dN * R], 1), dh * Z
+
+
+_FUSED_REFERENCES = {"lstm": lstm_cell_reference, "lstm_backward": lstm_cell_backward_reference,
+                     "gru": gru_cell_reference, "gru_backward": gru_cell_backward_reference}
+
+
+def _probe_fused(device: torch.device) -> bool:
+    try:
+        g = torch.Generator().manual_seed(0)
+        B, H = 3, 5
+
+        def rand(*shape):
+            return torch.randn(*shape, generator=g).to(device)
+
+        cases = [("lstm", (rand(B, 4 * H), rand(B, 4 * H), rand(B, H))),
+                 ("gru", (rand(B, 3 * H), rand(B, 3 * H), rand(B, H)))]
+        dh, dc = rand(B, H), rand(B, H)
+        with torch.no_grad():
+            for name, args in cases:
+                got, want = _FUSED[name](*args), _FUSED_REFERENCES[name](*args)
+                if name == "lstm":
+                    back = (dh, dc, args[2], want[1], want[2])
+                    cases_back = [back, (dh, None, *back[2:])]
+                else:
+                    cases_back = [(dh, want[1])]
+                pairs = list(zip(got, want))
+                for b in cases_back:
+                    pairs += zip(_FUSED[name + "_backward"](*b), _FUSED_REFERENCES[name + "_backward"](*b))
+                if not all(x.shape == y.shape and torch.allclose(x, y, rtol=1e-4, atol=1e-5) for x, y in pairs):
+                    return False
+        return True
+    except Exception:  # missing op, changed signature or workspace layout, ...
+        return False
+
+
+def _use_fused(*tensors: torch.Tensor) -> bool:
+    """Whether a scan over these tensors uses the fused cell kernels."""
+    device = tensors[0].device
+    if device.type not in _FUSED_DEVICES or any(t.dtype not in (torch.float32, torch.float64) for t in tensors):
+        return False
+    if device.type not in _fused_state:
+        _fused_state[device.type] = _probe_fused(device)
+    return _fused_state[device.type]
+
+
 # --------------------------------------------------------------------------------------- RNN
 
 
@@ -526,17 +628,56 @@ def _gru_forward(xp, h0, W_hh, b_hh, save: bool):
     return out, (S if save else None)
 
 
+def _gru_forward_fused(xp, h0, W_hh, b_hh, save: bool):
+    """The GRU scan with one fused kernel per step (CUDA; see "fused cells" above): returns
+    the outputs and, with save, each step's workspace."""
+    cell, W = _FUSED["gru"], _plain(W_hh)
+    h, outs, works = h0, [], []
+    for x_t in xp.unbind(0):
+        h, work = cell(x_t, torch.addmm(b_hh, h, W), h)
+        outs.append(h)
+        if save:
+            works.append(work)
+    return torch.stack(outs), works
+
+
+def _gru_backward_fused(h0, W_hh, out, works, g_out, g_hT):
+    """Backward of _gru_forward_fused: (Dx, Dh, dh0), Dx and Dh as in _GRUScan.backward."""
+    T = out.shape[0]
+    cell_backward, W_t = _FUSED["gru_backward"], _plain(W_hh.t())
+    gos = g_out.unbind(0) if g_out is not None else None
+    dh = _init_grad(gos, g_hT, h0)
+    Dx, Dh = [None] * T, [None] * T
+    for t in range(T - 1, -1, -1):
+        Dx[t], Dh[t], dh_prev = cell_backward(dh, works[t])
+        if t > 0 and gos is not None:
+            dh_prev.add_(gos[t - 1])
+        dh = dh_prev.addmm_(Dh[t], W_t)
+    return torch.stack(Dx), torch.stack(Dh), dh
+
+
 class _GRUScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, src, h0, W_hh, b_hh, tokens):
-        out, S = _gru_forward(_input(src, tokens), h0, W_hh, b_hh, save=True)
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(h0, W_hh, out, S, src, tokens)
+        ctx.fused = _use_fused(src, h0, W_hh)
+        if ctx.fused:
+            out, works = _gru_forward_fused(_input(src, tokens), h0, W_hh, b_hh, save=True)
+            ctx.save_for_backward(h0, W_hh, out, src, tokens, *works)
+        else:
+            out, S = _gru_forward(_input(src, tokens), h0, W_hh, b_hh, save=True)
+            ctx.save_for_backward(h0, W_hh, out, S, src, tokens)
         return out, out[-1].clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g_out, g_hT):
+        need_x, need_h0, need_w, need_b, _ = ctx.needs_input_grad
+        if ctx.fused:
+            h0, W_hh, out, src, tokens, *works = ctx.saved_tensors
+            Dx, Dh, dh = _gru_backward_fused(h0, W_hh, out, works, g_out, g_hT)
+            return ((_input_grad(Dx, src, tokens) if need_x else None), (dh if need_h0 else None),
+                    (_weight_grad(h0, out, Dh) if need_w else None), (Dh.sum(dim=(0, 1)) if need_b else None), None)
         h0, W_hh, out, S, src, tokens = ctx.saved_tensors
         T, B, H = out.shape
         mm = _Matmul(W_hh.t(), B, out)
@@ -574,7 +715,6 @@ class _GRUScan(torch.autograd.Function):
             dx[:, : 2 * H].copy_(d[:, : 2 * H])
             dh = mm(d, add=nxt, out=nxt)
 
-        need_x, need_h0, need_w, need_b, _ = ctx.needs_input_grad
         dW = _weight_grad(h0, out, Dh) if need_w else None
         db = Dh.sum(dim=(0, 1)) if need_b else None
         return (_input_grad(Dx, src, tokens) if need_x else None), (dh if need_h0 else None), dW, db, None
@@ -600,7 +740,8 @@ def gru_scan(
         src, tokens = _source(xp)
         return _GRUScan.apply(src, h0, W_hh, b_hh, tokens)
     with torch.no_grad():
-        out, _ = _gru_forward(xp, h0, W_hh, b_hh, save=False)
+        forward = _gru_forward_fused if _use_fused(_source(xp)[0], h0, W_hh) else _gru_forward
+        out, _ = forward(xp, h0, W_hh, b_hh, save=False)
         return out, out[-1].clone()
 
 
@@ -664,17 +805,56 @@ def _lstm_forward(xp, h0, c0, W_hh, save: bool):
     return out, None, c, None
 
 
+def _lstm_forward_fused(xp, h0, c0, W_hh, save: bool):
+    """The LSTM scan with one fused kernel per step (CUDA; see "fused cells" above): returns
+    the outputs, the last cell state and, with save, each step's cell state and workspace."""
+    cell, W = _FUSED["lstm"], _plain(W_hh)
+    h, c, outs, cells, works = h0, c0, [], [], []
+    for x_t in xp.unbind(0):
+        h, c, work = cell(x_t, torch.mm(h, W), c)
+        outs.append(h)
+        if save:
+            cells.append(c)
+            works.append(work)
+    return torch.stack(outs), c, cells, works
+
+
+def _lstm_backward_fused(h0, c0, W_hh, cells, works, g_out, g_hT, g_cT):
+    """Backward of _lstm_forward_fused: (D, dh0, dc0), D as in _LSTMScan.backward."""
+    T = len(cells)
+    cell_backward, W_t = _FUSED["lstm_backward"], _plain(W_hh.t())
+    gos = g_out.unbind(0) if g_out is not None else None
+    dh, dc = _init_grad(gos, g_hT, h0), g_cT
+    D = [None] * T
+    for t in range(T - 1, -1, -1):
+        D[t], dc = cell_backward(dh, dc, cells[t - 1] if t else c0, cells[t], works[t])
+        dh = torch.addmm(gos[t - 1], D[t], W_t) if t > 0 and gos is not None else torch.mm(D[t], W_t)
+    return torch.stack(D), dh, dc
+
+
 class _LSTMScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, src, h0, c0, W_hh, tokens):
-        out, A, C, TC = _lstm_forward(_input(src, tokens), h0, c0, W_hh, save=True)
         ctx.set_materialize_grads(False)
+        ctx.fused = _use_fused(src, h0, c0, W_hh)
+        if ctx.fused:
+            out, cT, cells, works = _lstm_forward_fused(_input(src, tokens), h0, c0, W_hh, save=True)
+            ctx.save_for_backward(h0, c0, W_hh, out, src, tokens, *cells, *works)
+            return out, out[-1].clone(), cT.clone()
+        out, A, C, TC = _lstm_forward(_input(src, tokens), h0, c0, W_hh, save=True)
         ctx.save_for_backward(h0, c0, W_hh, out, A, C, TC, src, tokens)
         return out, out[-1].clone(), C[-1].clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g_out, g_hT, g_cT):
+        need_x, need_h0, need_c0, need_w, _ = ctx.needs_input_grad
+        if ctx.fused:
+            h0, c0, W_hh, out, src, tokens, *rest = ctx.saved_tensors
+            T = out.shape[0]
+            D, dh, dc = _lstm_backward_fused(h0, c0, W_hh, rest[:T], rest[T:], g_out, g_hT, g_cT)
+            return ((_input_grad(D, src, tokens) if need_x else None), (dh if need_h0 else None),
+                    (dc if need_c0 else None), (_weight_grad(h0, out, D) if need_w else None), None)
         h0, c0, W_hh, out, A, C, TC, src, tokens = ctx.saved_tensors
         T, B, H = out.shape
         mm = _Matmul(W_hh.t(), B, out)
@@ -717,7 +897,6 @@ class _LSTMScan(torch.autograd.Function):
             dc_carry = torch.mul(dc, F, out=carry[t & 1])
             dh = mm(Ds[t], add=ahead[t], out=dh_buf)
 
-        need_x, need_h0, need_c0, need_w, _ = ctx.needs_input_grad
         dW = _weight_grad(h0, out, D) if need_w else None
         return ((_input_grad(D, src, tokens) if need_x else None), (dh if need_h0 else None),
                 (dc_carry if need_c0 else None), dW, None)
@@ -743,5 +922,8 @@ def lstm_scan(
         src, tokens = _source(xp)
         return _LSTMScan.apply(src, h0, c0, W_hh, tokens)
     with torch.no_grad():
+        if _use_fused(_source(xp)[0], h0, c0, W_hh):
+            out, cT, _, _ = _lstm_forward_fused(xp, h0, c0, W_hh, save=False)
+            return out, out[-1].clone(), cT.clone()
         out, _, cT, _ = _lstm_forward(xp, h0, c0, W_hh, save=False)
         return out, out[-1].clone(), cT.clone()

@@ -86,12 +86,27 @@ def loss_weights(results, seed, use_outputs=True, use_final=True):
     return ws
 
 
+@pytest.fixture(params=["plain", "fused"])
+def path(request, monkeypatch):
+    """Run a test on each path of the scans: the plain ops, and the fused-cell path that CUDA
+    takes (here with the kernels' reference functions standing in for them on the CPU)."""
+    if request.param == "fused":
+        use_fused_cells_on_cpu(monkeypatch)
+    return request.param
+
+
+def use_fused_cells_on_cpu(monkeypatch):
+    monkeypatch.setattr(bptt, "_FUSED", dict(bptt._FUSED_REFERENCES))
+    monkeypatch.setattr(bptt, "_FUSED_DEVICES", ("cpu",))
+    monkeypatch.setattr(bptt, "_fused_state", {})
+
+
 # ------------------------------------------------------------------------------- gradcheck
 
 
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("final", [True, False], ids=["with-final", "outputs-only"])
-def test_gradcheck(cell, final):
+def test_gradcheck(cell, final, path):
     scan = CELLS[cell][0]
     args = make_inputs(cell, 3, 2, 3)
 
@@ -103,7 +118,7 @@ def test_gradcheck(cell, final):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_gradcheck_final_state_only(cell):
+def test_gradcheck_final_state_only(cell, path):
     scan = CELLS[cell][0]
     args = make_inputs(cell, 3, 2, 3, seed=1)
     assert torch.autograd.gradcheck(lambda *a: scan(*a)[1:], args)
@@ -115,7 +130,7 @@ def test_gradcheck_final_state_only(cell):
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("T,B", [(1, 1), (1, 3), (2, 1), (5, 4), (9, 2)])
 @pytest.mark.parametrize("mode", ["both", "outputs", "final"])
-def test_matches_reference(cell, T, B, mode):
+def test_matches_reference(cell, T, B, mode, path):
     scan, ref = CELLS[cell][:2]
     H = 5
     args = make_inputs(cell, T, B, H, seed=T * 10 + B)
@@ -135,7 +150,7 @@ def test_matches_reference(cell, T, B, mode):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-9)
 
 
-def test_lstm_gradient_into_cell_state_only():
+def test_lstm_gradient_into_cell_state_only(path):
     args = make_inputs("lstm", 5, 2, 4, seed=9)
     ref_args = [a.detach().clone().requires_grad_() for a in args]
     w = torch.randn(2, 4, dtype=DT)
@@ -146,7 +161,7 @@ def test_lstm_gradient_into_cell_state_only():
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_partial_requires_grad(cell):
+def test_partial_requires_grad(cell, path):
     """Only some inputs need grad (e.g. frozen weights, or only the weights)."""
     scan, ref = CELLS[cell][:2]
     for k in range(len(make_inputs(cell, 1, 1, 1))):
@@ -162,7 +177,7 @@ def test_partial_requires_grad(cell):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_no_grad_paths(cell):
+def test_no_grad_paths(cell, path):
     scan, ref = CELLS[cell][:2]
     args = make_inputs(cell, 6, 3, 4, seed=3, requires_grad=False)
     want = ref(*args)
@@ -181,7 +196,7 @@ def test_no_grad_paths(cell):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_retain_graph_backward_twice(cell):
+def test_retain_graph_backward_twice(cell, path):
     scan = CELLS[cell][0]
     args = make_inputs(cell, 4, 2, 3, seed=5)
     res = scan(*args)
@@ -439,3 +454,77 @@ def test_gathered_input_is_the_gathered_xp(cell):
     with torch.no_grad():
         for a, b in zip(via_gathered(table, *rest), want):
             torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------ fused cells
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_fused_path_runs_one_fused_call_per_step(cell, monkeypatch):
+    use_fused_cells_on_cpu(monkeypatch)
+    assert bptt._use_fused(torch.zeros(1))  # the self-test, before the counting starts
+    calls = {"forward": 0, "backward": 0}
+
+    def counted(name, what):
+        fn = bptt._FUSED[name]
+
+        def wrapper(*a):
+            calls[what] += 1
+            return fn(*a)
+
+        return wrapper
+
+    monkeypatch.setitem(bptt._FUSED, cell, counted(cell, "forward"))
+    monkeypatch.setitem(bptt._FUSED, cell + "_backward", counted(cell + "_backward", "backward"))
+    args = make_inputs(cell, 7, 2, 3)
+    res = CELLS[cell][0](*args)
+    loss_of(res, loss_weights(res, seed=0)).backward()
+    assert calls == {"forward": 7, "backward": 7}
+
+
+def test_fused_cells_are_not_used_on_the_cpu():
+    assert not bptt._use_fused(torch.zeros(2, 2), torch.zeros(2, 2))
+
+
+@pytest.mark.parametrize("broken", ["lstm", "gru_backward"])
+def test_fused_cells_failing_their_self_test_are_not_used(broken, monkeypatch):
+    """A torch release that changed what a fused op computes (here: its workspace layout)
+    must send the scans back to the plain ops, not give wrong gradients."""
+    use_fused_cells_on_cpu(monkeypatch)
+    right = bptt._FUSED[broken]
+    monkeypatch.setitem(bptt._FUSED, broken, lambda *a: tuple(t.flip(1) for t in right(*a)))
+    assert not bptt._use_fused(torch.zeros(2, 2))
+    args = make_inputs("lstm", 4, 2, 3)
+    torch.testing.assert_close(lstm_scan(*args)[0], ref_lstm(*args)[0], rtol=0, atol=1e-9)
+
+
+def test_fused_cells_raising_are_not_used(monkeypatch):
+    use_fused_cells_on_cpu(monkeypatch)
+
+    def missing(*a):
+        raise RuntimeError("no such op")
+
+    monkeypatch.setitem(bptt._FUSED, "gru", missing)
+    assert not bptt._use_fused(torch.zeros(2, 2))
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_fused_path_through_the_model(cell, monkeypatch):
+    """The language model (first layer gathered from characters, a second layer, the head)
+    gives the same loss and gradients on the fused path as on the plain one."""
+    from charrnn.model import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(vocab_size=7, cell=cell, hidden=6, layers=2, init_sigma=0.3)).double()
+    X = torch.randint(0, 7, (3, 5))
+
+    def loss_and_grads():
+        logits, (s1, s2) = model(X)
+        loss = logits.square().mean() + sum(t.sum() for t in ([s2] if cell == "gru" else s2))
+        return [loss.detach()] + list(torch.autograd.grad(loss, list(model.parameters())))
+
+    plain = loss_and_grads()
+    use_fused_cells_on_cpu(monkeypatch)
+    fused = loss_and_grads()
+    for a, b in zip(plain, fused):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
