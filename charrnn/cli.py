@@ -114,6 +114,7 @@ def train(
     device: Annotated[Optional[str], Opt(help="auto, cpu or cuda. [default: auto]")] = None,
     tf32: Annotated[Optional[bool], Opt("--tf32/--no-tf32", help="CUDA: TF32 float32 matmuls (faster on Ampere and later GPUs, products rounded to 10 mantissa bits). No effect on a CPU. [default: off]", show_default=False)] = None,
     amp: Annotated[Optional[str], Opt(help="none, or bf16: CUDA autocast to bfloat16 for the output layer and deeper layers' input projections; the recurrences stay float32. No effect on a CPU. [default: none]")] = None,
+    cuda_graphs: Annotated[Optional[bool], Opt("--cuda-graphs/--no-cuda-graphs", help="CUDA, one process: capture the training step once as a CUDA graph and replay it (the host then launches one graph instead of thousands of small kernels). No effect on a CPU. [default: on]", show_default=False)] = None,
     out: Annotated[Optional[Path], Opt(help="Run directory. [default: runs/YYYYmmdd-HHMMSS]")] = None,
     resume: Annotated[Optional[Path], Opt(help="Continue this run directory exactly where it stopped; --max-steps, --epochs and --max-time count the run's total.")] = None,
     quiet: Annotated[bool, Opt("--quiet", "-q", help="Print only the final summary.")] = False,
@@ -182,7 +183,7 @@ def write_curve(run: Path, quiet: bool) -> None:
 # The batch size may, so that a run resumed on another number of processes can keep its
 # global batch (--batch-size x processes).
 RESUMABLE = {"max_steps", "epochs", "max_time", "patience", "eval_every", "device", "batch_size", "tf32", "amp",
-             "sample_prefix", "sample_length", "sample_greedy"}
+             "cuda_graphs", "sample_prefix", "sample_length", "sample_greedy"}
 
 
 def resumed_config(run: Path, given: dict) -> dict:
@@ -253,7 +254,7 @@ def generate(
     seed: Annotated[Optional[int], Opt(help="Random seed for repeatable samples.")] = None,
     as_json: Annotated[bool, Opt("--json", help="Print one JSON object: prefix, samples (a list) and settings.")] = False,
     interactive: Annotated[bool, Opt("--interactive", "-i", help="A prompt: each line typed is fed to the model and continued by --length characters; the state carries over between lines (an empty line just continues). Ctrl-D ends.")] = False,
-    device: Annotated[str, Opt(help="auto, cpu or cuda.")] = "auto",
+    device: Annotated[str, Opt(help="auto, cpu or cuda. auto is the CPU here: sampling is one small step per character, and a CPU takes it faster than a GPU launches its kernels (see the README's Performance).")] = "auto",
 ):
     """Generate text: warm the state up on --prefix, then emit one character at a time."""
     import torch
@@ -268,7 +269,7 @@ def generate(
         raise CharrnnError("--interactive continues one sample at a prompt; it takes neither --json nor --samples")
     if prefix_file:
         prefix = read_text(prefix_file, "prefix file").as_str()
-    model, vocab, ckpt = load_model(checkpoint, device)
+    model, vocab, ckpt = load_model(checkpoint, "cpu" if device == "auto" else device)
     prefix = model_prefix(prefix, ckpt)
     stream = GenerationStream(model, vocab, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
                               samples=samples, seed=seed)

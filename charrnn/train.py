@@ -84,6 +84,7 @@ class TrainConfig:
     device: str = "auto"
     tf32: bool = False  # CUDA: TF32 matmuls (10-bit mantissa products, float32 accumulation)
     amp: str = "none"  # none | bf16: CUDA autocast to bfloat16 (the recurrences stay float32)
+    cuda_graphs: bool = True  # CUDA, one process: replay each training step as a CUDA graph
     out: str = ""  # run directory; default runs/<timestamp>
     # a sample printed after training
     sample_prefix: str = ""
@@ -182,6 +183,106 @@ def clip_gradients(max_norm: float, params) -> torch.Tensor:
     scale = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
     torch._foreach_mul_(grads, scale)
     return norm
+
+
+def copy_state(dst, src) -> None:
+    """Copy a hidden state's values into another of the same structure, tensor by tensor."""
+    if isinstance(dst, torch.Tensor):
+        dst.copy_(src)
+    else:
+        for d, s in zip(dst, src):
+            copy_state(d, s)
+
+
+class TrainStep:
+    """Forward, loss, backward and clipping of one batch; the caller then steps the optimizer
+    (outside, so that its learning rate can change from step to step).
+
+    `step(X, Y, state, divisor)` returns the loss (summed cross-entropy / divisor) and the
+    final state, detached. With `graphs` (CUDA, one process) the step is captured once as a
+    CUDA graph and replayed from then on: a step issues ~3 kernels per time step and layer
+    each way, each launch costing the host more time than the GPU needs to run it, and a
+    replay launches all of them at once. The first WARMUP steps run eagerly on a side
+    stream (as CUDA graph capture requires); then the batch, the state and the divisor go
+    into the graph's own tensors, which the replay reads, and the loss, the state and every
+    gradient come out in its own tensors, which the next replay overwrites (the gradients
+    are never set to None again). A batch of another shape or divisor (the short last batch
+    of --sampling random) runs eagerly, adding into those same gradients after zeroing
+    them; a capture that fails falls back to eager steps, and `note` says why."""
+
+    WARMUP = 3
+
+    def __init__(self, model, params, clip: float, amp: bool = False, graphs: bool = False):
+        self.model, self.params, self.clip, self.amp, self.graphs = model, params, clip, amp, graphs
+        self.steps, self.graph, self.note = 0, None, None
+
+    def _compute(self, X, Y, state, divisor):
+        # autocast's cache of casted weights would outlive a graph capture: off (graphs need that)
+        with torch.autocast(X.device.type, dtype=torch.bfloat16, enabled=self.amp, cache_enabled=False):
+            logits, state = self.model(X, state)
+            loss = F.cross_entropy(logits.flatten(0, 1), Y.flatten(), reduction="sum") / divisor
+        loss.backward()
+        clip_gradients(self.clip, self.params)
+        return loss.detach(), detach_state(state)
+
+    def __call__(self, X, Y, state, divisor: float):
+        self.steps += 1
+        if not self.graphs:
+            for p in self.params:
+                p.grad = None
+            return self._compute(X, Y, state, divisor)
+        key = (X.shape, Y.shape, divisor)
+        if self.graph is None and self.steps > self.WARMUP:
+            try:
+                self._capture(X, Y, state, divisor)
+            except Exception as e:  # noqa: BLE001 - an op that cannot be captured: go on eagerly
+                self.note = f"CUDA graph capture failed, training goes on without ({type(e).__name__}: {e})"
+                self.graphs, self.graph = False, None
+                torch.cuda.synchronize()
+                return self(X, Y, state, divisor)
+        if self.graph is not None and key == self.key:
+            self.static_X.copy_(X)
+            self.static_Y.copy_(Y)
+            if state is None:
+                map_state(torch.Tensor.zero_, self.static_state)
+            else:
+                copy_state(self.static_state, state)
+            self.graph.replay()
+            return self.static_loss, self.static_new_state
+        if self.graph is not None:  # eagerly into the graph's gradients
+            for p in self.params:
+                p.grad.zero_()
+            return self._compute(X, Y, state, divisor)
+        for p in self.params:
+            p.grad = None
+        with self._side_stream():
+            return self._compute(X, Y, state, divisor)
+
+    def _capture(self, X, Y, state, divisor):
+        self.static_X, self.static_Y = X.clone(), Y.clone()
+        self.static_state = map_state(torch.clone, state) if state is not None else self.model.zero_state(X.shape[0])
+        for p in self.params:
+            p.grad = None
+        self.graph, (self.static_loss, self.static_new_state) = self._capture_graph(
+            lambda: self._compute(self.static_X, self.static_Y, self.static_state, divisor))
+        self.key = (X.shape, Y.shape, divisor)
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _side_stream():
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            yield
+        torch.cuda.current_stream().wait_stream(side)
+
+    @staticmethod
+    def _capture_graph(fn):
+        """A CUDA graph of fn (which the capture only records) and fn's outputs, its tensors."""
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            outputs = fn()
+        return graph, outputs
 
 
 @torch.inference_mode()
@@ -524,6 +625,8 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
     window_chars, window_start = 0, time.perf_counter()
     train_loss, chars_per_s, last_record, stopped_early = math.nan, 0.0, None, False
     amp = device.type == "cuda" and config.amp == "bf16"
+    train_step = TrainStep(parallel_model, params, config.clip, amp,
+                           graphs=config.cuda_graphs and device.type == "cuda" and world_size() == 1)
     with StopRequest() as stop, cuda_precision(device, config.tf32):
         while True:
             # all processes leave the loop at the same step (nothing to agree on alone)
@@ -541,22 +644,18 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
             X, Y = X[mine], Y[mine]
             if not batches.carries_state or progress["index"] == 0:
                 state = None
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                logits, state = parallel_model(X, state)
-                # the mean over the global batch: the processes' gradients are averaged, so each
-                # divides its sum by its fair share (a short last batch of windows can leave some
-                # processes fewer rows, or none)
-                fair_share = batch_chars / n_processes
-                loss = F.cross_entropy(logits.flatten(0, 1), Y.flatten(), reduction="sum") / fair_share
+            # the mean over the global batch: the processes' gradients are averaged, so each
+            # divides its sum by its fair share (a short last batch of windows can leave some
+            # processes fewer rows, or none)
+            loss, state = train_step(X, Y, state, divisor=batch_chars / n_processes)
             if loss_limit == math.inf:
                 loss_limit = DIVERGENCE_FACTOR * max(math.log(len(vocab)), loss.item())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            clip_gradients(config.clip, params)
             optimizer.step()
-            state = detach_state(state)
+            if train_step.note:
+                reporter.note(train_step.note)
+                train_step.note = None
 
-            loss_sum += loss.detach()
+            loss_sum += loss
             loss_steps += 1
             window_chars += batch_chars
             progress["step"] += 1
