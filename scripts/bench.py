@@ -13,9 +13,13 @@ What is measured, and how:
   sequence at once: the weight gradients, the input side), through torch.mm and (CPU) oneDNN,
   the backend charrnn.bptt routes to. "Peak" for a hidden size is the best of all of them.
 * Training: chars/s of a whole step (forward, cross-entropy, backward, clip by global norm
-  with charrnn.train.clip_gradients, SGD step; the hidden state is carried, detached, from
-  step to step as in training) for charrnn's model (charrnn.model.build_model, its real
-  forward) and for the PyTorch modules, each at (hidden, batch, seq) from --sizes. The
+  with charrnn.train.clip_gradients through charrnn.train.TrainStep, SGD step; the hidden
+  state is carried, detached, from step to step as in training) for charrnn's model
+  (charrnn.model.build_model, its real forward) and for the PyTorch modules, each at
+  (hidden, batch, seq) from --sizes. On CUDA, charrnn's step is replayed as a CUDA graph
+  (TrainStep's default there, as in `charrnn train`), the built-in modules run as usually
+  called (cuDNN, eager), and a second table adds charrnn eager and cuDNN graphed; float32
+  means float32 for both (cuDNN's TF32 default is switched off), --tf32 allows it for both. The
   PyTorch model is what one would write with the built-in modules for the same function:
   F.one_hot(X) (the vocabulary of 65 as input size, the narrowest input the built-in
   modules can take; their input projection is then one (T*B x 65) @ (65 x G) matmul inside
@@ -65,12 +69,14 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from charrnn import bptt  # noqa: E402
-from charrnn.model import ModelConfig, build_model, detach_state  # noqa: E402
+from charrnn.model import ModelConfig, build_model  # noqa: E402
+from charrnn.train import TrainStep  # noqa: E402
 
 CELLS = ("rnn", "gru", "lstm")
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 VOCAB = 65  # tinyshakespeare's
 DEFAULT_SIZES = ((256, 32, 64), (512, 64, 128), (1024, 64, 128))
+CUDA_SIZES = DEFAULT_SIZES + ((1024, 256, 128),)
 DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 
 
@@ -165,7 +171,8 @@ def gemm_peak(shapes, device, clock, repeats) -> list[dict]:
         fns = {"torch.mm": lambda: torch.mm(a, b)}
         if dnn:
             fns["oneDNN"] = lambda: dnn(a, w_t)
-        inner = max(1, int(2e8 // (2 * M * K * N)))  # ~0.2 GFLOP per timing: above timer noise
+        # above timer noise and launch latency: ~0.2 GFLOP per timing on a CPU, ~20 on a GPU
+        inner = max(1, int((2e10 if device.type == "cuda" else 2e8) // (2 * M * K * N)))
 
         def repeat(f):
             return lambda: [f() for _ in range(inner)]
@@ -209,29 +216,37 @@ def train_flops(impl: str, cell: str, H: int, B: int, T: int) -> float:
     return 3 * 2 * B * T * (H * G + input_side + H * VOCAB)
 
 
-def make_train_step(impl: str, cell: str, H: int, B: int, T: int, device, seed: int = 0):
-    """A closure running one training step as charrnn.train does (see the top)."""
-    from charrnn.train import clip_gradients
-
+def make_train_step(impl: str, cell: str, H: int, B: int, T: int, device, seed: int = 0, graphs: bool = False):
+    """A closure running one training step as charrnn.train does, through its TrainStep
+    (see the top); with graphs (CUDA), replayed as a CUDA graph after TrainStep's warm-up."""
     torch.manual_seed(seed)
     model = make_model(impl, cell, H, device).train()
     params = list(model.parameters())
     optimizer = torch.optim.SGD(params, lr=0.01)
+    train_step = TrainStep(model, params, clip=1.0, graphs=graphs)
     g = torch.Generator().manual_seed(seed)
     text = torch.randint(0, VOCAB, (B, T + 1), generator=g).to(device)
     X, Y = text[:, :-1], text[:, 1:]
     box = {"state": None}
 
     def step():
-        logits, state = model(X, box["state"])
-        loss = F.cross_entropy(logits.flatten(0, 1), Y.flatten())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        clip_gradients(1.0, params)
+        _, box["state"] = train_step(X, Y, box["state"], divisor=float(Y.numel()))
         optimizer.step()
-        box["state"] = detach_state(state)
+        if train_step.note:
+            print(f"({impl} {cell} H={H}: {train_step.note})")
+            train_step.note = None
 
     return step
+
+
+def implementations(device) -> dict[str, tuple[str, bool]]:
+    """Name -> (model, replayed as a CUDA graph?): what each column of the training table times.
+    On CUDA charrnn trains with graphs by default; the built-in modules are timed as people
+    run them (eager) and graphed too, and charrnn eager as well."""
+    if device.type != "cuda":
+        return {"charrnn": ("charrnn", False), "torch": ("torch", False)}
+    return {"charrnn": ("charrnn", True), "torch": ("torch", False), "charrnn eager": ("charrnn", False),
+            "torch graphed": ("torch", True)}
 
 
 # ------------------------------------------------------------------------------ memory
@@ -416,7 +431,10 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--quick", action="store_true", help="a smoke run: few repeats, short sampling")
-    ap.add_argument("--sizes", nargs="+", help="hidden,batch,seq triples (default 256,32,64 512,64,128 1024,64,128)")
+    ap.add_argument("--sizes", nargs="+", help="hidden,batch,seq triples (default 256,32,64 512,64,128 1024,64,128; "
+                    "CUDA: and 1024,256,128)")
+    ap.add_argument("--tf32", action="store_true", help="CUDA: TF32 matmuls for charrnn and cuDNN alike (default: "
+                    "both full float32; cuDNN's own default would be TF32)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     ap.add_argument("--repeats", type=int, default=0, help="timed rounds (default 7; --quick 2)")
     ap.add_argument("--warmup", type=int, default=0, help="untimed rounds first (default 2; --quick 1)")
@@ -436,7 +454,10 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     if device.type == "cpu":
         bptt.tune_allocator()  # as charrnn train does; it serves the built-in modules alike
-    sizes = parse_sizes(args.sizes) if args.sizes else list(DEFAULT_SIZES)
+    else:  # the same precision for both (torch's default lets cuDNN, not torch.mm, use TF32)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32
+    precision = "TF32 matmuls" if device.type == "cuda" and args.tf32 else "float32"
+    sizes = parse_sizes(args.sizes) if args.sizes else list(CUDA_SIZES if device.type == "cuda" else DEFAULT_SIZES)
     repeats = args.repeats or (2 if args.quick else 7)
     warmup = args.warmup or (1 if args.quick else 2)
     skip = set(filter(None, args.skip.split(",")))
@@ -450,8 +471,12 @@ def main(argv=None):
     else:
         where = f"{cpu_model()}, {cores()} cores"
     print(f"- machine: {where}; {platform.python_implementation()} {platform.python_version()}")
-    print(f"- torch {torch.__version__}, {torch.get_num_threads()} threads, float32; oneDNN matmul in charrnn: "
-          f"{'yes' if device.type == 'cpu' and bptt._onednn_ok() else 'no'}")
+    if device.type == "cuda":
+        fused = bptt._use_fused(torch.zeros(1, device=device))
+        backend = f"fused CUDA cells in charrnn: {'yes' if fused else 'no'}; cuDNN {torch.backends.cudnn.version()}"
+    else:
+        backend = f"oneDNN matmul in charrnn: {'yes' if bptt._onednn_ok() else 'no'}"
+    print(f"- torch {torch.__version__}, {torch.get_num_threads()} threads, {precision}; {backend}")
     print(f"- {load()} at the start; medians of {repeats} paired rounds after {warmup} warm-up\n")
 
     # --- the matmul peak, first
@@ -464,7 +489,7 @@ def main(argv=None):
     peak = {h: max(max(v for k, v in r.items() if k != "shape") for r in peak_rows if r["shape"][1] == h)
             for h in hiddens}
     backends = [k for k in peak_rows[0] if k != "shape"]
-    print("### fp32 matmul peak (GFLOP/s, best round)\n")
+    print(f"### {precision} matmul peak (GFLOP/s, best round)\n")
     print("| M x K x N | " + " | ".join(backends) + " |")
     print("|---|" + "---:|" * len(backends))
     for r in peak_rows:
@@ -482,10 +507,16 @@ def main(argv=None):
         print("| hidden | batch | seq | cell | charrnn chars/s (best) | torch.nn chars/s (best) | charrnn / torch.nn "
               "(bests) | charrnn GFLOP/s | % of peak | torch.nn GFLOP/s | % of peak | step memory charrnn / torch.nn |")
         print("|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        impls = implementations(device)
+        others = []  # CUDA: the rows of the eager-and-graphed table
         for h, b, t in sizes:
             for cell in cells:
-                fns = {impl: make_train_step(impl, cell, h, b, t, device) for impl in ("charrnn", "torch")}
-                times = paired_rounds(clock, fns, warmup, repeats)
+                fns = {name: make_train_step(impl, cell, h, b, t, device, graphs=graphs)
+                       for name, (impl, graphs) in impls.items()}
+                # TrainStep's eager warm-up before its capture does not count
+                times = paired_rounds(clock, fns, max(warmup, TrainStep.WARMUP + 1), repeats)
+                if len(impls) > 2:
+                    others.append((h, b, t, cell, {name: b * t / med(ts) for name, ts in times.items()}))
                 ratio = med([tt / tc for tc, tt in zip(times["charrnn"], times["torch"])])
                 best_ratio = min(times["torch"]) / min(times["charrnn"])
                 cols = []
@@ -500,6 +531,16 @@ def main(argv=None):
                       f"{100 * gt / peak[h]:.0f}% | {memory} |", flush=True)
                 del fns
         print()
+        if others:
+            print("### Training on CUDA, eager and replayed as a CUDA graph (chars/s, medians)\n")
+            print("| hidden | batch | seq | cell | charrnn graphed (default) | charrnn eager | torch.nn eager | "
+                  "torch.nn graphed | charrnn graphed / torch.nn graphed |")
+            print("|---:|---:|---:|---|---:|---:|---:|---:|---:|")
+            for h, b, t, cell, r in others:
+                print(f"| {h} | {b} | {t} | {cell.upper()} | {fmt_rate(r['charrnn'])} | {fmt_rate(r['charrnn eager'])} | "
+                      f"{fmt_rate(r['torch'])} | {fmt_rate(r['torch graphed'])} | "
+                      f"{r['charrnn'] / r['torch graphed']:.2f}x |")
+            print()
 
     # --- sampling and evaluation at hidden 512 (or the largest size asked for in --quick)
     hs = args.sample_hidden or (512 if not args.quick else max(hiddens))

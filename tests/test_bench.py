@@ -15,7 +15,7 @@ def test_bench_quick_prints_markdown_tables():
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "torch " in out and "threads" in out  # the machine line
-    assert "### fp32 matmul peak" in out and "| 4 x 32 x 128 |" in out
+    assert "### float32 matmul peak" in out and "| 4 x 32 x 128 |" in out
     training = [line for line in out.splitlines() if line.startswith("| 32 | 4 | 8 |")]
     assert [line.split("|")[4].strip() for line in training] == ["RNN", "GRU", "LSTM"]
     assert all(line.count("|") == 13 and " MB |" in line for line in training)  # memory measured too

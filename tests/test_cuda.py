@@ -1,0 +1,122 @@
+"""The CUDA path: fused cell kernels, CUDA-graph training steps, training, evaluation and
+generation on a GPU, each against the CPU or the eager path. Skipped without CUDA (CI has
+none); run on a GPU with `pytest tests/test_cuda.py`."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from charrnn import bptt
+from charrnn.data import Vocab
+from charrnn.model import ModelConfig, build_model
+from charrnn.sample import generate
+from charrnn.train import TrainConfig, TrainStep, evaluate, train
+
+from conftest import make_text
+from test_bptt import CELLS, loss_of, loss_weights, make_inputs
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.fixture(params=["fused", "plain"])
+def cuda_path(request, monkeypatch):
+    """The scans' CUDA path with the fused cell kernels (the default), and without them."""
+    if request.param == "plain":
+        monkeypatch.setattr(bptt, "_FUSED_DEVICES", ())
+    return request.param
+
+
+def test_the_fused_cell_kernels_pass_their_self_test():
+    assert bptt._use_fused(torch.zeros(1, device="cuda"))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_scans_on_cuda_match_the_cpu(cell, dtype, cuda_path):
+    scan, ref = CELLS[cell][:2]
+    args = [a.detach().to(dtype).requires_grad_() for a in make_inputs(cell, 9, 5, 16, seed=2)]
+    cuda_args = [a.detach().cuda().requires_grad_() for a in args]
+    want = ref(*args)
+    got = scan(*cuda_args)
+    tol = dict(rtol=1e-9, atol=1e-9) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.cpu(), b, **tol)
+    ws = loss_weights(want, seed=1)
+    grads = torch.autograd.grad(loss_of(got, [w.cuda() for w in ws]), cuda_args)
+    ref_grads = torch.autograd.grad(loss_of(want, ws), args)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a.cpu(), b, **tol)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_the_model_on_cuda_matches_the_cpu(cell, cuda_path):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(vocab_size=13, cell=cell, hidden=24, layers=2, init_sigma=0.2)).double()
+    X = torch.randint(0, 13, (6, 11))
+    results = []
+    for device in ("cpu", "cuda"):
+        m = model.to(device)
+        m.zero_grad(set_to_none=True)
+        logits, _ = m(X.to(device))
+        logits.logsumexp(-1).sum().backward()
+        # copies: .to() moves a module's tensors in place, so a CPU tensor kept here would move too
+        results.append([t.detach().clone().cpu() for t in [logits] + [p.grad for p in m.parameters()]])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_graphed_steps_train_as_eager_steps_on_cuda(cell):
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, 17, (8, 21), generator=g).cuda() for _ in range(8)]
+    runs = []
+    for graphs in (False, True):
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(vocab_size=17, cell=cell, hidden=32, layers=2, init_sigma=0.2)).cuda()
+        params = list(model.parameters())
+        optimizer = torch.optim.Adam(params, lr=1e-2)
+        step = TrainStep(model, params, clip=1.0, graphs=graphs)
+        state, losses = None, []
+        for i, text in enumerate(batches):
+            loss, state = step(text[:, :-1], text[:, 1:], None if i == 5 else state, divisor=float(text[:, 1:].numel()))
+            losses.append(loss.item())
+            optimizer.step()
+        assert step.note is None
+        runs.append((losses, [p.detach().cpu() for p in params], step))
+    (eager, eager_params, _), (graphed, graphed_params, step) = runs
+    assert step.graph is not None
+    assert graphed == pytest.approx(eager, rel=1e-5)
+    for a, b in zip(graphed_params, eager_params):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("sampling", ["sequential", "random"])
+def test_training_on_cuda_with_and_without_graphs(tmp_path, sampling):
+    (tmp_path / "c.txt").write_text(make_text(6000))
+    summaries = {}
+    for graphs in (True, False):
+        config = TrainConfig(corpus=str(tmp_path / "c.txt"), out=str(tmp_path / f"run-{graphs}"), cell="lstm",
+                             hidden=32, layers=2, batch_size=8, seq_len=16, max_steps=30, eval_every=10,
+                             device="cuda", sampling=sampling, cuda_graphs=graphs)
+        summaries[graphs] = train(config)
+    assert math.isfinite(summaries[True]["val_loss"])
+    assert summaries[True]["val_loss"] == pytest.approx(summaries[False]["val_loss"], rel=1e-3)
+
+
+def test_evaluate_and_generate_on_cuda_match_the_cpu():
+    vocab = Vocab("abcdefgh ")
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(vocab_size=len(vocab), cell="gru", hidden=16, init_sigma=0.5))
+    ids = torch.randint(0, len(vocab), (500,))
+    cpu_eval = evaluate(model, ids, batch_size=4, seq_len=16)
+    cpu_text = "".join(c[0] for c in generate(model, vocab, "abc", 50, greedy=True))
+    model.cuda()
+    gpu_eval = evaluate(model, ids.cuda(), batch_size=4, seq_len=16)
+    gpu_text = "".join(c[0] for c in generate(model, vocab, "abc", 50, greedy=True))
+    assert gpu_eval[1] == cpu_eval[1] and gpu_eval[0] == pytest.approx(cpu_eval[0], rel=1e-5)
+    assert gpu_text == cpu_text
+    many = list(generate(model, vocab, "abc", 20, samples=4, seed=1))
+    assert len(many) == 20 and all(len(step) == 4 for step in many)
