@@ -625,8 +625,9 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
     window_chars, window_start = 0, time.perf_counter()
     train_loss, chars_per_s, last_record, stopped_early = math.nan, 0.0, None, False
     amp = device.type == "cuda" and config.amp == "bf16"
+    # CUDA graphs with one process only (DDP's gradient hooks are not captured here)
     train_step = TrainStep(parallel_model, params, config.clip, amp,
-                           graphs=config.cuda_graphs and device.type == "cuda" and world_size() == 1)
+                           graphs=config.cuda_graphs and device.type == "cuda" and parallel_model is model)
     with StopRequest() as stop, cuda_precision(device, config.tf32):
         while True:
             # all processes leave the loop at the same step (nothing to agree on alone)
