@@ -254,7 +254,7 @@ def generate(
     seed: Annotated[Optional[int], Opt(help="Random seed for repeatable samples.")] = None,
     as_json: Annotated[bool, Opt("--json", help="Print one JSON object: prefix, samples (a list) and settings.")] = False,
     interactive: Annotated[bool, Opt("--interactive", "-i", help="A prompt: each line typed is fed to the model and continued by --length characters; the state carries over between lines (an empty line just continues). Ctrl-D ends.")] = False,
-    device: Annotated[str, Opt(help="auto, cpu or cuda. auto is the CPU here: sampling is one small step per character, and a CPU takes it faster than a GPU launches its kernels (see the README's Performance).")] = "auto",
+    device: Annotated[str, Opt(help="auto, cpu or cuda. auto: the CPU for one sample (a step per character is too small for a GPU to gain on it), CUDA where available for several (see the README's Performance).")] = "auto",
 ):
     """Generate text: warm the state up on --prefix, then emit one character at a time."""
     import torch
@@ -269,7 +269,7 @@ def generate(
         raise CharrnnError("--interactive continues one sample at a prompt; it takes neither --json nor --samples")
     if prefix_file:
         prefix = read_text(prefix_file, "prefix file").as_str()
-    model, vocab, ckpt = load_model(checkpoint, "cpu" if device == "auto" else device)
+    model, vocab, ckpt = load_model(checkpoint, "cpu" if device == "auto" and samples == 1 else device)
     prefix = model_prefix(prefix, ckpt)
     stream = GenerationStream(model, vocab, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
                               samples=samples, seed=seed)

@@ -288,6 +288,15 @@ def map_state(fn, state):
     return type(state)(map_state(fn, s) for s in state)
 
 
+def copy_state(dst, src) -> None:
+    """Copy a hidden state's values into another of the same structure, tensor by tensor."""
+    if isinstance(dst, torch.Tensor):
+        dst.copy_(src)
+    else:
+        for d, s in zip(dst, src):
+            copy_state(d, s)
+
+
 def detach_state(state):
     """Cut the graph between batches (truncated BPTT) but keep the values."""
     return map_state(torch.Tensor.detach, state)

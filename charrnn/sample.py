@@ -10,7 +10,7 @@ import torch
 from charrnn import bptt
 from charrnn.data import Vocab
 from charrnn.errors import CharrnnError
-from charrnn.model import GRUScratch, LSTMScratch, RNNLMScratch
+from charrnn.model import GRUScratch, LSTMScratch, RNNLMScratch, copy_state, map_state
 
 
 @torch.inference_mode()
@@ -60,7 +60,14 @@ class Sampler:
     layer's input side for every character (`one_hot(id) @ W_xh + b`) is read from a table
     made once, each cell's step is the same function as its `step` in fewer operations, and
     the matmuls go through charrnn.bptt (oneDNN with the weights packed once, for batches
-    large enough to gain from it; BLAS for a single sequence, a matrix-vector product)."""
+    large enough to gain from it; BLAS for a single sequence, a matrix-vector product).
+
+    On CUDA, where each of a step's ~5-10 small kernels costs a launch, the step is captured
+    as a CUDA graph after one eager step and replayed for ids given as a tensor: the ids and
+    the state are copied into the graph's tensors, and the logits and new state come back in
+    its tensors, valid until the next step. If the capture fails the steps stay eager."""
+
+    GRAPH_DEVICES = ("cuda",)
 
     def __init__(self, model: RNNLMScratch):
         self.cells = model.rnn.cells
@@ -68,6 +75,8 @@ class Sampler:
         self.table = first.W_xh + first.input_bias()
         self.W_hq, self.b_q = model.W_hq, model.b_q
         self._steps, self._rows = None, None
+        self.graphs = self.table.device.type in self.GRAPH_DEVICES
+        self._graph, self._eager_rows = None, None
 
     def _prepare(self, rows: int) -> None:
         """The per-layer step functions for batches of `rows` (weights packed for that)."""
@@ -80,7 +89,40 @@ class Sampler:
 
     def step(self, ids, state: list):
         """ids (batch,): a tensor or a list of ints -> logits (batch, vocab) for the next
-        character, and the new state (new tensors: the old state is not modified)."""
+        character, and the new state (the old state is not modified)."""
+        if self.graphs and isinstance(ids, torch.Tensor):
+            return self._replay(ids, state)
+        return self._eager_step(ids, state)
+
+    def _replay(self, ids: torch.Tensor, state: list):
+        rows = ids.shape[0]
+        if self._graph is None or self._graph[0] != rows:
+            if self._eager_rows != rows:  # one eager step first: it sets up what the capture uses
+                self._eager_rows = rows
+                return self._eager_step(ids, state)
+            try:
+                static_ids, static_state = ids.clone(), map_state(torch.clone, list(state))
+                graph, (logits, new_state) = self._capture_graph(lambda: self._eager_step(static_ids, list(static_state)))
+            except Exception:  # noqa: BLE001 - an op that cannot be captured: stay eager
+                self.graphs = False
+                torch.cuda.synchronize()
+                return self._eager_step(ids, state)
+            self._graph = rows, graph, static_ids, static_state, logits, new_state
+        _, graph, static_ids, static_state, logits, new_state = self._graph
+        static_ids.copy_(ids)
+        copy_state(static_state, state)
+        graph.replay()
+        return logits, list(new_state)
+
+    @staticmethod
+    def _capture_graph(fn):
+        """A CUDA graph of fn (which the capture only records) and fn's outputs, its tensors."""
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            outputs = fn()
+        return graph, outputs
+
+    def _eager_step(self, ids, state: list):
         if isinstance(ids, list) and len(ids) == 1:
             x = self.table[ids[0] : ids[0] + 1]  # a view: cheaper than any gather
         else:
@@ -211,7 +253,8 @@ class GenerationStream:
                 id_list = ids.tolist()
                 # step before yielding: a caller that stops early still leaves a state that has
                 # seen every character it was given
-                self.logits, self.state = sampler.step(id_list if len(id_list) == 1 else ids, self.state)
+                self.logits, self.state = sampler.step(ids if sampler.graphs or len(id_list) > 1 else id_list,
+                                                       self.state)
             yield [tokens[i] for i in id_list]
 
 

@@ -25,7 +25,7 @@ from charrnn.data import UNKNOWN_CHOICES, load_corpus, make_batches, reload_corp
 from charrnn.distributed import (agree_to_stop, all_reduce, data_parallel, from_rank_zero, gather_rows,
                                  process_device, rank, world_size)
 from charrnn.errors import CharrnnError
-from charrnn.model import CELLS, ModelConfig, build_model, detach_state, map_state, num_parameters
+from charrnn.model import CELLS, ModelConfig, build_model, copy_state, detach_state, map_state, num_parameters
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "plateau")
@@ -183,15 +183,6 @@ def clip_gradients(max_norm: float, params) -> torch.Tensor:
     scale = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
     torch._foreach_mul_(grads, scale)
     return norm
-
-
-def copy_state(dst, src) -> None:
-    """Copy a hidden state's values into another of the same structure, tensor by tensor."""
-    if isinstance(dst, torch.Tensor):
-        dst.copy_(src)
-    else:
-        for d, s in zip(dst, src):
-            copy_state(d, s)
 
 
 class TrainStep:

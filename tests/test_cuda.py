@@ -120,3 +120,19 @@ def test_evaluate_and_generate_on_cuda_match_the_cpu():
     assert gpu_text == cpu_text
     many = list(generate(model, vocab, "abc", 20, samples=4, seed=1))
     assert len(many) == 20 and all(len(step) == 4 for step in many)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_sampling_replayed_as_a_cuda_graph_matches_eager_sampling(cell, monkeypatch):
+    from charrnn.sample import Sampler
+
+    vocab = Vocab("abcdefgh ")
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(vocab_size=len(vocab), cell=cell, hidden=64, layers=2, init_sigma=0.5)).cuda()
+
+    def run(samples):
+        return list(generate(model, vocab, "abc", 100, samples=samples, seed=7, top_k=5))
+
+    graphed = [run(1), run(8)]
+    monkeypatch.setattr(Sampler, "GRAPH_DEVICES", ())
+    assert [run(1), run(8)] == graphed

@@ -17,6 +17,7 @@ from charrnn.model import (
     RNNScratch,
     StackedScratch,
     build_model,
+    copy_state,
     detach_state,
 )
 from charrnn.sample import generate, warm_up
@@ -389,3 +390,63 @@ def test_sampler_steps_match_the_forward_in_float32(cell, samples):
             steps.append(logits)
         full, _ = model(ids)
     torch.testing.assert_close(torch.stack(steps, 1), full, rtol=1e-4, atol=1e-5)
+
+
+class StandInGraph:
+    """A CUDA graph's behaviour without CUDA: replay runs the recorded function again and
+    writes its results into the tensors the capture returned."""
+
+    def __init__(self, fn):
+        self.fn, self.outputs = fn, fn()
+        self.replays = 0
+
+    def replay(self):
+        self.replays += 1
+        logits, state = self.fn()
+        self.outputs[0].copy_(logits)
+        copy_state(self.outputs[1], state)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+@pytest.mark.parametrize("samples", [1, 3])
+def test_sampling_through_a_replayed_step_gives_the_same_text(cell, samples, monkeypatch):
+    """The Sampler's CUDA-graph path (ids and state copied in, logits and state read out of
+    the graph's tensors), with a stand-in for the graph on the CPU, samples exactly what the
+    eager steps sample."""
+    from charrnn.sample import Sampler
+
+    torch.manual_seed(0)
+    vocab = Vocab("abcdefgh ")
+    model = build_model(ModelConfig(len(vocab), cell, 8, 2, 0.0, init_sigma=0.5)).eval()
+
+    def run():
+        return ["".join(col) for col in zip(*generate(model, vocab, "abc", 40, seed=3, samples=samples))]
+
+    eager = run()
+    graphs = []
+
+    def capture(fn):
+        graphs.append(StandInGraph(fn))
+        return graphs[-1], graphs[-1].outputs
+
+    monkeypatch.setattr(Sampler, "GRAPH_DEVICES", ("cpu",))
+    monkeypatch.setattr(Sampler, "_capture_graph", staticmethod(capture))
+    assert run() == eager
+    assert len(graphs) == 1 and graphs[0].replays == 39  # 40 steps: the first eager, then captured and replayed
+
+
+def test_sampling_goes_on_eagerly_when_the_capture_fails(monkeypatch):
+    from charrnn.sample import Sampler
+
+    torch.manual_seed(0)
+    vocab = Vocab("abcdefgh ")
+    model = build_model(ModelConfig(len(vocab), "gru", 8, 1, 0.0, init_sigma=0.5)).eval()
+    eager = list(generate(model, vocab, "abc", 20, seed=3))
+
+    def fail(fn):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(Sampler, "GRAPH_DEVICES", ("cpu",))
+    monkeypatch.setattr(Sampler, "_capture_graph", staticmethod(fail))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    assert list(generate(model, vocab, "abc", 20, seed=3)) == eager

@@ -10,8 +10,8 @@ import contextlib
 import pytest
 import torch
 
-from charrnn.model import ModelConfig, build_model
-from charrnn.train import TrainStep, copy_state
+from charrnn.model import ModelConfig, build_model, copy_state
+from charrnn.train import TrainStep
 
 
 class StandInGraph:
