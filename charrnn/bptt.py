@@ -19,7 +19,8 @@ step's input rows are then gathered from ``table = W_xh + b`` just before the st
 
 When no input requires grad (or grad mode is off, e.g. under ``torch.no_grad`` or
 ``torch.inference_mode``) a plain forward loop runs that saves nothing and reuses per-step
-scratch buffers. Nothing in the loops syncs with the host, so this works on CUDA as well.
+scratch buffers. Nothing in the loops syncs with the host, so this works on CUDA as well,
+where the GRU and LSTM steps run as PyTorch's fused cell kernels (see "fused cells").
 Double backward is not supported (the backward is ``once_differentiable``).
 
 Also here: ``linear`` (``x @ W + b`` with the same fast CPU matmuls, e.g. for the input
