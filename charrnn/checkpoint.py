@@ -69,8 +69,13 @@ def atomic_save(obj, path: str | Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        # Ctrl-C inside torch.save makes its zip writer fail as it closes, and that error
+        # would hide the interruption (a traceback instead of a clean stop): raise the
+        # KeyboardInterrupt itself
+        if isinstance(e.__context__, KeyboardInterrupt):
+            raise e.__context__ from None
         raise
 
 

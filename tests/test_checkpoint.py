@@ -117,6 +117,24 @@ def test_failed_save_leaves_nothing(tmp_path):
     assert torch.equal(torch.load(tmp_path / "x.pt", weights_only=True)["model"]["w"], torch.ones(1))
 
 
+def test_ctrl_c_during_a_save_stays_a_ctrl_c(tmp_path, monkeypatch):
+    """Ctrl-C inside torch.save makes its zip writer raise a RuntimeError as it closes; the
+    save must re-raise the KeyboardInterrupt (a clean stop, not a traceback), leaving the
+    old checkpoint and no temporary file."""
+    def interrupted_save(obj, f):
+        try:
+            f.write(b"half a checkpoint")
+            raise KeyboardInterrupt
+        finally:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 80 vs 17")
+
+    save_checkpoint({"model": {"w": torch.ones(1)}}, tmp_path / "x.pt")
+    monkeypatch.setattr(torch, "save", interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint({"model": {"w": torch.zeros(1)}}, tmp_path / "x.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.pt"]
+
+
 def direct_checkpoint(tmp_path, **changes) -> Path:
     """A valid checkpoint written directly (no training), with optional changes."""
     torch.manual_seed(0)
