@@ -8,6 +8,8 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -38,6 +40,9 @@ def user_errors(command):
         except CharrnnError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(e.exit_code) from None
+        except BrokenPipeError:  # the reader left (`charrnn generate | head`): stop quietly, as `yes | head` does
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
+            raise typer.Exit(128 + signal.SIGPIPE) from None
         except OSError as e:  # the file system said no (disk full, permissions): not a bug to trace
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(CharrnnError.exit_code) from None
@@ -57,6 +62,11 @@ def main(
                                           help="Print the version and exit.")] = False,
 ):
     """Character-level recurrent language models written from scratch in PyTorch."""
+    # a terminal or pipe that cannot show every character (PYTHONIOENCODING=ascii, a Latin-1
+    # locale) gets escapes such as \u2019 for the rest, instead of a UnicodeEncodeError
+    for stream in (sys.stdout, sys.stderr):
+        if "utf" not in (getattr(stream, "encoding", None) or "utf").lower() and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
 
 
 def read_preset(path: Path) -> dict:
@@ -129,7 +139,7 @@ def train(
     """
     given = {k: str(v) if isinstance(v, Path) else v for k, v in locals().items()
              if v is not None and k not in ("config", "quiet", "resume")}
-    from charrnn.distributed import process_group, rank
+    from charrnn.distributed import process_group, rank, world_size
     from charrnn.report import TerminalReporter
     from charrnn.train import TrainConfig, train as run_training
 
@@ -144,12 +154,14 @@ def train(
     with process_group(settings.device):  # under torchrun; nothing otherwise
         summary = run_training(settings, TerminalReporter(quiet=quiet), resume=resume)
         speaks = rank() == 0  # only rank 0 prints and writes
+        processes = world_size()
     if speaks:
         write_curve(Path(summary["run"]), quiet)
     if summary["interrupted"]:
         if speaks:
+            launcher = "charrnn" if processes == 1 else f"torchrun --nproc_per_node={processes} -m charrnn"
             typer.echo(f"stopped by {summary['interrupted']} at step {summary['steps']}; saved "
-                       f"{summary['run']}/last.pt. Resume with:\n  charrnn train --resume {summary['run']}", err=True)
+                       f"{summary['run']}/last.pt. Resume with:\n  {launcher} train --resume {summary['run']}", err=True)
         raise typer.Exit(130)
     if settings.sample_prefix and speaks:
         from charrnn.sample import generate as generate_chars

@@ -415,7 +415,10 @@ def write_config(config: TrainConfig, path: Path) -> None:
         elif isinstance(value, str):
             escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
             lines.append(f'{key} = "{escaped}"')
-    path.write_text("\n".join(lines) + "\n")
+    # written aside and renamed, so that a kill mid-write leaves the old file whole
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, path)
 
 
 class StopRequest:

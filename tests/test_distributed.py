@@ -149,6 +149,7 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path, corpus):
     assert_same_model(ranks[1]["model"], ranks[0]["model"], atol=0)
     assert checkpoint(out / "last.pt")["progress"]["step"] == ranks[0]["steps"]
     assert stderr.count(f"stopped by SIGTERM at step {ranks[0]['steps']}") == 1  # rank 0's words only
+    assert f"torchrun --nproc_per_node=2 -m charrnn train --resume {out}" in stderr  # how to go on, as it ran
 
 
 def test_shares_of_an_evaluation_add_up_to_the_whole():

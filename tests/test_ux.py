@@ -86,8 +86,10 @@ def test_the_cli_module_loads_neither_torch_nor_matplotlib():
     assert loaded == ["False", "False"]  # so that --help and argument errors stay fast
 
 
-def test_shell_completion_comes_from_typer():
+def test_shell_completion_comes_from_typer(monkeypatch):
     assert "--install-completion" in invoke("--help").output
+    # the shell named, not detected from the parent processes (which need not include one)
+    monkeypatch.setenv("_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION", "1")
     assert "complete" in invoke("--show-completion", "bash").output
     completions = invoke(env={"_CHARRNN_COMPLETE": "complete_bash", "COMP_WORDS": "charrnn generate --top",
                               "COMP_CWORD": "2"})
@@ -590,3 +592,33 @@ def test_the_readme_shows_the_committed_curve():
     curve = root / "docs" / "curve.png"
     assert "](docs/curve.png)" in (root / "README.md").read_text()
     assert curve.read_bytes()[:4] == b"\x89PNG" and curve.stat().st_size < 100_000
+
+
+def test_a_reader_that_stops_early_ends_generate_quietly(run):
+    """`charrnn generate | head`: when the reader closes the pipe, generate stops with no
+    error line and SIGPIPE's exit status (141), as `yes | head` does."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-m", "charrnn", "generate", "--checkpoint", str(run),
+                             "--length", "400000", "--seed", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={"PYTHONPATH": str(root)})
+    assert len(proc.stdout.read(10)) == 10
+    proc.stdout.close()
+    assert proc.wait(timeout=120) == 141
+    assert proc.stderr.read() == b""
+
+
+def test_an_output_that_cannot_show_a_character_gets_an_escape(tmp_path):
+    """A stdout that cannot encode every character (here ASCII) shows the others as escapes
+    instead of failing with UnicodeEncodeError."""
+    import subprocess
+
+    (tmp_path / "c.txt").write_text("héllo wörld 🙂 " * 200, encoding="utf-8")
+    assert invoke("train", tmp_path / "c.txt", *TINY, "--max-steps", 2, "--out", tmp_path / "run").exit_code == 0
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "charrnn", "generate", "--checkpoint", str(tmp_path / "run"),
+                           "--prefix", "héllo 🙂", "--length", "20", "--seed", "0"], capture_output=True,
+                          env={"PYTHONPATH": str(root), "PYTHONIOENCODING": "ascii"}, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(b"h\\xe9llo \\U0001f642")
