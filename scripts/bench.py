@@ -255,8 +255,6 @@ def implementations(device) -> dict[str, tuple[str, bool]]:
 def memory_probe_main(specs: list[str]) -> None:
     """Helper process: for each spec (impl,cell,H,B,T) fork a fresh child that runs two
     training steps and reports the growth of its resident set; print one JSON line."""
-    from charrnn.train import clip_gradients  # noqa: F401 - imported once, not in every child
-
     # an optimizer's first step imports a lot lazily (~0.7 s): do that once here, where it
     # computes nothing (no grad), so that no child pays for it and no thread pool exists yet
     torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1).step()

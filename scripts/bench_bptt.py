@@ -1,7 +1,8 @@
 """Quick CPU benchmark of charrnn.bptt's scans: forward + backward of one recurrent layer.
 
 For each cell (RNN, GRU, LSTM) it times, in the same process and taking turns,
-  ref      - the plain autograd loop (unbind-based) over the recurrence,
+  ref      - the plain autograd loop over the recurrence (the cell's `loop`, its `step`
+             under autograd),
   scan     - charrnn.bptt's scan with its hand-written backward (default matmul backend:
              oneDNN for CPU float32 when available),
   blas     - the same scan with its matmuls forced to torch.mm/addmm (MKL here),
@@ -30,30 +31,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import torch  # noqa: E402
 
 from charrnn import bptt  # noqa: E402
+from charrnn.model import CELL_CLASSES  # noqa: E402
 
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
-
-
-def ref_scan(cell, xp, states, W_hh, b_hh):
-    h = states[0]
-    c = states[1] if cell == "lstm" else None
-    outs = []
-    for x in xp.unbind(0):
-        if cell == "rnn":
-            h = torch.tanh(x + h @ W_hh)
-        elif cell == "gru":
-            xr, xz, xn = x.chunk(3, dim=-1)
-            hr, hz, hn = (h @ W_hh + b_hh).chunk(3, dim=-1)
-            r = torch.sigmoid(xr + hr)
-            z = torch.sigmoid(xz + hz)
-            n = torch.tanh(xn + r * hn)
-            h = (1 - z) * n + z * h
-        else:
-            i, f, g, o = (x + h @ W_hh).chunk(4, dim=-1)
-            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            h = torch.sigmoid(o) * torch.tanh(c)
-        outs.append(h)
-    return (torch.stack(outs), h) + ((c,) if cell == "lstm" else ())
 
 
 def make_step(cell, impl, T, B, I, H):
@@ -74,11 +54,11 @@ def make_step(cell, impl, T, B, I, H):
 
         return step
 
-    W_xh = (torch.randn(I, G, generator=g) / I**0.5).requires_grad_()
-    W_hh = (torch.randn(H, G, generator=g) / H**0.5).requires_grad_()
-    b = torch.zeros(G).requires_grad_()
-    b_hh = torch.zeros(G).requires_grad_() if cell == "gru" else None
-    fn = {"rnn": bptt.rnn_scan, "gru": bptt.gru_scan, "lstm": bptt.lstm_scan}[cell]
+    layer = CELL_CLASSES[cell](I, H)
+    with torch.no_grad():  # the scales of a trained layer, rather than the book's tiny init
+        layer.W_xh.copy_(torch.randn(I, G, generator=g) / I**0.5)
+        layer.W_hh.copy_(torch.randn(H, G, generator=g) / H**0.5)
+    state = states[0] if cell != "lstm" else tuple(states)
 
     def step():
         prev = bptt.set_gemm_backend("blas" if impl == "blas" else "auto")
@@ -89,18 +69,12 @@ def make_step(cell, impl, T, B, I, H):
 
     def run():
         if impl == "scan+lin":
-            xp = bptt.linear(X, W_xh, b)
+            xp = bptt.linear(X, layer.W_xh, layer.input_bias())
         else:
-            xp = torch.addmm(b, X.view(T * B, I), W_xh).view(T, B, G)
-        if impl == "ref":
-            res = ref_scan(cell, xp, states, W_hh, b_hh)
-        elif cell == "gru":
-            res = fn(xp, states[0], W_hh, b_hh)
-        elif cell == "lstm":
-            res = fn(xp, states[0], states[1], W_hh)
-        else:
-            res = fn(xp, states[0], W_hh)
-        torch.autograd.backward(list(res), grads)
+            xp = torch.addmm(layer.input_bias(), X.view(T * B, I), layer.W_xh).view(T, B, G)
+        # the reference: the cell's step under autograd, step by step; else its scan
+        outputs, final = (layer.loop if impl == "ref" else layer.recur)(xp, state)
+        torch.autograd.backward([outputs, *(final if cell == "lstm" else (final,))], grads)
 
     return step
 
