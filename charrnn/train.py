@@ -114,7 +114,7 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 raise CharrnnError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
         choices = {"cell": CELLS, "optimizer": OPTIMIZERS, "lr_schedule": SCHEDULES,
-                   "sampling": ("sequential", "random"), "device": ("auto", "cpu", "cuda"),
+                   "sampling": ("sequential", "random"), "device": DEVICES,
                    "unknown": UNKNOWN_CHOICES, "amp": ("none", "bf16")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -146,7 +146,12 @@ def parse_duration(text: str) -> float:
     return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
 
 
+DEVICES = ("auto", "cpu", "cuda")
+
+
 def pick_device(name: str) -> torch.device:
+    if name not in DEVICES:
+        raise CharrnnError(f"--device must be one of {', '.join(DEVICES)}, got {name!r}")
     if name == "cuda" and not torch.cuda.is_available():
         raise CharrnnError("--device cuda was asked for, but CUDA is not available here (try --device cpu)")
     if name == "auto":

@@ -382,6 +382,11 @@ def test_device_cuda_without_cuda(cli, trained_run, command):
     cli(command, "--checkpoint", trained_run, "--device", "cuda").assert_one_line_error("CUDA")
 
 
+@pytest.mark.parametrize("command", ["generate", "eval"])
+def test_an_unknown_device_is_one_line(cli, trained_run, command):
+    cli(command, "--checkpoint", trained_run, "--device", "tpu").assert_one_line_error("--device", "tpu")
+
+
 @pytest.mark.parametrize("option,value,fragment", [
     ("--length", "-1", "--length"), ("--temperature", "-1", "--temperature"),
     ("--top-k", "-1", "--top-k"), ("--samples", "0", "--samples"),
