@@ -11,12 +11,14 @@ import math
 import os
 import signal
 import sys
+from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from charrnn import __version__
+from charrnn.config import TrainConfig, read_preset, resumed_config
 from charrnn.errors import CharrnnError
 
 app = typer.Typer(
@@ -69,63 +71,64 @@ def main(
             stream.reconfigure(errors="backslashreplace")
 
 
-def read_preset(path: Path) -> dict:
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
-
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        raise CharrnnError(f"config file not found: {path}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise CharrnnError(f"config file {path} is not valid TOML: {e}") from None
-
-
 Opt = typer.Option
+
+
+D = TrainConfig()  # every option of `train` takes its default from here (one source of them)
 
 
 @app.command()
 @user_errors
 def train(
+    ctx: typer.Context,
     corpus: Annotated[Optional[Path], typer.Argument(
         help="A UTF-8 text file. With neither CORPUS nor --dataset: the built-in corpus, the Python "
         "language reference shipped with CPython (pydoc_data.topics, ~465,000 characters).",
         show_default=False)] = None,
     config: Annotated[Optional[Path], Opt(help="A TOML preset (configs/*.toml); options given here override it.")] = None,
-    dataset: Annotated[Optional[str], Opt(help="A named corpus, downloaded once and cached: timemachine or tinyshakespeare.")] = None,
-    val_file: Annotated[Optional[Path], Opt(help="Validate on this file instead of the end of the corpus.")] = None,
-    unknown: Annotated[Optional[str], Opt(help="Validation characters the training text lacks: error, or skip (drop them, with a warning). [default: error]")] = None,
-    val_fraction: Annotated[Optional[float], Opt(help="The last fraction of the text used for validation. [default: 0.1]")] = None,
-    normalize: Annotated[Optional[str], Opt(help="none, or letters: the d2l book's preprocessing (non-letters to one space, lowercase). [default: none]")] = None,
-    sampling: Annotated[Optional[str], Opt(help="sequential: contiguous streams, state carried across batches; random: shuffled windows from a zero state (d2l). [default: sequential]")] = None,
-    cell: Annotated[Optional[str], Opt(help="rnn, gru or lstm. [default: lstm]")] = None,
-    hidden: Annotated[Optional[int], Opt(help="Hidden units per layer. [default: 256]")] = None,
-    layers: Annotated[Optional[int], Opt(help="Stacked recurrent layers. [default: 1]")] = None,
-    dropout: Annotated[Optional[float], Opt(help="Dropout on each layer's outputs. [default: 0]")] = None,
-    init_sigma: Annotated[Optional[float], Opt(help="Weights start as N(0, sigma^2) (the book's init). [default: 0.01]")] = None,
-    optimizer: Annotated[Optional[str], Opt(help="sgd, adam or adamw. [default: adam]")] = None,
-    lr: Annotated[Optional[float], Opt(help="Learning rate. [default: 0.002]")] = None,
-    lr_schedule: Annotated[Optional[str], Opt(help="constant; cosine (decay over the step or time budget); or plateau (multiply by --plateau-factor after --plateau-patience evaluations without a new best). [default: constant]")] = None,
-    plateau_factor: Annotated[Optional[float], Opt(help="With --lr-schedule plateau: multiply the learning rate by this. [default: 0.5]")] = None,
-    plateau_patience: Annotated[Optional[int], Opt(help="With --lr-schedule plateau: evaluations without a new best validation loss before lowering it. [default: 2]")] = None,
-    warmup_steps: Annotated[Optional[int], Opt(help="Linear learning-rate warm-up steps. [default: 0]")] = None,
-    clip: Annotated[Optional[float], Opt(help="Clip gradients to this global L2 norm. [default: 1.0]")] = None,
-    batch_size: Annotated[Optional[int], Opt(help="Sequences per batch (per process under torchrun). [default: 32]")] = None,
-    seq_len: Annotated[Optional[int], Opt(help="Characters per sequence (truncated BPTT length). [default: 64]")] = None,
-    max_steps: Annotated[Optional[int], Opt(help="Stop after this many steps in all.")] = None,
-    epochs: Annotated[Optional[float], Opt(help="Stop after this many passes over the training text (default 10 when no other limit is given).")] = None,
-    max_time: Annotated[Optional[str], Opt(help="Stop after this much training time: 90s, 10m, 1h.")] = None,
-    patience: Annotated[Optional[int], Opt(help="Early stopping: stop after this many evaluations without a new best validation loss (0: off). [default: 0]")] = None,
-    eval_every: Annotated[Optional[int], Opt(help="Evaluate (and checkpoint) every N steps. [default: 200]")] = None,
-    seed: Annotated[Optional[int], Opt(help="Random seed; CPU runs with the same seed repeat exactly. [default: 0]")] = None,
-    device: Annotated[Optional[str], Opt(help="auto, cpu or cuda. [default: auto]")] = None,
-    tf32: Annotated[Optional[bool], Opt("--tf32/--no-tf32", help="CUDA: TF32 float32 matmuls (faster on Ampere and later GPUs, products rounded to 10 mantissa bits). No effect on a CPU. [default: off]", show_default=False)] = None,
-    amp: Annotated[Optional[str], Opt(help="none, or bf16: CUDA autocast to bfloat16 for the output layer and deeper layers' input projections; the recurrences stay float32. No effect on a CPU. [default: none]")] = None,
-    cuda_graphs: Annotated[Optional[bool], Opt("--cuda-graphs/--no-cuda-graphs", help="CUDA, one process: capture the training step once as a CUDA graph and replay it (the host then launches one graph instead of thousands of small kernels). No effect on a CPU. [default: on]", show_default=False)] = None,
-    out: Annotated[Optional[Path], Opt(help="Run directory. [default: runs/YYYYmmdd-HHMMSS]")] = None,
+    dataset: Annotated[Optional[str], Opt(help="A named corpus, downloaded once and cached: timemachine or tinyshakespeare.")] = D.dataset,
+    val_file: Annotated[Optional[Path], Opt(help="Validate on this file instead of the end of the corpus.")] = D.val_file,
+    val_fraction: Annotated[float, Opt(help="The last fraction of the text used for validation.")] = D.val_fraction,
+    train_windows: Annotated[int, Opt(help="With --val-windows: split the d2l book's way, the first N stride-1 windows for training (0: by --val-fraction).")] = D.train_windows,
+    val_windows: Annotated[int, Opt(help="With --train-windows: the next N windows for validation.")] = D.val_windows,
+    unknown: Annotated[str, Opt(help="Validation characters the training text lacks: error, or skip (drop them, with a warning).")] = D.unknown,
+    normalize: Annotated[str, Opt(help="none, or letters: the d2l book's preprocessing (non-letters to one space, lowercase).")] = D.normalize,
+    sampling: Annotated[str, Opt(help="sequential: contiguous streams, state carried across batches; random: shuffled windows from a zero state (d2l).")] = D.sampling,
+    stream_offsets: Annotated[str, Opt(help="sequential: random starts the streams at a new offset every epoch (other truncation points each time); fixed starts them at the text's start.")] = D.stream_offsets,
+    cell: Annotated[str, Opt(help="rnn, gru or lstm.")] = D.cell,
+    hidden: Annotated[int, Opt(help="Hidden units per layer.")] = D.hidden,
+    layers: Annotated[int, Opt(help="Stacked recurrent layers.")] = D.layers,
+    dropout: Annotated[float, Opt(help="Dropout on each layer's outputs (never on the carried state).")] = D.dropout,
+    locked_dropout: Annotated[bool, Opt("--locked-dropout/--no-locked-dropout", help="One dropout mask per sequence for all its steps (variational dropout) instead of one per step.")] = D.locked_dropout,
+    weight_drop: Annotated[float, Opt(help="DropConnect on the recurrent matrices W_hh: this fraction of entries zeroed, one mask per batch (AWD-LSTM).")] = D.weight_drop,
+    init: Annotated[str, Opt(help="book: every weight N(0, --init-sigma^2) (d2l); torch: as torch.nn starts them, the one-hot input table N(0, 1); orthogonal: torch, with orthogonal recurrent blocks.")] = D.init,
+    init_sigma: Annotated[float, Opt(help="With --init book: the weights' standard deviation.")] = D.init_sigma,
+    forget_bias: Annotated[float, Opt(help="LSTM: the forget gate's starting bias.")] = D.forget_bias,
+    optimizer: Annotated[str, Opt(help="sgd, adam or adamw.")] = D.optimizer,
+    lr: Annotated[float, Opt(help="Learning rate.")] = D.lr,
+    lr_schedule: Annotated[str, Opt(help="constant; cosine (decay over the step or time budget to lr x --min-lr-fraction); or plateau (multiply by --plateau-factor after --plateau-patience evaluations without a new best).")] = D.lr_schedule,
+    min_lr_fraction: Annotated[float, Opt(help="With --lr-schedule cosine: the learning rate at the end, as a fraction of --lr.")] = D.min_lr_fraction,
+    plateau_factor: Annotated[float, Opt(help="With --lr-schedule plateau: multiply the learning rate by this.")] = D.plateau_factor,
+    plateau_patience: Annotated[int, Opt(help="With --lr-schedule plateau: evaluations without a new best validation loss before lowering it.")] = D.plateau_patience,
+    warmup_steps: Annotated[int, Opt(help="Linear learning-rate warm-up steps.")] = D.warmup_steps,
+    weight_decay: Annotated[float, Opt(help="Weight decay (with adamw: decoupled, as AdamW does it).")] = D.weight_decay,
+    clip: Annotated[float, Opt(help="Clip gradients to this global L2 norm.")] = D.clip,
+    batch_size: Annotated[int, Opt(help="Sequences per batch (per process under torchrun).")] = D.batch_size,
+    seq_len: Annotated[int, Opt(help="Characters per sequence (truncated BPTT length).")] = D.seq_len,
+    max_steps: Annotated[int, Opt(help="Stop after this many steps in all (0: no limit).")] = D.max_steps,
+    epochs: Annotated[float, Opt(help="Stop after this many passes over the training text (0: no limit; 10 when no other limit is given).")] = D.epochs,
+    max_time: Annotated[str, Opt(help="Stop after this much training time: 90s, 10m, 1h (empty: no limit).", show_default=False)] = D.max_time,
+    patience: Annotated[int, Opt(help="Early stopping: stop after this many evaluations without a new best validation loss (0: off).")] = D.patience,
+    eval_every: Annotated[int, Opt(help="Evaluate (and checkpoint) every N steps.")] = D.eval_every,
+    seed: Annotated[int, Opt(help="Random seed; CPU runs with the same seed repeat exactly.")] = D.seed,
+    device: Annotated[str, Opt(help="auto, cpu or cuda.")] = D.device,
+    tf32: Annotated[bool, Opt("--tf32/--no-tf32", help="CUDA: TF32 float32 matmuls (faster on Ampere and later GPUs, products rounded to 10 mantissa bits). No effect on a CPU.")] = D.tf32,
+    amp: Annotated[str, Opt(help="none, or bf16: CUDA autocast to bfloat16 for the output layer and deeper layers' input projections; the recurrences stay float32. No effect on a CPU.")] = D.amp,
+    cuda_graphs: Annotated[bool, Opt("--cuda-graphs/--no-cuda-graphs", help="CUDA, one process: capture the training step once as a CUDA graph and replay it (the host then launches one graph instead of thousands of small kernels). No effect on a CPU.")] = D.cuda_graphs,
+    out: Annotated[str, Opt(help="Run directory (empty: runs/YYYYmmdd-HHMMSS).", show_default=False)] = D.out,
+    sample_prefix: Annotated[str, Opt(help="After training, print a sample that continues this text (empty: none).", show_default=False)] = D.sample_prefix,
+    sample_length: Annotated[int, Opt(help="Characters of that sample.")] = D.sample_length,
+    sample_greedy: Annotated[bool, Opt("--sample-greedy/--sample-random", help="Whether that sample always takes the most likely character.")] = D.sample_greedy,
     resume: Annotated[Optional[Path], Opt(help="Continue this run directory exactly where it stopped; --max-steps, --epochs and --max-time count the run's total.")] = None,
     quiet: Annotated[bool, Opt("--quiet", "-q", help="Print only the final summary.")] = False,
 ):
@@ -136,12 +139,14 @@ def train(
     runs/latest points at the newest run. Training stops at --max-steps, --epochs,
     --max-time or --patience, whichever comes first. Ctrl-C saves last.pt and prints how
     to resume. Under torchrun it trains data-parallel, one process per GPU or CPU share.
+    A --config preset's values replace these defaults; the options given replace both.
     """
+    # the settings given on the command line (not left at their defaults)
     given = {k: str(v) if isinstance(v, Path) else v for k, v in locals().items()
-             if v is not None and k not in ("config", "quiet", "resume")}
+             if k in TRAIN_SETTINGS and ctx.get_parameter_source(k).name != "DEFAULT"}
     from charrnn.distributed import process_group, rank, world_size
     from charrnn.report import TerminalReporter
-    from charrnn.train import TrainConfig, train as run_training
+    from charrnn.train import train as run_training
 
     if resume:
         values = resumed_config(resume, given)
@@ -173,6 +178,9 @@ def train(
         typer.echo(f"sample: {prefix}{text}")
 
 
+TRAIN_SETTINGS = {f.name for f in fields(TrainConfig)}
+
+
 def write_curve(run: Path, quiet: bool) -> None:
     """curve.png in the run directory. Training does not need matplotlib: without it, say
     in one line that the curve was skipped. A run stopped before its first evaluation has
@@ -189,28 +197,6 @@ def write_curve(run: Path, quiet: bool) -> None:
         return
     if not quiet:
         typer.echo(f"learning curve: {curve}")
-
-
-# What may change when a run resumes: how long it goes on and where; not the model or data.
-# The batch size may, so that a run resumed on another number of processes can keep its
-# global batch (--batch-size x processes).
-RESUMABLE = {"max_steps", "epochs", "max_time", "patience", "eval_every", "device", "batch_size", "tf32", "amp",
-             "cuda_graphs", "sample_prefix", "sample_length", "sample_greedy"}
-
-
-def resumed_config(run: Path, given: dict) -> dict:
-    from charrnn.checkpoint import LAST_FIRST, load_checkpoint, resolve_checkpoint
-
-    path = resolve_checkpoint(run, order=LAST_FIRST)
-    values = load_checkpoint(path).get("config")
-    if not isinstance(values, dict):
-        raise CharrnnError(f"{path} records no training settings, so it cannot be resumed")
-    values = dict(values)
-    fixed = sorted(k for k in given if k not in RESUMABLE and given[k] != values.get(k))
-    if fixed:
-        names = ", ".join("--" + k.replace("_", "-") for k in fixed)
-        raise CharrnnError(f"{names} cannot change when resuming a run (start a new run instead)")
-    return values
 
 
 def model_prefix(prefix: str, ckpt: dict) -> str:

@@ -21,28 +21,14 @@ State is a tensor `H` (RNN, GRU) or a tuple `(H, C)` (LSTM); `None` means zeros.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from charrnn import bptt
-
-CELLS = ("rnn", "gru", "lstm")
-
-
-@dataclass
-class ModelConfig:
-    """Everything needed to rebuild a model: stored in every checkpoint."""
-
-    vocab_size: int
-    cell: str = "rnn"
-    hidden: int = 256
-    layers: int = 1
-    dropout: float = 0.0
-    init_sigma: float = 0.01  # the book's: weights start as N(0, sigma^2), biases as 0
-
+from charrnn.config import CELLS, INITS, ModelConfig
 
 class ScratchCell(nn.Module):
     """What the three cells share. Subclasses set `gates` (how many H-wide blocks the
@@ -56,6 +42,16 @@ class ScratchCell(nn.Module):
         width = self.gates * num_hiddens
         self.W_xh = nn.Parameter(torch.randn(num_inputs, width) * sigma)
         self.W_hh = nn.Parameter(torch.randn(num_hiddens, width) * sigma)
+        self.weight_drop = 0.0
+
+    def recurrent_weight(self) -> torch.Tensor:
+        """W_hh as this batch's recurrence uses it: in training with weight_drop p, each entry
+        is zeroed with probability p and the rest scaled by 1/(1-p) (DropConnect, AWD-LSTM's
+        weight drop), one mask for every step of the batch. The scans take this tensor as
+        their input, so the gradient flows back to W_hh through the mask."""
+        if not (self.training and self.weight_drop):
+            return self.W_hh
+        return F.dropout(self.W_hh, self.weight_drop, training=True)
 
     def input_bias(self) -> torch.Tensor:
         raise NotImplementedError
@@ -120,7 +116,7 @@ class RNNScratch(ScratchCell):
 
     def recur(self, xp, state=None):
         H = self.zero_state(xp.shape[1], xp) if state is None else state
-        return bptt.rnn_scan(xp, H, self.W_hh)
+        return bptt.rnn_scan(xp, H, self.recurrent_weight())
 
 
 class GRUScratch(ScratchCell):
@@ -159,7 +155,7 @@ class GRUScratch(ScratchCell):
 
     def recur(self, xp, state=None):
         H = self.zero_state(xp.shape[1], xp) if state is None else state
-        return bptt.gru_scan(xp, H, self.W_hh, self.b_hh)
+        return bptt.gru_scan(xp, H, self.recurrent_weight(), self.b_hh)
 
 
 class LSTMScratch(ScratchCell):
@@ -195,7 +191,7 @@ class LSTMScratch(ScratchCell):
 
     def recur(self, xp, state=None):
         H, C = self.zero_state(xp.shape[1], xp) if state is None else state
-        outputs, H, C = bptt.lstm_scan(xp, H, C, self.W_hh)
+        outputs, H, C = bptt.lstm_scan(xp, H, C, self.recurrent_weight())
         return outputs, (H, C)
 
 
@@ -204,14 +200,25 @@ CELL_CLASSES = {"rnn": RNNScratch, "gru": GRUScratch, "lstm": LSTMScratch}
 
 class StackedScratch(nn.Module):
     """Deep RNN: layer l's outputs are layer l+1's inputs; dropout is applied to every
-    layer's outputs (so between layers, and before the output head). State: a list with
-    one entry per layer."""
+    layer's outputs (so between layers, and before the output head), never to the state
+    carried from step to step. With `locked` a sequence keeps one mask for all its time
+    steps (variational dropout, Gal and Ghahramani 2016); otherwise every step draws its
+    own. State: a list with one entry per layer."""
 
-    def __init__(self, cells: list[ScratchCell], dropout: float = 0.0):
+    def __init__(self, cells: list[ScratchCell], dropout: float = 0.0, locked: bool = False):
         super().__init__()
         self.cells = nn.ModuleList(cells)
-        self.dropout = nn.Dropout(dropout)
+        self.p, self.locked = dropout, locked
         self.num_inputs, self.num_hiddens = cells[0].num_inputs, cells[-1].num_hiddens
+
+    def dropout(self, outputs: torch.Tensor) -> torch.Tensor:
+        """outputs (num_steps, batch, H), masked in training."""
+        if not (self.training and self.p):
+            return outputs
+        if not self.locked:
+            return F.dropout(outputs, self.p, training=True)
+        mask = outputs.new_empty(1, *outputs.shape[1:]).bernoulli_(1 - self.p) / (1 - self.p)
+        return outputs * mask
 
     def _run(self, xp, state, reference=False):
         state = [None] * len(self.cells) if state is None else list(state)
@@ -273,10 +280,50 @@ def build_model(config: ModelConfig) -> RNNLMScratch:
     """The language model a ModelConfig describes, with fresh weights."""
     if config.cell not in CELL_CLASSES:
         raise ValueError(f"unknown cell {config.cell!r}; choose one of {', '.join(CELLS)}")
+    if config.init not in INITS:
+        raise ValueError(f"unknown init {config.init!r}; choose one of {', '.join(INITS)}")
     cell_class, sigma = CELL_CLASSES[config.cell], config.init_sigma
     sizes = [config.vocab_size] + [config.hidden] * config.layers
     cells = [cell_class(n_in, n_out, sigma) for n_in, n_out in zip(sizes, sizes[1:])]
-    return RNNLMScratch(StackedScratch(cells, config.dropout), config.vocab_size, sigma)
+    for cell in cells:
+        cell.weight_drop = config.weight_drop
+    model = RNNLMScratch(StackedScratch(cells, config.dropout, config.locked_dropout), config.vocab_size, sigma)
+    init_weights(model, config.init, config.forget_bias)
+    return model
+
+
+@torch.no_grad()
+def init_weights(model: RNNLMScratch, scheme: str, forget_bias: float = 0.0) -> None:
+    """Start the weights as `scheme` says (the cells and the head were made with the book's).
+
+    - book: every weight N(0, sigma^2), every bias 0 (d2l; what the cells are built with).
+    - torch: as torch.nn.LSTM/GRU/RNN and nn.Linear start, uniform in +-1/sqrt(H) for the
+      recurrent matrices, deeper layers' input matrices and the head; the first layer's
+      input table as nn.Embedding starts, N(0, 1). A one-hot input selects one row of that
+      table, so the row is all the input there is: at the book's small sigma the gates
+      barely hear the character, and Adam, which moves each entry by about lr a step,
+      needs hundreds of steps to make them listen (docs/presets.md measures this).
+    - orthogonal: as torch, but each H x H gate block of W_hh is a random orthogonal matrix
+      (its gain is 1 in every direction, so the state neither explodes nor fades at first).
+
+    With `forget_bias` the LSTM's forget-gate bias starts at that value, whatever the scheme."""
+    if scheme != "book":
+        for layer, cell in enumerate(model.rnn.cells):
+            bound = 1 / math.sqrt(cell.num_hiddens)
+            if layer == 0:
+                cell.W_xh.normal_(0, 1)
+            else:
+                cell.W_xh.uniform_(-bound, bound)
+            cell.W_hh.uniform_(-bound, bound)
+            if scheme == "orthogonal":
+                H = cell.num_hiddens
+                for g in range(cell.gates):
+                    cell.W_hh[:, g * H : (g + 1) * H] = nn.init.orthogonal_(torch.empty(H, H))
+        model.W_hq.uniform_(-1 / math.sqrt(model.rnn.num_hiddens), 1 / math.sqrt(model.rnn.num_hiddens))
+    for cell in model.rnn.cells:
+        if isinstance(cell, LSTMScratch):
+            H = cell.num_hiddens
+            cell.b_h[H : 2 * H] = forget_bias
 
 
 def map_state(fn, state):

@@ -8,11 +8,10 @@ import contextlib
 import json
 import math
 import os
-import re
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 
@@ -21,132 +20,17 @@ import torch.nn.functional as F
 
 from charrnn import bptt, cuda_graphs
 from charrnn.checkpoint import LAST_FIRST, load_checkpoint, remove_stale_temporaries, resolve_checkpoint, save_checkpoint
-from charrnn.data import UNKNOWN_CHOICES, load_corpus, make_batches, reload_corpus, save_encoded
+from charrnn.config import DEVICES, TrainConfig, parse_duration
+from charrnn.data import load_corpus, make_batches, reload_corpus, save_encoded
 from charrnn.distributed import (agree_to_stop, all_reduce, data_parallel, from_rank_zero, gather_rows,
                                  process_device, rank, world_size)
 from charrnn.errors import CharrnnError
-from charrnn.model import CELLS, ModelConfig, build_model, copy_state, detach_state, map_state, num_parameters
+from charrnn.model import build_model, copy_state, detach_state, map_state, num_parameters
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("constant", "cosine", "plateau")
 # Training stops as diverged when the mean training loss since the last evaluation is this many
 # times the untrained model's: ln(vocabulary size), or the first step's loss if a custom
 # init starts higher. Healthy training never climbs that far above where it started.
 DIVERGENCE_FACTOR = 3.0
-
-
-# The annotations of TrainConfig's fields (strings, by `from __future__ import annotations`)
-# and the values a preset may give them.
-SETTING_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "str | None": (str, type(None))}
-
-
-@dataclass
-class TrainConfig:
-    """Every setting of a training run. A preset (configs/*.toml) uses these names as keys;
-    the command line overrides the preset, which overrides these defaults."""
-
-    # data
-    corpus: str | None = None  # a UTF-8 file; with no corpus and no dataset: the built-in corpus
-    dataset: str | None = None  # timemachine | tinyshakespeare (downloaded once, cached)
-    val_file: str | None = None
-    val_fraction: float = 0.1
-    normalize: str = "none"  # none | letters (the d2l book's preprocessing)
-    sampling: str = "sequential"  # sequential (carried state) | random (d2l windows, zero state)
-    train_windows: int = 0  # with both windows > 0: the d2l split by windows instead of val_fraction
-    val_windows: int = 0
-    unknown: str = "error"  # validation characters the training text lacks: error | skip (drop them)
-    # model
-    cell: str = "lstm"
-    hidden: int = 256
-    layers: int = 1
-    dropout: float = 0.0
-    init_sigma: float = 0.01
-    # optimisation
-    optimizer: str = "adam"
-    lr: float = 2e-3
-    lr_schedule: str = "constant"
-    warmup_steps: int = 0
-    min_lr_fraction: float = 0.1  # cosine decays to lr * min_lr_fraction
-    plateau_factor: float = 0.5  # plateau multiplies lr by this ...
-    plateau_patience: int = 2  # ... after this many evaluations without a new best validation loss
-    weight_decay: float = 0.0
-    clip: float = 1.0
-    batch_size: int = 32
-    seq_len: int = 64
-    # when to stop: whichever comes first; with none of the three, 10 epochs
-    max_steps: int = 0
-    epochs: float = 0.0
-    max_time: str = ""  # 90s, 10m, 1h
-    patience: int = 0  # early stopping: stop after this many evaluations without a new best (0: off)
-    # bookkeeping
-    eval_every: int = 200
-    seed: int = 0
-    device: str = "auto"
-    tf32: bool = False  # CUDA: TF32 matmuls (10-bit mantissa products, float32 accumulation)
-    amp: str = "none"  # none | bf16: CUDA autocast to bfloat16 (the recurrences stay float32)
-    cuda_graphs: bool = True  # CUDA, one process: replay each training step as a CUDA graph
-    out: str = ""  # run directory; default runs/<timestamp>
-    # a sample printed after training
-    sample_prefix: str = ""
-    sample_length: int = 200
-    sample_greedy: bool = False
-
-    def __post_init__(self):
-        self.validate()
-
-    def validate(self) -> None:
-        positive = ("hidden", "layers", "batch_size", "seq_len", "eval_every")
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise CharrnnError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if not self.lr > 0 or not math.isfinite(self.lr):
-            raise CharrnnError(f"--lr must be a positive number, got {self.lr}")
-        if not self.clip > 0:
-            raise CharrnnError(f"--clip must be positive, got {self.clip}")
-        if not 0 <= self.dropout < 1:
-            raise CharrnnError(f"--dropout must be in [0, 1), got {self.dropout}")
-        if not 0 < self.plateau_factor < 1:
-            raise CharrnnError(f"--plateau-factor must be between 0 and 1, got {self.plateau_factor}")
-        if self.plateau_patience < 1:
-            raise CharrnnError(f"--plateau-patience must be at least 1, got {self.plateau_patience}")
-        for name in ("max_steps", "epochs", "warmup_steps", "train_windows", "val_windows", "sample_length",
-                     "patience"):
-            if getattr(self, name) < 0:
-                raise CharrnnError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
-        choices = {"cell": CELLS, "optimizer": OPTIMIZERS, "lr_schedule": SCHEDULES,
-                   "sampling": ("sequential", "random"), "device": DEVICES,
-                   "unknown": UNKNOWN_CHOICES, "amp": ("none", "bf16")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise CharrnnError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        if self.max_time:
-            parse_duration(self.max_time)
-
-    @classmethod
-    def from_dict(cls, values: dict, where: str = "config") -> "TrainConfig":
-        known = {f.name: f.type for f in fields(cls)}
-        strangers = sorted(set(values) - set(known))
-        if strangers:
-            raise CharrnnError(f"{where}: unknown setting(s) {', '.join(strangers)}")
-        for name, value in values.items():
-            allowed = SETTING_TYPES[known[name]]
-            if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
-                raise CharrnnError(f"{where}: {name} must be {known[name].replace(' | None', '')}, got {value!r}")
-        return cls(**values)
-
-    def model_config(self, vocab_size: int) -> ModelConfig:
-        return ModelConfig(vocab_size, self.cell, self.hidden, self.layers, self.dropout, self.init_sigma)
-
-
-def parse_duration(text: str) -> float:
-    """'90s', '10m', '1.5h' or a plain number of seconds -> seconds."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([smh]?)\s*", str(text))
-    if not m or float(m.group(1)) <= 0:
-        raise CharrnnError(f"--max-time takes a duration like 90s, 10m or 1h, got {text!r}")
-    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
-
-
-DEVICES = ("auto", "cpu", "cuda")
 
 
 def pick_device(name: str) -> torch.device:
@@ -493,7 +377,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
     # the texts move to the device once: every batch is then a slice there, with no copy
     # from the host per step
     vocab, train_ids, val_ids = corpus.vocab, corpus.train_ids.to(device), corpus.val_ids.to(device)
-    batches = make_batches(train_ids, config.sampling, global_batch, config.seq_len, config.seed)
+    batches = make_batches(train_ids, config.sampling, global_batch, config.seq_len, config.seed, config.stream_offsets)
     if not batches.carries_state and len(val_ids) <= config.seq_len:
         raise CharrnnError(f"the validation text is shorter than one window of {config.seq_len + 1} characters")
 
@@ -518,7 +402,8 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise CharrnnError(f"cannot resume from {resume}: its training state is damaged or does not fit: {reason}") from None
         if saved_batch != global_batch:  # other streams (or windows per batch): the same point of the epoch
-            saved_batches = make_batches(train_ids, config.sampling, saved_batch, config.seq_len, config.seed)
+            saved_batches = make_batches(train_ids, config.sampling, saved_batch, config.seq_len, config.seed,
+                                         config.stream_offsets)
             progress["index"] = progress["index"] * batches.batches_per_epoch // saved_batches.batches_per_epoch
             processes = f"{world_size()} process" + ("es" if world_size() > 1 else "")
             reporter.note(f"the global batch is now {global_batch} sequences (--batch-size {config.batch_size} x "

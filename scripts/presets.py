@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from charrnn.checkpoint import load_checkpoint
-from charrnn.cli import read_preset
+from charrnn.config import read_preset
 from charrnn.data import Vocab
 from charrnn.model import ModelConfig, build_model
 from charrnn.sample import generate

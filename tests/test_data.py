@@ -251,10 +251,10 @@ def test_corpus_and_dataset_together_is_an_error(tmp_path):
 
 
 def test_stream_batches_are_contiguous_streams():
-    N, B, T = 203, 4, 5
+    N, B, T = 208, 4, 5
     ids = torch.arange(N)
-    batches = StreamBatches(ids, B, T)
-    length = (N - 1) // B  # 50 characters per stream
+    batches = StreamBatches(ids, B, T, offsets="fixed")
+    length = (N - T) // B  # 50 characters per stream, with room for an offset < T
     assert batches.batches_per_epoch == length // T == 10
     previous = None
     for i in range(batches.batches_per_epoch):
@@ -267,22 +267,42 @@ def test_stream_batches_are_contiguous_streams():
         if previous is not None:
             assert torch.equal(X[:, 0], previous[:, -1] + 1)  # each stream continues
         previous = X
-    first_again, _ = batches.batch(1, 0)  # a new epoch starts every stream from its start
+    first_again, _ = batches.batch(1, 0)  # fixed: a new epoch starts every stream from its start
     assert torch.equal(first_again, batches.batch(0, 0)[0])
+
+
+def test_stream_batches_move_their_offset_every_epoch():
+    N, B, T = 1000, 4, 16
+    batches = StreamBatches(torch.arange(N), B, T, seed=3)
+    starts = []
+    for epoch in range(12):
+        X, Y = batches.batch(epoch, 0)
+        offset = int(X[0, 0])
+        assert 0 <= offset < T and torch.equal(Y, X + 1)
+        for i in range(1, batches.batches_per_epoch):  # streams stay contiguous within the epoch
+            X_next, Y_next = batches.batch(epoch, i)
+            assert torch.equal(X_next[:, 0], X[:, -1] + 1) and int(Y_next.max()) < N
+            X = X_next
+        starts.append(offset)
+    assert len(set(starts)) > 3  # the truncation points move from epoch to epoch
+    again = StreamBatches(torch.arange(N), B, T, seed=3)  # the same seed draws the same (exact resume)
+    assert [int(again.batch(e, 0)[0][0, 0]) for e in range(12)] == starts
+    other = StreamBatches(torch.arange(N), B, T, seed=4)
+    assert [int(other.batch(e, 0)[0][0, 0]) for e in range(12)] != starts
 
 
 def test_stream_batches_accept_narrow_ids():
     ids = torch.arange(200).to(torch.uint8)
-    X, Y = StreamBatches(ids, 3, 7).batch(0, 2)
+    X, Y = StreamBatches(ids, 3, 7, offsets="fixed").batch(0, 2)
     assert X.dtype == torch.int64
-    assert X[1].tolist() == list(range(66 + 14, 66 + 21))
+    assert X[1].tolist() == list(range(64 + 14, 64 + 21))
 
 
 def test_stream_batches_too_short():
     with pytest.raises(CharrnnError) as info:
         StreamBatches(torch.arange(40), 4, 16)
     message = one_line(info)
-    assert "--seq-len 16" in message and "65" in message
+    assert "--seq-len 16" in message and "80" in message
 
 
 # ---------------------------------------------------------------- window batches

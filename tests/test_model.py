@@ -236,6 +236,85 @@ def test_init_sigma_scales_the_weights():
     assert gru.W_xh.shape == (7, 15) and gru.b_xh.shape == (15,) and gru.b_hh.shape == (15,)
 
 
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_torch_init_starts_as_torch_nn_does(cell):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(60, cell, 64, 2, init="torch", forget_bias=1.0))
+    bound = 1 / 64 ** 0.5
+    first, second = model.rnn.cells
+    assert 0.9 < first.W_xh.std().item() < 1.1  # the one-hot table, as nn.Embedding starts
+    for W in (first.W_hh, second.W_xh, second.W_hh, model.W_hq):
+        assert W.abs().max().item() <= bound and W.std().item() > 0.8 * bound / 3 ** 0.5
+    if cell == "lstm":
+        assert torch.all(first.b_h[64:128] == 1) and torch.all(first.b_h[:64] == 0)  # the forget gate only
+
+
+def test_orthogonal_init_makes_every_recurrent_gate_block_orthogonal():
+    model = build_model(ModelConfig(10, "gru", 16, 1, init="orthogonal"))
+    for block in model.rnn.cells[0].W_hh.detach().split(16, dim=1):
+        assert torch.allclose(block.T @ block, torch.eye(16), atol=1e-5)
+
+
+def test_book_init_is_the_books_whatever_else_is_set():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(60, "lstm", 64, 1, init="book", init_sigma=0.02))
+    assert 0.018 < model.rnn.cells[0].W_hh.std().item() < 0.022 and 0.018 < model.W_hq.std().item() < 0.022
+    assert torch.all(model.rnn.cells[0].b_h == 0)
+
+
+def test_weight_drop_masks_the_recurrent_matrix_once_per_batch_in_training(monkeypatch):
+    from charrnn import bptt
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(9, "lstm", 16, 1, weight_drop=0.5, init="torch"))
+    seen = []
+    real_scan = bptt.lstm_scan
+    monkeypatch.setattr(bptt, "lstm_scan", lambda xp, h, c, W: seen.append(W) or real_scan(xp, h, c, W))
+    X = torch.randint(0, 9, (3, 5))
+    W_hh = model.rnn.cells[0].W_hh
+    model.train()
+    logits, _ = model(X)
+    logits.sum().backward()
+    kept = seen[0] != 0
+    assert 0.35 < kept.float().mean().item() < 0.65
+    assert torch.allclose(seen[0][kept], 2 * W_hh[kept])  # the rest scaled by 1 / (1 - p)
+    assert torch.all(W_hh.grad[~kept] == 0) and W_hh.grad[kept].abs().sum() > 0  # dropped entries learn nothing
+    model(X)
+    assert not torch.equal(seen[1] != 0, kept)  # a fresh mask for the next batch
+    model.eval()
+    model(X)
+    assert seen[2] is W_hh  # never in evaluation
+
+
+@pytest.mark.parametrize("locked", [False, True])
+def test_dropout_masks_outputs_in_training_only_and_locked_masks_hold_for_a_sequence(locked):
+    torch.manual_seed(0)
+    stack = StackedScratch([RNNScratch(4, 6)], dropout=0.5, locked=locked)
+    ones = torch.ones(20, 3, 6)
+    stack.train()
+    first, second = stack.dropout(ones), stack.dropout(ones)
+    assert set(first.unique().tolist()) == {0.0, 2.0}
+    assert not torch.equal(first, second)  # fresh masks for every batch
+    same_over_time = all(torch.equal(first[t], first[0]) for t in range(20))
+    assert same_over_time == locked
+    stack.eval()
+    assert torch.equal(stack.dropout(ones), ones)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_dropout_never_touches_the_carried_state(cell):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(9, cell, 16, 1, dropout=0.5, locked_dropout=True, init="torch")).double()
+    X = torch.randint(0, 9, (3, 7))
+    model.train()
+    logits_train, state_train = model(X)
+    model.eval()
+    logits_eval, state_eval = model(X)
+    assert not torch.allclose(logits_train, logits_eval)  # the outputs were dropped ...
+    for a, b in zip(torch.utils._pytree.tree_leaves(state_train), torch.utils._pytree.tree_leaves(state_eval)):
+        assert torch.allclose(a, b)  # ... the state was not
+
+
 def test_build_model_rejects_unknown_cells():
     with pytest.raises(ValueError, match="unknown cell"):
         build_model(ModelConfig(vocab_size=5, cell="transformer"))

@@ -240,16 +240,34 @@ def test_reporter_sees_start_evaluations_and_finish(tmp_path):
     assert start["total_steps"] == 4 and start["step"] == 0
 
 
-def test_exact_resume_equals_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("common, split_at", [
+    (dict(layers=2, dropout=0.2, max_steps=5), 2),
+    # 16 batches an epoch: the resume falls inside the second epoch, whose stream offset it must redraw
+    (dict(dropout=0.3, locked_dropout=True, weight_drop=0.3, max_steps=40), 19),
+])
+def test_exact_resume_equals_an_uninterrupted_run(tmp_path, common, split_at):
     (tmp_path / "c.txt").write_text(make_text(600))
-    common = dict(layers=2, dropout=0.2, max_steps=5)
     train(tiny_config(tmp_path / "c.txt", tmp_path / "straight", **common))
-    train(tiny_config(tmp_path / "c.txt", tmp_path / "split", **{**common, "max_steps": 2}))
+    train(tiny_config(tmp_path / "c.txt", tmp_path / "split", **{**common, "max_steps": split_at}))
     summary = train(tiny_config(tmp_path / "c.txt", tmp_path / "split", **common), resume=tmp_path / "split")
-    assert summary["steps"] == 5
+    assert summary["steps"] == common["max_steps"]
     straight, split = (load_checkpoint(tmp_path / name / "last.pt") for name in ("straight", "split"))
     assert state_dicts_equal(straight["model"], split["model"])
     assert straight["progress"]["chars_seen"] == split["progress"]["chars_seen"]
+
+
+def test_a_run_from_before_init_and_stream_offsets_existed_resumes_as_it_began(tmp_path):
+    from charrnn.config import resumed_config
+
+    (tmp_path / "c.txt").write_text(make_text(600))
+    train(tiny_config(tmp_path / "c.txt", tmp_path / "old", init="book", stream_offsets="fixed"))
+    ckpt = load_checkpoint(tmp_path / "old" / "last.pt")
+    for name in ("init", "stream_offsets", "forget_bias", "weight_drop", "locked_dropout"):
+        del ckpt["config"][name]
+    torch.save(ckpt, tmp_path / "old" / "last.pt")
+    values = resumed_config(tmp_path / "old", {"max_steps": 6})
+    assert values["init"] == "book" and values["stream_offsets"] == "fixed"
+    assert train(TrainConfig(**{**values, "max_steps": 6}), resume=tmp_path / "old")["steps"] == 6
 
 
 # ---------------------------------------------------------------- settings

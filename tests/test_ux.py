@@ -76,6 +76,35 @@ def test_help_shows_the_defaults_written_in_help_texts():
     assert "runs/YYYYmmdd-HHMMSS" in result.output
 
 
+def test_every_training_setting_is_an_option_whose_default_is_the_configs():
+    from dataclasses import fields
+
+    from typer.main import get_command
+
+    from charrnn.cli import app
+
+    train_command = get_command(app).commands["train"]
+    options = {param.name: param for param in train_command.params}
+    defaults = TrainConfig()
+    for field in fields(TrainConfig):
+        assert field.name in options, f"--{field.name.replace('_', '-')} is missing"
+        default = options[field.name].default
+        expected = getattr(defaults, field.name)
+        assert (str(default) if field.name in ("corpus", "val_file") and default else default) == expected, field.name
+
+
+def test_an_option_left_at_its_default_leaves_the_presets_value(tmp_path, corpus):
+    preset = tmp_path / "p.toml"
+    preset.write_text('hidden = 12\nlr = 0.01\n')
+    out = tmp_path / "run"
+    result = invoke("train", corpus, "--config", preset, "--lr", "0.002", "--max-steps", 1, "--batch-size", 2,
+                    "--seq-len", 8, "--eval-every", 1, "--out", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    written = (out / "config.toml").read_text()
+    assert "hidden = 12\n" in written  # from the preset: --hidden was not given
+    assert "lr = 0.002\n" in written  # given, although it equals the default: it replaces the preset's
+
+
 def test_the_cli_module_loads_neither_torch_nor_matplotlib():
     import subprocess
 

@@ -1,0 +1,202 @@
+"""Every setting of a run, in one place: the model's (ModelConfig, stored in every
+checkpoint) and the training run's (TrainConfig, whose fields are the command line's
+options and a preset's keys), how a preset is read, and what a resumed run may change.
+
+Standard library only: the command line reads its defaults from here without importing torch.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from charrnn.errors import CharrnnError
+
+CELLS = ("rnn", "gru", "lstm")
+INITS = ("book", "torch", "orthogonal")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "plateau")
+DEVICES = ("auto", "cpu", "cuda")
+UNKNOWN_CHOICES = ("error", "skip")  # what to do with validation characters outside the vocabulary
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a model: stored in every checkpoint."""
+
+    vocab_size: int
+    cell: str = "rnn"
+    hidden: int = 256
+    layers: int = 1
+    dropout: float = 0.0
+    init_sigma: float = 0.01  # with init "book": every weight starts as N(0, sigma^2), biases as 0
+    init: str = "book"  # book | torch | orthogonal (see init_weights)
+    forget_bias: float = 0.0  # LSTM: the forget gate's bias starts here (1 keeps memory early on)
+    weight_drop: float = 0.0  # DropConnect on W_hh: one mask per batch, in training only
+    locked_dropout: bool = False  # dropout masks shared by every time step of a sequence
+
+
+# The annotations of TrainConfig's fields (strings, by `from __future__ import annotations`)
+# and the values a preset may give them.
+SETTING_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "str | None": (str, type(None))}
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run. A preset (configs/*.toml) uses these names as keys;
+    the command line overrides the preset, which overrides these defaults."""
+
+    # data
+    corpus: str | None = None  # a UTF-8 file; with no corpus and no dataset: the built-in corpus
+    dataset: str | None = None  # timemachine | tinyshakespeare (downloaded once, cached)
+    val_file: str | None = None
+    val_fraction: float = 0.1
+    normalize: str = "none"  # none | letters (the d2l book's preprocessing)
+    sampling: str = "sequential"  # sequential (carried state) | random (d2l windows, zero state)
+    stream_offsets: str = "random"  # sequential: a new start offset every epoch (random) or none (fixed)
+    train_windows: int = 0  # with both windows > 0: the d2l split by windows instead of val_fraction
+    val_windows: int = 0
+    unknown: str = "error"  # validation characters the training text lacks: error | skip (drop them)
+    # model
+    cell: str = "lstm"
+    hidden: int = 256
+    layers: int = 1
+    dropout: float = 0.0
+    locked_dropout: bool = False  # one dropout mask per sequence instead of per step
+    weight_drop: float = 0.0  # DropConnect on the recurrent matrices W_hh
+    init: str = "torch"  # book | torch | orthogonal (charrnn.model.init_weights)
+    init_sigma: float = 0.01  # init book: every weight starts as N(0, sigma^2)
+    forget_bias: float = 0.0  # LSTM: the forget gate's bias starts here
+    # optimisation
+    optimizer: str = "adam"
+    lr: float = 2e-3
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    min_lr_fraction: float = 0.1  # cosine decays to lr * min_lr_fraction
+    plateau_factor: float = 0.5  # plateau multiplies lr by this ...
+    plateau_patience: int = 2  # ... after this many evaluations without a new best validation loss
+    weight_decay: float = 0.0
+    clip: float = 1.0
+    batch_size: int = 32
+    seq_len: int = 64
+    # when to stop: whichever comes first; with none of the three, 10 epochs
+    max_steps: int = 0
+    epochs: float = 0.0
+    max_time: str = ""  # 90s, 10m, 1h
+    patience: int = 0  # early stopping: stop after this many evaluations without a new best (0: off)
+    # bookkeeping
+    eval_every: int = 200
+    seed: int = 0
+    device: str = "auto"
+    tf32: bool = False  # CUDA: TF32 matmuls (10-bit mantissa products, float32 accumulation)
+    amp: str = "none"  # none | bf16: CUDA autocast to bfloat16 (the recurrences stay float32)
+    cuda_graphs: bool = True  # CUDA, one process: replay each training step as a CUDA graph
+    out: str = ""  # run directory; default runs/<timestamp>
+    # a sample printed after training
+    sample_prefix: str = ""
+    sample_length: int = 200
+    sample_greedy: bool = False
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        positive = ("hidden", "layers", "batch_size", "seq_len", "eval_every")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise CharrnnError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            raise CharrnnError(f"--lr must be a positive number, got {self.lr}")
+        if not self.clip > 0:
+            raise CharrnnError(f"--clip must be positive, got {self.clip}")
+        for name in ("dropout", "weight_drop"):
+            if not 0 <= getattr(self, name) < 1:
+                raise CharrnnError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)}")
+        if not 0 < self.plateau_factor < 1:
+            raise CharrnnError(f"--plateau-factor must be between 0 and 1, got {self.plateau_factor}")
+        if self.plateau_patience < 1:
+            raise CharrnnError(f"--plateau-patience must be at least 1, got {self.plateau_patience}")
+        for name in ("max_steps", "epochs", "warmup_steps", "train_windows", "val_windows", "sample_length",
+                     "patience"):
+            if getattr(self, name) < 0:
+                raise CharrnnError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
+        choices = {"cell": CELLS, "optimizer": OPTIMIZERS, "lr_schedule": SCHEDULES,
+                   "sampling": ("sequential", "random"), "stream_offsets": ("random", "fixed"),
+                   "init": INITS, "device": DEVICES,
+                   "unknown": UNKNOWN_CHOICES, "amp": ("none", "bf16")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise CharrnnError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.max_time:
+            parse_duration(self.max_time)
+
+    @classmethod
+    def from_dict(cls, values: dict, where: str = "config") -> "TrainConfig":
+        known = {f.name: f.type for f in fields(cls)}
+        strangers = sorted(set(values) - set(known))
+        if strangers:
+            raise CharrnnError(f"{where}: unknown setting(s) {', '.join(strangers)}")
+        for name, value in values.items():
+            allowed = SETTING_TYPES[known[name]]
+            if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+                raise CharrnnError(f"{where}: {name} must be {known[name].replace(' | None', '')}, got {value!r}")
+        return cls(**values)
+
+    def model_config(self, vocab_size: int) -> ModelConfig:
+        return ModelConfig(vocab_size, self.cell, self.hidden, self.layers, self.dropout, self.init_sigma, self.init,
+                           self.forget_bias, self.weight_drop, self.locked_dropout)
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '10m', '1.5h' or a plain number of seconds -> seconds."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([smh]?)\s*", str(text))
+    if not m or float(m.group(1)) <= 0:
+        raise CharrnnError(f"--max-time takes a duration like 90s, 10m or 1h, got {text!r}")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+
+
+
+def read_preset(path: Path) -> dict:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise CharrnnError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise CharrnnError(f"config file {path} is not valid TOML: {e}") from None
+
+
+# Settings that a checkpoint written before they existed ran with (where today's default
+# differs), so that resuming it continues exactly as it began.
+BEFORE_THEY_EXISTED = {"stream_offsets": "fixed", "init": "book"}
+
+
+# What may change when a run resumes: how long it goes on and where; not the model or data.
+# The batch size may, so that a run resumed on another number of processes can keep its
+# global batch (--batch-size x processes).
+RESUMABLE = {"max_steps", "epochs", "max_time", "patience", "eval_every", "device", "batch_size", "tf32", "amp",
+             "cuda_graphs", "sample_prefix", "sample_length", "sample_greedy"}
+
+
+def resumed_config(run: Path, given: dict) -> dict:
+    """The settings of the run that `run` (a run directory or checkpoint) holds, with the
+    options `given` on the command line; an option that may not change is refused."""
+    from charrnn.checkpoint import LAST_FIRST, load_checkpoint, resolve_checkpoint
+
+    path = resolve_checkpoint(run, order=LAST_FIRST)
+    values = load_checkpoint(path).get("config")
+    if not isinstance(values, dict):
+        raise CharrnnError(f"{path} records no training settings, so it cannot be resumed")
+    values = {**BEFORE_THEY_EXISTED, **values}
+    fixed = sorted(k for k in given if k not in RESUMABLE and given[k] != values.get(k))
+    if fixed:
+        names = ", ".join("--" + k.replace("_", "-") for k in fixed)
+        raise CharrnnError(f"{names} cannot change when resuming a run (start a new run instead)")
+    return values
