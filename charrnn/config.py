@@ -66,15 +66,15 @@ class TrainConfig:
     dropout: float = 0.0
     locked_dropout: bool = False  # one dropout mask per sequence instead of per step
     weight_drop: float = 0.0  # DropConnect on the recurrent matrices W_hh
-    init: str = "torch"  # book | torch | orthogonal (charrnn.model.init_weights)
+    init: str = "orthogonal"  # book | torch | orthogonal (charrnn.model.init_weights)
     init_sigma: float = 0.01  # init book: every weight starts as N(0, sigma^2)
     forget_bias: float = 0.0  # LSTM: the forget gate's bias starts here
     # optimisation
     optimizer: str = "adam"
     lr: float = 2e-3
-    lr_schedule: str = "constant"
+    lr_schedule: str = "cosine"
     warmup_steps: int = 0
-    min_lr_fraction: float = 0.1  # cosine decays to lr * min_lr_fraction
+    min_lr_fraction: float = 0.05  # cosine decays to lr * min_lr_fraction
     plateau_factor: float = 0.5  # plateau multiplies lr by this ...
     plateau_patience: int = 2  # ... after this many evaluations without a new best validation loss
     weight_decay: float = 0.0

@@ -274,7 +274,7 @@ def test_a_run_from_before_init_and_stream_offsets_existed_resumes_as_it_began(t
 
 
 def test_learning_rate_schedule():
-    config = TrainConfig(lr=0.1, warmup_steps=4)
+    config = TrainConfig(lr=0.1, warmup_steps=4, lr_schedule="constant")
     assert lr_at(config, 0.0, 0) == pytest.approx(0.025)
     assert lr_at(config, 0.0, 3) == pytest.approx(0.1)
     assert lr_at(config, 0.9, 10) == pytest.approx(0.1)
