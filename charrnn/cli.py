@@ -452,7 +452,7 @@ def plot(
     """Draw learning curves: train and validation perplexity against step, runs on the same axes.
 
     One colour per run, validation solid, train dashed, log-scale perplexity. Needs
-    matplotlib: pip install charrnn[plot].
+    matplotlib: pip install matplotlib.
     """
     from charrnn.plot import plot_runs
 
