@@ -117,10 +117,10 @@ def train(
     seq_len: Annotated[int, Opt(help="Characters per sequence (truncated BPTT length).")] = D.seq_len,
     max_steps: Annotated[int, Opt(help="Stop after this many steps in all (0: no limit).")] = D.max_steps,
     epochs: Annotated[float, Opt(help="Stop after this many passes over the training text (0: no limit; 10 when no other limit is given).")] = D.epochs,
-    max_time: Annotated[str, Opt(help="Stop after this much training time: 90s, 10m, 1h (empty: no limit).", show_default=False)] = D.max_time,
+    max_time: Annotated[str, Opt(help="A time budget: 90s, 10m, 1h (empty: none). Turned once into a step count, from the measured time of a step and of an evaluation; the count is printed and recorded, so --max-steps with it repeats the run.", show_default=False)] = D.max_time,
     patience: Annotated[int, Opt(help="Early stopping: stop after this many evaluations without a new best validation loss (0: off).")] = D.patience,
     eval_every: Annotated[int, Opt(help="Evaluate (and checkpoint) every N steps.")] = D.eval_every,
-    seed: Annotated[int, Opt(help="Random seed; CPU runs with the same seed repeat exactly.")] = D.seed,
+    seed: Annotated[int, Opt(help="Random seed; a CPU run repeats exactly with the same seed, settings and number of processes (a --max-time run: with --max-steps of the step count it printed).")] = D.seed,
     device: Annotated[str, Opt(help="auto, cpu or cuda.")] = D.device,
     tf32: Annotated[bool, Opt("--tf32/--no-tf32", help="CUDA: TF32 float32 matmuls (faster on Ampere and later GPUs, products rounded to 10 mantissa bits). No effect on a CPU.")] = D.tf32,
     amp: Annotated[str, Opt(help="none, or bf16: CUDA autocast to bfloat16 for the output layer and deeper layers' input projections; the recurrences stay float32. No effect on a CPU.")] = D.amp,
@@ -438,7 +438,7 @@ def plot(
     """Draw learning curves: train and validation perplexity against step, runs on the same axes.
 
     One colour per run, validation solid, train dashed, log-scale perplexity. Needs
-    matplotlib: pip install charrnn[plot].
+    matplotlib: pip install matplotlib.
     """
     from charrnn.plot import plot_runs
 

@@ -1,8 +1,9 @@
 """Learning curves: train and validation perplexity against step, read from the
 `metrics.jsonl` of one or several run directories and drawn on the same axes.
 
-matplotlib is the optional extra `plot`; it is imported only when a curve is drawn, with
-the Agg backend (no display needed), so training works without it.
+matplotlib is optional (this project's extra `plot`, or `pip install matplotlib`); it is
+imported only when a curve is drawn, with the Agg backend (no display needed), so
+training works without it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from charrnn.errors import CharrnnError
 
-MISSING_MATPLOTLIB = "matplotlib is not installed (pip install charrnn[plot])"
+MISSING_MATPLOTLIB = "matplotlib is not installed (pip install matplotlib)"
 
 
 def pyplot():

@@ -50,17 +50,19 @@ class TerminalReporter(Reporter):
         self.patience = info["config"].get("patience", 0)
         if self.quiet:
             return
-        budget = []
-        if info["total_steps"]:
-            budget.append(f"{info['total_steps']} steps")
-        if math.isfinite(info["max_time"]):
-            budget.append(f"{info['max_time']:.0f}s")
         c = info["config"]
+        budget = f"{info['total_steps']} steps"
+        plan = info.get("time_plan")
+        if info.get("limited_by") == "--max-time" and plan:
+            budget += (f" (what fits in --max-time {c['max_time']}: {plan.step_seconds * 1000:.3g} ms a step "
+                       f"and {plan.eval_seconds:.2g} s an evaluation, measured)")
+        elif info.get("limited_by") == "--max-time":
+            budget += f" (planned for --max-time {c['max_time']})"
         self.console.print(
             f"training a {c['layers']}-layer {c['cell'].upper()} ({c['hidden']} hidden, "
             f"{info['parameters']:,} parameters) on {info['train_chars']:,} characters "
             f"(vocabulary {info['vocab_size']}; {info['val_chars']:,} for validation), "
-            f"{' or '.join(budget)} on {info['device']}; run: {info['run']}",
+            f"{budget} on {info['device']}; run: {info['run']}",
             highlight=False,
         )
         if self.live:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from charrnn import bptt, cuda_graphs
+from charrnn import bptt, budget, cuda_graphs
 from charrnn.checkpoint import LAST_FIRST, load_checkpoint, remove_stale_temporaries, resolve_checkpoint, save_checkpoint
 from charrnn.config import DEVICES, TrainConfig, parse_duration
 from charrnn.data import load_corpus, make_batches, reload_corpus, save_encoded
@@ -220,6 +220,27 @@ def lr_at(config: TrainConfig, progress: float, step: int, plateau_scale: float 
     return config.lr
 
 
+def step_limits(config: TrainConfig, batches_per_epoch: int) -> dict[str, int]:
+    """The step counts that --max-steps and --epochs allow, by option (with no limit at all,
+    10 epochs); --max-time's planned steps join them in train()."""
+    epochs = config.epochs or (0 if (config.max_steps or config.max_time) else 10)
+    limits = {"--max-steps": config.max_steps} if config.max_steps else {}
+    if epochs:
+        limits["--epochs"] = max(1, round(epochs * batches_per_epoch))
+    return limits
+
+
+def nothing_left(run: Path, step: int, limits: dict[str, int], config: TrainConfig) -> CharrnnError:
+    """A resumed run whose budget is spent: which limits stop it, and which to raise."""
+    spent = [option for option, steps in limits.items() if steps <= step]
+    given = {"--max-steps": config.max_steps, "--epochs": f"{config.epochs or 10:g}", "--max-time": config.max_time}
+    said = " and ".join(f"{option} {given[option]} ({limits[option]} steps)" if option != "--max-steps"
+                        else f"{option} {given[option]}" for option in spent)
+    allow = "allows" if len(spent) == 1 else "allow"
+    return CharrnnError(f"nothing left to train: {run} has done {step} steps, all that {said} {allow}; "
+                        f"resume with a larger {' and '.join(spent)} to train it further")
+
+
 def after_evaluation(config: TrainConfig, progress: dict, val_loss: float) -> None:
     """Count evaluations without a new best validation loss; every `plateau_patience` of
     them the plateau schedule multiplies its scale by `plateau_factor`. The counters live in
@@ -418,17 +439,44 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
         point_latest(run)
     parallel_model = data_parallel(model, device)
 
-    max_time = parse_duration(config.max_time) if config.max_time else math.inf
-    epochs = config.epochs or (0 if (config.max_steps or config.max_time) else 10)
-    step_limits = [config.max_steps] if config.max_steps else []
-    if epochs:
-        step_limits.append(max(1, round(epochs * batches.batches_per_epoch)))
-    total_steps = min(step_limits) if step_limits else None
+    model.train()
+    started = time.perf_counter() - progress["elapsed"]  # (the time budget's measurement counts)
+    amp = device.type == "cuda" and config.amp == "bf16"
+    # CUDA graphs with one process only (DDP's gradient hooks are not captured here)
+    train_step = TrainStep(parallel_model, params, config.clip, amp,
+                           graphs=config.cuda_graphs and device.type == "cuda" and parallel_model is model)
+    limits = step_limits(config, batches.batches_per_epoch)
+    max_time, time_plan = parse_duration(config.max_time) if config.max_time else math.inf, None
+    if config.max_time and progress.get("planned_for") != max_time:  # a new run, or a new --max-time
+
+        def trial_step(i: int) -> None:
+            X, Y = batches.batch(0, 0)
+            train_step(X[mine], Y[mine], None, divisor=Y.numel() / n_processes)
+            trial_optimizer.step()
+
+        def trial_evaluation() -> None:
+            evaluate(model, val_ids, batch_size=global_batch, seq_len=config.seq_len,
+                     carry_state=batches.carries_state, device=device, shard=(rank(), world_size()))
+
+        trial_optimizer = make_optimizer(config, params)
+        with cuda_precision(device, config.tf32):
+            time_plan = budget.plan(max_time - progress["elapsed"], config.eval_every, trial_step,
+                                    trial_evaluation, params, device)
+        del trial_optimizer  # its moments: twice the model's size
+        # a new run trains at least one step
+        progress["planned_steps"] = progress["step"] + max(time_plan.steps, 0 if ckpt else 1)
+        progress["planned_for"] = max_time
+    if config.max_time:
+        limits["--max-time"] = progress["planned_steps"]
+    total_steps = min(limits.values())
+    if progress["step"] >= total_steps:
+        raise nothing_left(run, progress["step"], limits, config)
     device_text = f"{world_size()} processes ({device.type})" if world_size() > 1 else str(device)
     reporter.start({"run": str(run), "device": device_text, "parameters": num_parameters(model),
                     "vocab_size": len(vocab), "train_chars": len(train_ids), "val_chars": len(val_ids),
-                    "total_steps": total_steps, "max_time": max_time, "step": progress["step"],
-                    "best_val_loss": progress["best_val_loss"],
+                    "total_steps": total_steps, "max_time": max_time, "time_plan": time_plan,
+                    "limited_by": min(limits, key=limits.get),
+                    "step": progress["step"], "best_val_loss": progress["best_val_loss"],
                     "batches_per_epoch": batches.batches_per_epoch, "config": asdict(config)})
 
     def stop_diverged(what: str) -> CharrnnError:
@@ -487,26 +535,18 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
         reporter.evaluation(record)
         return record
 
-    model.train()
-    started = time.perf_counter() - progress["elapsed"]
     # train loss: the mean since the last evaluation (summed on the device: no per-step sync);
     # chars/s: over the last half second or so
     loss_sum, loss_steps = torch.zeros((), device=device), 0
     window_chars, window_start = 0, time.perf_counter()
     train_loss, chars_per_s, last_record, stopped_early = math.nan, 0.0, None, False
-    amp = device.type == "cuda" and config.amp == "bf16"
-    # CUDA graphs with one process only (DDP's gradient hooks are not captured here)
-    train_step = TrainStep(parallel_model, params, config.clip, amp,
-                           graphs=config.cuda_graphs and device.type == "cuda" and parallel_model is model)
     with StopRequest() as stop, cuda_precision(device, config.tf32):
         while True:
             # all processes leave the loop at the same step (nothing to agree on alone)
             progress["elapsed"], stopped_by = agree_to_stop(time.perf_counter() - started, stop.requested)
-            if stopped_by or (total_steps is not None and progress["step"] >= total_steps) \
-                    or progress["elapsed"] >= max_time:
+            if stopped_by or progress["step"] >= total_steps:
                 break
-            fraction = max(progress["step"] / total_steps if total_steps else 0.0, progress["elapsed"] / max_time)
-            lr = lr_at(config, fraction, progress["step"], progress["lr_scale"])
+            lr = lr_at(config, progress["step"] / total_steps, progress["step"], progress["lr_scale"])
             for group in optimizer.param_groups:
                 group["lr"] = lr
 
@@ -544,7 +584,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
                 progress["elapsed"] = now - started
                 reporter.progress({"step": progress["step"], "total_steps": total_steps, "loss": train_loss,
                                    "lr": lr, "chars_per_s": chars_per_s, "elapsed": progress["elapsed"],
-                                   "max_time": max_time, "epoch": progress["epoch"]})
+                                   "max_time": math.inf, "epoch": progress["epoch"]})  # steps, not the clock
                 window_chars, window_start = 0, now
             if at_eval:
                 last_record = run_evaluation(train_loss)

@@ -372,9 +372,9 @@ def test_without_matplotlib_training_works_and_plot_says_how_to_get_it(corpus, t
     result = invoke("train", corpus, *TINY, "--max-steps", 4, "--eval-every", 2, "--out", out)
     assert result.exit_code == 0
     assert result.stderr.strip() == ("curve.png skipped: matplotlib is not installed "
-                                     "(pip install charrnn[plot])")
+                                     "(pip install matplotlib)")
     assert (out / "best.pt").is_file() and not (out / "curve.png").exists()
-    one_line_error(invoke("plot", out), "matplotlib is not installed (pip install charrnn[plot])")
+    one_line_error(invoke("plot", out), "matplotlib is not installed (pip install matplotlib)")
 
 
 # ---------------------------------------------------------------- generation
