@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import signal
 import sys
@@ -350,8 +349,8 @@ def evaluate_command(
     file: Annotated[Optional[Path], typer.Argument(help="A UTF-8 text file. [default: the checkpoint's own validation split]", show_default=False)] = None,
     checkpoint: Annotated[Optional[Path], Opt(help="A checkpoint file or run directory. [default: the best checkpoint of runs/latest]", show_default=False)] = None,
     as_json: Annotated[bool, Opt("--json", help="Print one JSON object.")] = False,
-    batch_size: Annotated[int, Opt(help="Parallel streams the text is cut into.")] = 16,
-    seq_len: Annotated[int, Opt(help="Characters per forward call.")] = 256,
+    batch_size: Annotated[Optional[int], Opt(help="Parallel streams the text is cut into. [default: as training evaluated the checkpoint]", show_default=False)] = None,
+    seq_len: Annotated[Optional[int], Opt(help="Characters per forward call (and per window, for a run that evaluated windows). [default: as training evaluated the checkpoint]", show_default=False)] = None,
     unknown: Annotated[str, Opt(help="Characters of FILE outside the model's vocabulary: error, or skip (drop them, with a warning).")] = "error",
     show: Annotated[bool, Opt("--show", help="Print the text with each character shaded by the model's surprisal (bits), to see where it is confused.")] = False,
     show_chars: Annotated[int, Opt(help="How much of the text --show and --show-html shade: the first N characters.")] = 2000,
@@ -361,9 +360,9 @@ def evaluate_command(
     """Perplexity and bits per character of a model on FILE or on its validation split."""
     from charrnn.checkpoint import resolve_checkpoint
     from charrnn.data import check_unknown, read_text, reload_corpus, skipped_note
-    from charrnn.train import evaluate
+    from charrnn.evaluation import evaluate, nats_summary, recorded_layout
 
-    if batch_size < 1 or seq_len < 1:
+    if (batch_size is not None and batch_size < 1) or (seq_len is not None and seq_len < 1):
         raise CharrnnError("--batch-size and --seq-len must be positive")
     check_unknown(unknown)
     if show_chars < 2:
@@ -377,9 +376,8 @@ def evaluate_command(
             raise CharrnnError("the checkpoint does not record its corpus; give a FILE to eval")
         corpus = reload_corpus(source, cache_dir=resolve_checkpoint(checkpoint).parent)
         ids, what, notes = corpus.val_ids, "the validation split", corpus.notes
-        window = source["windows"][2] if "windows" in source else 0
     else:
-        text, what, window = read_text(file, "file", source.get("normalize", "none")), str(file), 0
+        text, what = read_text(file, "file", source.get("normalize", "none")), str(file)
         ids, dropped = vocab.ids_of(text, what=what, unknown=unknown, hint=" (--unknown skip drops them)",
                                     in_place=True)
         notes = text.notes + ([skipped_note(dropped, what)] if dropped else [])
@@ -387,13 +385,13 @@ def evaluate_command(
         raise CharrnnError(f"{what} is too short to evaluate (it needs at least 2 characters)")
     for note in notes:
         typer.echo(f"warning: {note}", err=True)
-    if window:  # the book's split: stride-1 windows of the run's seq_len, each from a zero state
-        loss_sum, count = evaluate(model, ids, batch_size=1024, seq_len=window, carry_state=False)
-    else:
-        loss_sum, count = evaluate(model, ids, batch_size=batch_size, seq_len=seq_len)
+    layout = recorded_layout(ckpt)  # the logged validation loss's, so that the two agree
+    layout.update({k: v for k, v in (("batch_size", batch_size), ("seq_len", seq_len)) if v is not None})
+    if not layout["carry_state"] and len(ids) <= layout["seq_len"]:
+        raise CharrnnError(f"{what} is shorter than one window of {layout['seq_len'] + 1} characters")
+    loss_sum, count = evaluate(model, ids, **layout)
     loss = loss_sum / count
-    result = {"perplexity": math.exp(min(loss, 709)), "bits_per_char": loss / math.log(2), "loss": loss,
-              "chars": count, "text": what}
+    result = {**nats_summary(loss), "chars": count, "text": what}
     if show or show_html:
         shown = what if len(ids) <= show_chars else f"the first {show_chars:,} characters of {what}"
         show_surprisal(model, vocab, vocab.decode(ids[:show_chars]), shown, show, show_html)
