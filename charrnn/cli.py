@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import signal
 import sys
@@ -256,6 +257,9 @@ def generate(
     checkpoint: Annotated[Optional[Path], Opt(help="A checkpoint file or run directory. [default: the best checkpoint of runs/latest]", show_default=False)] = None,
     prefix: Annotated[str, Opt(help="Text to warm the state up on; the continuation follows it.")] = "",
     prefix_file: Annotated[Optional[Path], Opt(help="Warm up on this UTF-8 file instead (a long prime); only the continuation is printed.")] = None,
+    adapt: Annotated[Optional[Path], Opt(help="First adapt the model to this UTF-8 text by dynamic evaluation, to continue its style (characters outside the vocabulary are dropped, with a warning); --prefix then follows it. The checkpoint is not changed.")] = None,
+    dyn_lr: Annotated[Optional[float], Opt(help="With --adapt: the learning rate of its updates. [default: 3e-05]", show_default=False)] = None,
+    dyn_decay: Annotated[Optional[float], Opt(help="With --adapt: the pull back towards the trained weights, in [0, 1]. [default: 0.001]", show_default=False)] = None,
     length: Annotated[int, Opt(help="Characters to generate.")] = 200,
     temperature: Annotated[float, Opt(help="Divide the logits by this: < 1 is safer, > 1 wilder.")] = 1.0,
     top_k: Annotated[int, Opt(help="Sample only among the k most likely characters (0: all).")] = 0,
@@ -276,6 +280,7 @@ def generate(
 
     if prefix and prefix_file:
         raise CharrnnError("give --prefix or --prefix-file, not both")
+    dynamic_settings(None, dyn_lr, dyn_decay)  # checked before the model loads
     if interactive and (as_json or samples > 1):
         raise CharrnnError("--interactive continues one sample at a prompt; it takes neither --json nor --samples")
     if prefix_file:
@@ -284,6 +289,8 @@ def generate(
     prefix = model_prefix(prefix, ckpt)
     stream = GenerationStream(model, vocab, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
                               samples=samples, seed=seed)
+    if adapt:
+        adapt_to_file(stream, adapt, ckpt, checkpoint, dynamic_settings(None, dyn_lr, dyn_decay))
     stream.feed(prefix, f"the prefix file {prefix_file}" if prefix_file else "the prefix")
     steps = stream.sample(length)  # checks --length before anything is printed, the prompt included
     if model.W_hq.device.type == "cpu" and samples == 1:
@@ -310,6 +317,21 @@ def generate(
     columns = list(zip(*steps)) or [()] * samples
     for i, chars in enumerate(columns, 1):
         typer.echo(f"--- sample {i} ---\n{prefix}{''.join(chars)}")
+
+
+def adapt_to_file(stream, path: Path, ckpt: dict, checkpoint, settings) -> None:
+    """Dynamic evaluation of the stream's model on the file, leaving the stream at its end."""
+    from charrnn.data import read_text
+    from charrnn.dynamic import adapt_stream
+
+    text = read_text(path, "adapt file", (ckpt.get("corpus") or {}).get("normalize", "none"))
+    ids, dropped = stream.vocab.ids_of(text, what=str(path), unknown="skip", in_place=True)
+    skipped = [f"dropped {dropped} character(s) of {path} that are not in the vocabulary"] if dropped else []
+    for note in text.notes + skipped:
+        typer.echo(f"warning: {note}", err=True)
+    if len(ids) < 2:
+        raise CharrnnError(f"the adapt file {path} has fewer than 2 characters the model knows")
+    adapt_stream(stream, ids, training_ids(ckpt, checkpoint), settings)
 
 
 def prompt_loop(stream, length: int, ckpt: dict) -> None:
@@ -356,8 +378,15 @@ def evaluate_command(
     show_chars: Annotated[int, Opt(help="How much of the text --show and --show-html shade: the first N characters.")] = 2000,
     show_html: Annotated[Optional[Path], Opt(help="Write the shaded text as a self-contained HTML page to this file.")] = None,
     device: Annotated[str, Opt(help="auto, cpu or cuda.")] = "auto",
+    dynamic: Annotated[bool, Opt("--dynamic", help="Also dynamic evaluation: the model adapts to the text as it reads it (a gradient step after each scored segment); prints the static and dynamic figures and the gain. The checkpoint is not changed.")] = False,
+    dyn_seq_len: Annotated[Optional[int], Opt(help="With --dynamic: characters per segment (one update each). [default: 50]", show_default=False)] = None,
+    dyn_lr: Annotated[Optional[float], Opt(help="With --dynamic: the update's learning rate (0: no adaptation). [default: 3e-05]", show_default=False)] = None,
+    dyn_decay: Annotated[Optional[float], Opt(help="With --dynamic: how strongly each update pulls the weights back towards the trained ones, in [0, 1]. [default: 0.001]", show_default=False)] = None,
 ):
-    """Perplexity and bits per character of a model on FILE or on its validation split."""
+    """Perplexity and bits per character of a model on FILE or on its validation split.
+
+    With --dynamic, also dynamic evaluation (Krause et al., 2018); see docs/dynamic-evaluation.md.
+    """
     from charrnn.checkpoint import resolve_checkpoint
     from charrnn.data import check_unknown, read_text, reload_corpus, skipped_note
     from charrnn.evaluation import evaluate, nats_summary, recorded_layout
@@ -369,6 +398,7 @@ def evaluate_command(
         raise CharrnnError(f"--show-chars must be at least 2, got {show_chars}")
     if show and as_json:
         raise CharrnnError("--show prints shaded text; it does not mix with --json (use --show-html FILE)")
+    settings = dynamic_settings(dyn_seq_len, dyn_lr, dyn_decay) if dynamic else None
     model, vocab, ckpt = load_model(checkpoint, device)
     source = ckpt.get("corpus") or {}
     if file is None:
@@ -390,16 +420,58 @@ def evaluate_command(
     if not layout["carry_state"] and len(ids) <= layout["seq_len"]:
         raise CharrnnError(f"{what} is shorter than one window of {layout['seq_len'] + 1} characters")
     loss_sum, count = evaluate(model, ids, **layout)
-    loss = loss_sum / count
-    result = {**nats_summary(loss), "chars": count, "text": what}
+    result = {**nats_summary(loss_sum / count), "chars": count, "text": what}
     if show or show_html:
         shown = what if len(ids) <= show_chars else f"the first {show_chars:,} characters of {what}"
         show_surprisal(model, vocab, vocab.decode(ids[:show_chars]), shown, show, show_html)
+    if settings:
+        result["dynamic"] = dynamic_figures(model, ids, training_ids(ckpt, checkpoint), settings)
     if as_json:
         typer.echo(json.dumps(result))
     else:
-        typer.echo(f"{what}: perplexity {result['perplexity']:.3f} | {result['bits_per_char']:.3f} "
-                   f"bits/char | loss {loss:.4f} nats/char | {count:,} characters")
+        typer.echo(f"{what}: {figures_line(result)} | {count:,} characters")
+    if settings and not as_json:
+        figures = result["dynamic"]
+        typer.echo(f"one stream in segments of {settings.seq_len}: static {figures_line(figures['static'])}")
+        typer.echo(f"dynamic (lr {settings.lr:g}, decay {settings.decay:g}): {figures_line(figures['dynamic'])}")
+        typer.echo(f"gain: {figures['gain']:.4f} nats/char ({figures['gain'] / math.log(2):.4f} bits/char)")
+
+
+def figures_line(figures: dict) -> str:
+    return (f"perplexity {figures['perplexity']:.3f} | {figures['bits_per_char']:.3f} bits/char | "
+            f"loss {figures['loss']:.4f} nats/char")
+
+
+def dynamic_settings(seq_len, lr, decay):
+    """DynamicSettings from the options given (None: the default)."""
+    from charrnn.dynamic import DynamicSettings
+
+    given = {"seq_len": seq_len, "lr": lr, "decay": decay}
+    return DynamicSettings(**{k: v for k, v in given.items() if v is not None})
+
+
+def training_ids(ckpt: dict, checkpoint):
+    """The checkpoint's training text as ids: dynamic evaluation's gradient statistics come from it."""
+    from charrnn.checkpoint import resolve_checkpoint
+    from charrnn.data import reload_corpus
+
+    source = ckpt.get("corpus")
+    if not isinstance(source, dict) or not source:
+        raise CharrnnError("the checkpoint does not record its training corpus, which dynamic evaluation needs")
+    return reload_corpus(source, cache_dir=resolve_checkpoint(checkpoint).parent).train_ids
+
+
+def dynamic_figures(model, ids, train_ids, settings) -> dict:
+    """Static and dynamic figures of one reading, the gain in nats/char and the settings."""
+    from dataclasses import asdict
+
+    from charrnn.dynamic import compare
+    from charrnn.evaluation import nats_summary
+
+    sums = compare(model, ids, train_ids, settings)
+    static, dynamic = (nats_summary(total / count) for total, count in (sums["static"], sums["dynamic"]))
+    return {"static": static, "dynamic": dynamic, "gain": static["loss"] - dynamic["loss"], "chars": sums["static"][1],
+            "settings": asdict(settings)}
 
 
 def show_surprisal(model, vocab, text: str, what: str, show: bool, html_file: Path | None) -> None:
