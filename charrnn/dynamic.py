@@ -51,12 +51,13 @@ class DynamicSettings:
             raise CharrnnError(f"--dyn-decay must be in [0, 1], got {self.decay}")
 
 
-def gradient_rms(model, train_ids: torch.Tensor, seq_len: int) -> list[torch.Tensor]:
+def gradient_rms(model, train_ids: torch.Tensor, seq_len: int, max_chars: int = STATS_CHARS) -> list[torch.Tensor]:
     """Per parameter, the root mean square of the gradient of a segment's mean loss, over
-    segments of `seq_len` characters of the training text (STATS_STREAMS streams read in
-    order, state carried). In eval mode; the model's gradients are left as they were."""
+    segments of `seq_len` characters of the first `max_chars` of the training text
+    (STATS_STREAMS streams read in order, state carried). In eval mode; the model's
+    gradients are left as they were."""
     params = list(model.parameters())
-    text = train_ids[: STATS_CHARS + 1]
+    text = train_ids[: max_chars + 1]
     streams = max(1, min(STATS_STREAMS, (len(text) - 1) // seq_len))
     length = (len(text) - 1) // streams
     if length < 1:

@@ -117,3 +117,14 @@ def test_generate_adapt(cli, trained_run, tmp_path):
     several = json.loads(cli(*args, "--adapt", style, "--dyn-lr", "0.01", "--samples", "3", "--json").assert_ok().stdout)
     assert len(several["samples"]) == 3 and all(len(s) == 40 for s in several["samples"])
     cli(*args, "--adapt", style, "--dyn-decay", "-1").assert_one_line_error("--dyn-decay")
+
+
+def test_the_help_shows_the_defaults_the_library_uses(cli):
+    from dataclasses import fields
+
+    defaults = {f.name: f.default for f in fields(DynamicSettings)}
+    help_text = " ".join(cli("eval", "--help").assert_ok().stdout.split())
+    for name in ("seq_len", "lr", "decay"):
+        assert f"[default: {defaults[name]:g}]" in help_text, name
+    adapt_help = " ".join(cli("generate", "--help").assert_ok().stdout.split())
+    assert f"[default: {defaults['lr']:g}]" in adapt_help and f"[default: {defaults['decay']:g}]" in adapt_help
