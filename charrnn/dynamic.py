@@ -34,13 +34,16 @@ STATS_CHARS = 65536
 
 @dataclass
 class DynamicSettings:
-    """Defaults tuned on the tail of tinyshakespeare's training split (docs/dynamic-evaluation.md);
-    seq_len is in the paper's range for characters."""
+    """lr and decay: tuned on the tail of tinyshakespeare's training split with a model of
+    the shakespeare preset's size (docs/dynamic-evaluation.md); seq_len is in the paper's
+    range for characters."""
 
     seq_len: int = 50
     lr: float = 3e-5
     decay: float = 1e-3
-    epsilon_fraction: float = 0.1  # ε as a fraction of the mean rms: a parameter the statistics never moved steps at most ~10x the mean
+    # ε as a fraction of the mean rms: a weight whose gradient the statistics never saw
+    # moves at most ~10x as far as an average one, not without bound
+    epsilon_fraction: float = 0.1
 
     def __post_init__(self):
         if self.seq_len < 1:

@@ -42,6 +42,7 @@ def tune(model, ids, rms, seq_len, lrs, decays) -> tuple[list[str], DynamicSetti
     static = mean_loss(evaluate(model, ids, batch_size=1, seq_len=seq_len))
     lines = [f"Tuning text: the last {len(ids):,} characters of the training split; static loss {static:.4f} nats/char.",
              "", "| --dyn-lr | --dyn-decay | loss (nats/char) | gain |", "|---:|---:|---:|---:|"]
+    print(lines[0], flush=True)
     best = None
     for lr, decay in itertools.product(lrs, decays):
         settings = DynamicSettings(seq_len=seq_len, lr=lr, decay=decay)
