@@ -17,6 +17,8 @@ a hostile file cannot run code from it. Keys:
     corpus        where the text came from: kind, path or name, sha256, split
     rng           torch's CPU generator state, for exact resume
     state         the hidden state carried into the next batch (list per layer)
+    evaluation    the layout of the logged validation loss: batch_size, seq_len,
+                  carry_state (charrnn.evaluation.recorded_layout; older files lack it)
 
 Writes are atomic: a temporary file in the same directory, flushed and fsynced, then
 renamed over the target, so a crash never leaves a half-written checkpoint in its place.
@@ -38,7 +40,7 @@ from charrnn.errors import CharrnnError
 FORMAT = "charrnn-checkpoint"
 FORMAT_VERSION = 1
 REQUIRED = ("model_config", "vocab", "model")
-SECTIONS = ("model_config", "vocab", "model", "optimizer", "config", "progress", "corpus", "rng")  # dicts
+SECTIONS = ("model_config", "vocab", "model", "optimizer", "config", "progress", "corpus", "rng", "evaluation")  # dicts
 
 
 def save_checkpoint(payload: dict, path: str | Path) -> None:

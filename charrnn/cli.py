@@ -243,6 +243,9 @@ def generate(
     checkpoint: Annotated[Optional[Path], Opt(help="A checkpoint file or run directory. [default: the best checkpoint of runs/latest]", show_default=False)] = None,
     prefix: Annotated[str, Opt(help="Text to warm the state up on; the continuation follows it.")] = "",
     prefix_file: Annotated[Optional[Path], Opt(help="Warm up on this UTF-8 file instead (a long prime); only the continuation is printed.")] = None,
+    adapt: Annotated[Optional[Path], Opt(help="First adapt the model to this UTF-8 text by dynamic evaluation, to continue its style (characters outside the vocabulary are dropped, with a warning); --prefix then follows it. The checkpoint is not changed.")] = None,
+    dyn_lr: Annotated[Optional[float], Opt(help="With --adapt: the learning rate of its updates. [default: 3e-05]", show_default=False)] = None,
+    dyn_decay: Annotated[Optional[float], Opt(help="With --adapt: the pull back towards the trained weights, in [0, 1]. [default: 0.001]", show_default=False)] = None,
     length: Annotated[int, Opt(help="Characters to generate.")] = 200,
     temperature: Annotated[float, Opt(help="Divide the logits by this: < 1 is safer, > 1 wilder.")] = 1.0,
     top_k: Annotated[int, Opt(help="Sample only among the k most likely characters (0: all).")] = 0,
@@ -263,6 +266,7 @@ def generate(
 
     if prefix and prefix_file:
         raise CharrnnError("give --prefix or --prefix-file, not both")
+    dynamic_settings(None, dyn_lr, dyn_decay)  # checked before the model loads
     if interactive and (as_json or samples > 1):
         raise CharrnnError("--interactive continues one sample at a prompt; it takes neither --json nor --samples")
     if prefix_file:
@@ -271,6 +275,8 @@ def generate(
     prefix = model_prefix(prefix, ckpt)
     stream = GenerationStream(model, vocab, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
                               samples=samples, seed=seed)
+    if adapt:
+        adapt_to_file(stream, adapt, ckpt, checkpoint, dynamic_settings(None, dyn_lr, dyn_decay))
     stream.feed(prefix, f"the prefix file {prefix_file}" if prefix_file else "the prefix")
     steps = stream.sample(length)  # checks --length before anything is printed, the prompt included
     if model.W_hq.device.type == "cpu" and samples == 1:
@@ -297,6 +303,21 @@ def generate(
     columns = list(zip(*steps)) or [()] * samples
     for i, chars in enumerate(columns, 1):
         typer.echo(f"--- sample {i} ---\n{prefix}{''.join(chars)}")
+
+
+def adapt_to_file(stream, path: Path, ckpt: dict, checkpoint, settings) -> None:
+    """Dynamic evaluation of the stream's model on the file, leaving the stream at its end."""
+    from charrnn.data import read_text
+    from charrnn.dynamic import adapt_stream
+
+    text = read_text(path, "adapt file", (ckpt.get("corpus") or {}).get("normalize", "none"))
+    ids, dropped = stream.vocab.ids_of(text, what=str(path), unknown="skip", in_place=True)
+    skipped = [f"dropped {dropped} character(s) of {path} that are not in the vocabulary"] if dropped else []
+    for note in text.notes + skipped:
+        typer.echo(f"warning: {note}", err=True)
+    if len(ids) < 2:
+        raise CharrnnError(f"the adapt file {path} has fewer than 2 characters the model knows")
+    adapt_stream(stream, ids, training_ids(ckpt, checkpoint), settings)
 
 
 def prompt_loop(stream, length: int, ckpt: dict) -> None:
@@ -336,26 +357,34 @@ def evaluate_command(
     file: Annotated[Optional[Path], typer.Argument(help="A UTF-8 text file. [default: the checkpoint's own validation split]", show_default=False)] = None,
     checkpoint: Annotated[Optional[Path], Opt(help="A checkpoint file or run directory. [default: the best checkpoint of runs/latest]", show_default=False)] = None,
     as_json: Annotated[bool, Opt("--json", help="Print one JSON object.")] = False,
-    batch_size: Annotated[int, Opt(help="Parallel streams the text is cut into.")] = 16,
-    seq_len: Annotated[int, Opt(help="Characters per forward call.")] = 256,
+    batch_size: Annotated[Optional[int], Opt(help="Parallel streams the text is cut into. [default: as training evaluated the checkpoint]", show_default=False)] = None,
+    seq_len: Annotated[Optional[int], Opt(help="Characters per forward call (and per window, for a run that evaluated windows). [default: as training evaluated the checkpoint]", show_default=False)] = None,
     unknown: Annotated[str, Opt(help="Characters of FILE outside the model's vocabulary: error, or skip (drop them, with a warning).")] = "error",
     show: Annotated[bool, Opt("--show", help="Print the text with each character shaded by the model's surprisal (bits), to see where it is confused.")] = False,
     show_chars: Annotated[int, Opt(help="How much of the text --show and --show-html shade: the first N characters.")] = 2000,
     show_html: Annotated[Optional[Path], Opt(help="Write the shaded text as a self-contained HTML page to this file.")] = None,
     device: Annotated[str, Opt(help="auto, cpu or cuda.")] = "auto",
+    dynamic: Annotated[bool, Opt("--dynamic", help="Also dynamic evaluation: the model adapts to the text as it reads it (a gradient step after each scored segment); prints the static and dynamic figures and the gain. The checkpoint is not changed.")] = False,
+    dyn_seq_len: Annotated[Optional[int], Opt(help="With --dynamic: characters per segment (one update each). [default: 50]", show_default=False)] = None,
+    dyn_lr: Annotated[Optional[float], Opt(help="With --dynamic: the update's learning rate (0: no adaptation). [default: 3e-05]", show_default=False)] = None,
+    dyn_decay: Annotated[Optional[float], Opt(help="With --dynamic: how strongly each update pulls the weights back towards the trained ones, in [0, 1]. [default: 0.001]", show_default=False)] = None,
 ):
-    """Perplexity and bits per character of a model on FILE or on its validation split."""
+    """Perplexity and bits per character of a model on FILE or on its validation split.
+
+    With --dynamic, also dynamic evaluation (Krause et al., 2018); see docs/dynamic-evaluation.md.
+    """
     from charrnn.checkpoint import resolve_checkpoint
     from charrnn.data import check_unknown, read_text, reload_corpus, skipped_note
-    from charrnn.train import evaluate
+    from charrnn.evaluation import evaluate, nats_summary, recorded_layout
 
-    if batch_size < 1 or seq_len < 1:
+    if (batch_size is not None and batch_size < 1) or (seq_len is not None and seq_len < 1):
         raise CharrnnError("--batch-size and --seq-len must be positive")
     check_unknown(unknown)
     if show_chars < 2:
         raise CharrnnError(f"--show-chars must be at least 2, got {show_chars}")
     if show and as_json:
         raise CharrnnError("--show prints shaded text; it does not mix with --json (use --show-html FILE)")
+    settings = dynamic_settings(dyn_seq_len, dyn_lr, dyn_decay) if dynamic else None
     model, vocab, ckpt = load_model(checkpoint, device)
     source = ckpt.get("corpus") or {}
     if file is None:
@@ -363,9 +392,8 @@ def evaluate_command(
             raise CharrnnError("the checkpoint does not record its corpus; give a FILE to eval")
         corpus = reload_corpus(source, cache_dir=resolve_checkpoint(checkpoint).parent)
         ids, what, notes = corpus.val_ids, "the validation split", corpus.notes
-        window = source["windows"][2] if "windows" in source else 0
     else:
-        text, what, window = read_text(file, "file", source.get("normalize", "none")), str(file), 0
+        text, what = read_text(file, "file", source.get("normalize", "none")), str(file)
         ids, dropped = vocab.ids_of(text, what=what, unknown=unknown, hint=" (--unknown skip drops them)",
                                     in_place=True)
         notes = text.notes + ([skipped_note(dropped, what)] if dropped else [])
@@ -373,21 +401,63 @@ def evaluate_command(
         raise CharrnnError(f"{what} is too short to evaluate (it needs at least 2 characters)")
     for note in notes:
         typer.echo(f"warning: {note}", err=True)
-    if window:  # the book's split: stride-1 windows of the run's seq_len, each from a zero state
-        loss_sum, count = evaluate(model, ids, batch_size=1024, seq_len=window, carry_state=False)
-    else:
-        loss_sum, count = evaluate(model, ids, batch_size=batch_size, seq_len=seq_len)
-    loss = loss_sum / count
-    result = {"perplexity": math.exp(min(loss, 709)), "bits_per_char": loss / math.log(2), "loss": loss,
-              "chars": count, "text": what}
+    layout = recorded_layout(ckpt)  # the logged validation loss's, so that the two agree
+    layout.update({k: v for k, v in (("batch_size", batch_size), ("seq_len", seq_len)) if v is not None})
+    if not layout["carry_state"] and len(ids) <= layout["seq_len"]:
+        raise CharrnnError(f"{what} is shorter than one window of {layout['seq_len'] + 1} characters")
+    loss_sum, count = evaluate(model, ids, **layout)
+    result = {**nats_summary(loss_sum / count), "chars": count, "text": what}
     if show or show_html:
         shown = what if len(ids) <= show_chars else f"the first {show_chars:,} characters of {what}"
         show_surprisal(model, vocab, vocab.decode(ids[:show_chars]), shown, show, show_html)
+    if settings:
+        result["dynamic"] = dynamic_figures(model, ids, training_ids(ckpt, checkpoint), settings)
     if as_json:
         typer.echo(json.dumps(result))
     else:
-        typer.echo(f"{what}: perplexity {result['perplexity']:.3f} | {result['bits_per_char']:.3f} "
-                   f"bits/char | loss {loss:.4f} nats/char | {count:,} characters")
+        typer.echo(f"{what}: {figures_line(result)} | {count:,} characters")
+    if settings and not as_json:
+        figures = result["dynamic"]
+        typer.echo(f"one stream in segments of {settings.seq_len}: static {figures_line(figures['static'])}")
+        typer.echo(f"dynamic (lr {settings.lr:g}, decay {settings.decay:g}): {figures_line(figures['dynamic'])}")
+        typer.echo(f"gain: {figures['gain']:.4f} nats/char ({figures['gain'] / math.log(2):.4f} bits/char)")
+
+
+def figures_line(figures: dict) -> str:
+    return (f"perplexity {figures['perplexity']:.3f} | {figures['bits_per_char']:.3f} bits/char | "
+            f"loss {figures['loss']:.4f} nats/char")
+
+
+def dynamic_settings(seq_len, lr, decay):
+    """DynamicSettings from the options given (None: the default)."""
+    from charrnn.dynamic import DynamicSettings
+
+    given = {"seq_len": seq_len, "lr": lr, "decay": decay}
+    return DynamicSettings(**{k: v for k, v in given.items() if v is not None})
+
+
+def training_ids(ckpt: dict, checkpoint):
+    """The checkpoint's training text as ids: dynamic evaluation's gradient statistics come from it."""
+    from charrnn.checkpoint import resolve_checkpoint
+    from charrnn.data import reload_corpus
+
+    source = ckpt.get("corpus")
+    if not isinstance(source, dict) or not source:
+        raise CharrnnError("the checkpoint does not record its training corpus, which dynamic evaluation needs")
+    return reload_corpus(source, cache_dir=resolve_checkpoint(checkpoint).parent).train_ids
+
+
+def dynamic_figures(model, ids, train_ids, settings) -> dict:
+    """Static and dynamic figures of one reading, the gain in nats/char and the settings."""
+    from dataclasses import asdict
+
+    from charrnn.dynamic import compare
+    from charrnn.evaluation import nats_summary
+
+    sums = compare(model, ids, train_ids, settings)
+    static, dynamic = (nats_summary(total / count) for total, count in (sums["static"], sums["dynamic"]))
+    return {"static": static, "dynamic": dynamic, "gain": static["loss"] - dynamic["loss"], "chars": sums["static"][1],
+            "settings": asdict(settings)}
 
 
 def show_surprisal(model, vocab, text: str, what: str, show: bool, html_file: Path | None) -> None:

@@ -13,6 +13,7 @@ from rich.style import Style
 from rich.text import Text
 
 from charrnn.data import Vocab
+from charrnn.evaluation import eval_mode
 from charrnn.model import RNNLMScratch
 
 # ---------------------------------------------------------------- what a checkpoint holds
@@ -79,17 +80,18 @@ def info_lines(info: dict) -> list[str]:
 def surprisal(model: RNNLMScratch, vocab: Vocab, text: str, chunk: int = 256) -> list[float]:
     """-log2 p(text[i] | text[:i]) for i = 1 .. len(text) - 1, in bits: one stream whose
     state runs through the whole text (fed `chunk` characters per call). The first
-    character has no prediction, so the list is one shorter than the text."""
-    model.eval()
+    character has no prediction, so the list is one shorter than the text. Runs in eval
+    mode and leaves the model in the mode it found it in."""
     ids = vocab.encode(text, "the text").long().to(model.W_hq.device)
     bits, state = [], None
-    for start in range(0, len(ids) - 1, chunk):
-        X = ids[start : start + chunk].unsqueeze(0)
-        Y = ids[start + 1 : start + chunk + 1].unsqueeze(0)
-        X = X[:, : Y.shape[1]]
-        logits, state = model(X, state)
-        nats = F.cross_entropy(logits[0], Y[0], reduction="none")
-        bits.extend((nats / math.log(2)).tolist())
+    with eval_mode(model):
+        for start in range(0, len(ids) - 1, chunk):
+            X = ids[start : start + chunk].unsqueeze(0)
+            Y = ids[start + 1 : start + chunk + 1].unsqueeze(0)
+            X = X[:, : Y.shape[1]]
+            logits, state = model(X, state)
+            nats = F.cross_entropy(logits[0], Y[0], reduction="none")
+            bits.extend((nats / math.log(2)).tolist())
     return bits
 
 

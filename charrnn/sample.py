@@ -10,6 +10,7 @@ import torch
 from charrnn import bptt, cuda_graphs
 from charrnn.data import Vocab
 from charrnn.errors import CharrnnError
+from charrnn.evaluation import eval_mode
 from charrnn.model import GRUScratch, LSTMScratch, RNNLMScratch, copy_state, map_state
 
 
@@ -17,11 +18,13 @@ from charrnn.model import GRUScratch, LSTMScratch, RNNLMScratch, copy_state, map
 def warm_up(model: RNNLMScratch, prefix_ids: torch.Tensor, batch_size: int = 1, state=None):
     """Run the prefix through the model from `state` (None: zeros; outputs unused but the
     last) and return the state and the logits for the character after it. An empty prefix
-    leaves the state as it is, with no new prediction (None)."""
+    leaves the state as it is, with no new prediction (None). Runs in eval mode (no
+    dropout) and leaves the model in the mode it found it in."""
     if len(prefix_ids) == 0:
         return (model.zero_state(batch_size) if state is None else state), None
     X = prefix_ids.to(model.W_hq.device).long().expand(batch_size, -1)
-    rnn_outputs, state = model.rnn.forward_tokens(X.T, state)
+    with eval_mode(model):
+        rnn_outputs, state = model.rnn.forward_tokens(X.T, state)
     return state, model.output_layer(rnn_outputs[-1:])[:, -1]
 
 

@@ -25,6 +25,7 @@ from charrnn.data import load_corpus, make_batches, reload_corpus, save_encoded
 from charrnn.distributed import (agree_to_stop, all_reduce, data_parallel, from_rank_zero, gather_rows,
                                  process_device, rank, world_size)
 from charrnn.errors import CharrnnError
+from charrnn.evaluation import evaluate
 from charrnn.model import build_model, copy_state, detach_state, map_state, num_parameters
 
 # Training stops as diverged when the mean training loss since the last evaluation is this many
@@ -149,46 +150,6 @@ class TrainStep:
 
     _side_stream = staticmethod(cuda_graphs.side_stream)  # (hooks the tests replace)
     _capture_graph = staticmethod(cuda_graphs.capture)
-
-
-@torch.inference_mode()
-def evaluate(model, ids: torch.Tensor, *, batch_size: int, seq_len: int, carry_state: bool = True,
-             device=None, shard: tuple[int, int] = (0, 1)) -> tuple[float, int]:
-    """Summed cross-entropy (nats) and number of predicted characters over `ids`.
-
-    With carry_state the text is cut into at most `batch_size` contiguous streams whose
-    state runs through the whole text (each character predicted from all before it in its
-    stream); otherwise every stride-1 window of seq_len + 1 characters from a zero state,
-    as the book evaluates. With `shard` = (i, n), only every n-th stream or window from
-    the i-th: n processes share the work and add up their results."""
-    was_training = model.training
-    model.eval()
-    device = device or model.W_hq.device
-    total, count = torch.zeros((), dtype=torch.float64, device=device), 0
-    try:
-        if carry_state:
-            streams = max(1, min(batch_size, (len(ids) - 1) // max(seq_len, 1)))
-            length = (len(ids) - 1) // streams
-            mine = slice(shard[0], None, shard[1])
-            inputs = ids[: streams * length].view(streams, length)[mine].to(device)
-            targets = ids[1 : streams * length + 1].view(streams, length)[mine].to(device)
-            state = None
-            for start in range(0, length, seq_len):
-                X = inputs[:, start : start + seq_len].long()
-                Y = targets[:, start : start + seq_len].long()
-                logits, state = model(X, state)
-                total += F.cross_entropy(logits.flatten(0, 1), Y.flatten(), reduction="sum")
-                count += Y.numel()
-        else:
-            windows = ids.unfold(0, seq_len + 1, 1)[shard[0] :: shard[1]]
-            for start in range(0, len(windows), batch_size):
-                rows = windows[start : start + batch_size].to(device).long()
-                logits, _ = model(rows[:, :-1])
-                total += F.cross_entropy(logits.flatten(0, 1), rows[:, 1:].flatten(), reduction="sum")
-                count += rows[:, 1:].numel()
-    finally:
-        model.train(was_training)
-    return total.item(), count
 
 
 class Reporter:
@@ -507,6 +468,9 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
             "optimizer": optimizer.state_dict(), "config": asdict(config), "progress": dict(progress),
             "corpus": corpus.source, "rng": {"cpu": torch.get_rng_state()},
             "state": carried,
+            # how the validation loss was computed, for `charrnn eval` to compute it the same way
+            "evaluation": {"batch_size": global_batch, "seq_len": config.seq_len,
+                           "carry_state": batches.carries_state},
         }, run / name)
 
     def run_evaluation(train_loss: float) -> dict:

@@ -237,7 +237,7 @@ def test_eval_on_a_file(cli, trained_run, tmp_path):
     result = json.loads(cli("eval", tmp_path / "other.txt", "--checkpoint", trained_run, "--json").assert_ok().stdout)
     check_metrics(result)
     model, vocab, _ = load_model(trained_run, "cpu")
-    total, count = evaluate(model, vocab.encode(text), batch_size=16, seq_len=256)
+    total, count = evaluate(model, vocab.encode(text), batch_size=4, seq_len=16)  # the layout training used
     assert result["chars"] == count
     assert result["loss"] == pytest.approx(total / count, rel=1e-9)
     # one stream: every character after the first is predicted
@@ -303,7 +303,7 @@ def test_train_on_a_dataset_then_eval_from_the_cache(cli, shared_data_server, tm
     assert result["text"] == "the validation split"
     corpus = load_corpus(dataset="timemachine", quiet=True)
     model, vocab, _ = load_model(run, "cpu")
-    total, count = evaluate(model, corpus.val_ids, batch_size=16, seq_len=256)
+    total, count = evaluate(model, corpus.val_ids, batch_size=4, seq_len=16)  # the layout training used
     assert result["chars"] == count
     assert result["loss"] == pytest.approx(total / count, rel=1e-9)
 
