@@ -6,6 +6,7 @@ torch is imported inside the commands, so `charrnn --help` and argument errors a
 from __future__ import annotations
 
 import functools
+import io
 import json
 import math
 import os
@@ -266,6 +267,10 @@ def generate(
     seed: Annotated[Optional[int], Opt(help="Random seed for repeatable samples.")] = None,
     as_json: Annotated[bool, Opt("--json", help="Print one JSON object: prefix, samples (a list) and settings.")] = False,
     interactive: Annotated[bool, Opt("--interactive", "-i", help="A prompt: each line typed is fed to the model and continued by --length characters; the state carries over between lines (an empty line just continues). Ctrl-D ends.")] = False,
+    stop: Annotated[Optional[list[str]], Opt(help="End a continuation at the first occurrence of this string (repeatable; \\n, \\t and \\r are escapes: --stop '\\n\\n' ends at a paragraph); it is not printed unless --include-stop. --length stays the bound; each of --samples stops on its own.", show_default=False)] = None,
+    include_stop: Annotated[bool, Opt("--include-stop", help="Print the stop string that ended a continuation.")] = False,
+    beam: Annotated[Optional[int], Opt(help="Beam search of this width instead of sampling: the most likely continuations of --length characters found, with their log-probabilities (conservative, like a low temperature).", show_default=False)] = None,
+    output: Annotated[Optional[Path], Opt(help="Write what would be printed to this file instead (UTF-8), atomically: whole or not at all.", show_default=False)] = None,
     device: Annotated[str, Opt(help="auto, cpu or cuda. auto: the CPU for one sample (a step per character is too small for a GPU to gain on it), CUDA where available for several (see the README's Performance).")] = "auto",
 ):
     """Generate text: warm the state up on --prefix, then emit one character at a time."""
@@ -274,15 +279,29 @@ def generate(
     from charrnn.checkpoint import resolve_checkpoint
     from charrnn.data import read_text
     from charrnn.sample import GenerationStream
+    from charrnn.stops import check_stops, parse_stops
 
     if prefix and prefix_file:
         raise CharrnnError("give --prefix or --prefix-file, not both")
-    if interactive and (as_json or samples > 1):
-        raise CharrnnError("--interactive continues one sample at a prompt; it takes neither --json nor --samples")
+    if interactive and (as_json or samples > 1 or output):
+        raise CharrnnError("--interactive continues one sample at a prompt; it takes neither --json, --samples nor --output")
+    stops = parse_stops(stop or [])
+    if beam is not None:
+        check_beam_options(samples=samples != 1, temperature=temperature != 1, top_k=top_k != 0, top_p=top_p != 1,
+                           greedy=greedy, seed=seed is not None, interactive=interactive, stop=bool(stops))
     if prefix_file:
         prefix = read_text(prefix_file, "prefix file").as_str()
     model, vocab, ckpt = load_model(checkpoint, "cpu" if device == "auto" and samples == 1 else device)
     prefix = model_prefix(prefix, ckpt)
+    check_stops(stops, vocab.token_to_idx.__contains__)
+    out = io.StringIO() if output else sys.stdout
+    if beam is not None:
+        from charrnn.beam import beam_search
+
+        beams = beam_search(model, vocab.encode(prefix, "the prefix"), beam, length)
+        write_beams(out, beams, vocab, prefix, "" if prefix_file else prefix, as_json,
+                    {"checkpoint": str(resolve_checkpoint(checkpoint)), "length": length, "beam": beam})
+        return finish_output(out, output)
     stream = GenerationStream(model, vocab, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
                               samples=samples, seed=seed)
     stream.feed(prefix, f"the prefix file {prefix_file}" if prefix_file else "the prefix")
@@ -292,31 +311,84 @@ def generate(
         # adds synchronisation (measured: ~2x slower per character on this project's 2 cores)
         torch.set_num_threads(1)
     if interactive:
-        return prompt_loop(stream, length, ckpt)
+        return prompt_loop(stream, length, ckpt, stops, include_stop)
     if as_json:
-        texts = ["".join(chars) for chars in zip(*steps)] or [""] * samples
         settings = {"checkpoint": str(resolve_checkpoint(checkpoint)), "length": length, "temperature": temperature,
                     "top_k": top_k, "top_p": top_p, "greedy": greedy, "seed": seed}
-        typer.echo(json.dumps({"prefix": prefix, "samples": texts, "settings": settings}, ensure_ascii=False))
-        return
+        if stops:
+            settings.update(stop=stops, include_stop=include_stop)
+        texts = stopped_texts(steps, samples, stops, include_stop)
+        out.write(json.dumps({"prefix": prefix, "samples": texts, "settings": settings}, ensure_ascii=False) + "\n")
+        return finish_output(out, output)
     if prefix_file:
         prefix = ""  # the prime is the user's own file: print only what follows it
     if samples == 1:
-        sys.stdout.write(prefix)
-        for chars in steps:
-            sys.stdout.write(chars[0])
-            sys.stdout.flush()
-        sys.stdout.write("\n")
+        out.write(prefix)
+        stream_text(steps, out, stops, include_stop)
+        out.write("\n")
+        return finish_output(out, output)
+    for i, text in enumerate(stopped_texts(steps, samples, stops, include_stop), 1):
+        out.write(f"--- sample {i} ---\n{prefix}{text}\n")
+    finish_output(out, output)
+
+
+def check_beam_options(**given: bool) -> None:
+    """--beam searches for the likeliest text: the sampling options have no meaning there."""
+    named = ", ".join("--" + name.replace("_", "-") for name, present in given.items() if present)
+    if named:
+        raise CharrnnError(f"--beam searches for the most likely text; it does not take {named}")
+
+
+def stream_text(steps, out, stops: list[str], include_stop: bool) -> None:
+    """One sample's characters written as they come, up to the first stop string."""
+    from charrnn.stops import StopScanner
+
+    scanner = StopScanner(stops, include_stop)
+    for chars in steps:
+        out.write(scanner.push(chars[0]))
+        out.flush()
+        if scanner.stopped:
+            return
+    out.write(scanner.flush())
+
+
+def stopped_texts(steps, samples: int, stops: list[str], include_stop: bool) -> list[str]:
+    """Every sample's text, each up to its own first stop string; sampling ends when all have stopped."""
+    from charrnn.stops import StopScanner
+
+    scanners = [StopScanner(stops, include_stop) for _ in range(samples)]
+    texts = [[] for _ in range(samples)]
+    for chars in steps:
+        for text, scanner, char in zip(texts, scanners, chars):
+            text.append(scanner.push(char))
+        if all(scanner.stopped for scanner in scanners):
+            break
+    return ["".join(text) + scanner.flush() for text, scanner in zip(texts, scanners)]
+
+
+def write_beams(out, beams, vocab, prefix: str, shown_prefix: str, as_json: bool, settings: dict) -> None:
+    """Beam search's continuations, most likely first, with their log-probabilities."""
+    if as_json:
+        found = [{"text": vocab.decode(ids), "log_probability": score} for ids, score in beams]
+        out.write(json.dumps({"prefix": prefix, "beams": found, "settings": settings}, ensure_ascii=False) + "\n")
         return
-    columns = list(zip(*steps)) or [()] * samples
-    for i, chars in enumerate(columns, 1):
-        typer.echo(f"--- sample {i} ---\n{prefix}{''.join(chars)}")
+    for i, (ids, score) in enumerate(beams, 1):
+        out.write(f"--- beam {i}: log-probability {score:.3f} ---\n{shown_prefix}{vocab.decode(ids)}\n")
 
 
-def prompt_loop(stream, length: int, ckpt: dict) -> None:
+def finish_output(out, output: Path | None) -> None:
+    """With --output, the text collected in `out` goes to that file, atomically."""
+    if output:
+        from charrnn.output import write_atomically
+
+        write_atomically(output, out.getvalue().encode("utf-8"))
+        typer.echo(f"wrote {output}", err=True)
+
+
+def prompt_loop(stream, length: int, ckpt: dict, stops: list[str], include_stop: bool) -> None:
     """Feed each line typed (normalized as the training text was) and stream its
-    continuation, until end of input (Ctrl-D). A line the vocabulary cannot encode gets a
-    one-line message and the loop goes on."""
+    continuation (up to a stop string), until end of input (Ctrl-D). A line the vocabulary
+    cannot encode gets a one-line message and the loop goes on."""
     try:
         import readline  # noqa: F401  (gives input() line editing and history where available)
     except ImportError:
@@ -335,9 +407,7 @@ def prompt_loop(stream, length: int, ckpt: dict) -> None:
             except CharrnnError as e:
                 typer.echo(f"error: {e}", err=True)
                 continue
-            for chars in stream.sample(length):
-                sys.stdout.write(chars[0])
-                sys.stdout.flush()
+            stream_text(stream.sample(length), sys.stdout, stops, include_stop)
             sys.stdout.write("\n")
     except KeyboardInterrupt:
         typer.echo("", err=True)
