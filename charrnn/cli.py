@@ -6,7 +6,6 @@ torch is imported inside the commands, so `charrnn --help` and argument errors a
 from __future__ import annotations
 
 import functools
-import io
 import json
 import math
 import os
@@ -101,6 +100,7 @@ def train(
     unknown: Annotated[Optional[str], Opt(help="Validation characters the training text lacks: error, or skip (drop them, with a warning). [default: error]")] = None,
     val_fraction: Annotated[Optional[float], Opt(help="The last fraction of the text used for validation. [default: 0.1]")] = None,
     normalize: Annotated[Optional[str], Opt(help="none, or letters: the d2l book's preprocessing (non-letters to one space, lowercase). [default: none]")] = None,
+    vocab: Annotated[Optional[str], Opt(help="chars: the training text's characters (UTF-8 files); bytes: the 256 byte values, so any file trains and the model learns UTF-8 itself. [default: chars]")] = None,
     sampling: Annotated[Optional[str], Opt(help="sequential: contiguous streams, state carried across batches; random: shuffled windows from a zero state (d2l). [default: sequential]")] = None,
     cell: Annotated[Optional[str], Opt(help="rnn, gru or lstm. [default: lstm]")] = None,
     hidden: Annotated[Optional[int], Opt(help="Hidden units per layer. [default: 256]")] = None,
@@ -165,13 +165,14 @@ def train(
                        f"{summary['run']}/last.pt. Resume with:\n  {launcher} train --resume {summary['run']}", err=True)
         raise typer.Exit(130)
     if settings.sample_prefix and speaks:
+        from charrnn.byte_vocab import shown
         from charrnn.sample import generate as generate_chars
 
         model, vocab, ckpt = load_model(Path(summary["run"]) / "best.pt", "cpu")
         prefix = model_prefix(settings.sample_prefix, ckpt)
-        text = "".join(c[0] for c in generate_chars(model, vocab, prefix, settings.sample_length,
-                                                    greedy=settings.sample_greedy, seed=settings.seed))
-        typer.echo(f"sample: {prefix}{text}")
+        steps = generate_chars(model, vocab, prefix, settings.sample_length, greedy=settings.sample_greedy,
+                               seed=settings.seed)
+        typer.echo(shown(f"sample: {prefix}" + "".join(c[0] for c in text_steps(steps, vocab, 1))))
 
 
 def write_curve(run: Path, quiet: bool) -> None:
@@ -271,13 +272,15 @@ def generate(
     include_stop: Annotated[bool, Opt("--include-stop", help="Print the stop string that ended a continuation.")] = False,
     beam: Annotated[Optional[int], Opt(help="Beam search of this width instead of sampling: the most likely continuations of --length characters found, with their log-probabilities (conservative, like a low temperature).", show_default=False)] = None,
     output: Annotated[Optional[Path], Opt(help="Write what would be printed to this file instead (UTF-8), atomically: whole or not at all.", show_default=False)] = None,
+    raw: Annotated[bool, Opt("--raw", help="Byte models: write the bytes the model emits as they are (bytes that are not UTF-8 otherwise come out as U+FFFD, the replacement character).")] = False,
     device: Annotated[str, Opt(help="auto, cpu or cuda. auto: the CPU for one sample (a step per character is too small for a GPU to gain on it), CUDA where available for several (see the README's Performance).")] = "auto",
 ):
     """Generate text: warm the state up on --prefix, then emit one character at a time."""
     import torch
 
     from charrnn.checkpoint import resolve_checkpoint
-    from charrnn.data import read_text
+    from charrnn.data import read_byte_text, read_text
+    from charrnn.output import TextSink
     from charrnn.sample import GenerationStream
     from charrnn.stops import check_stops, parse_stops
 
@@ -285,16 +288,19 @@ def generate(
         raise CharrnnError("give --prefix or --prefix-file, not both")
     if interactive and (as_json or samples > 1 or output):
         raise CharrnnError("--interactive continues one sample at a prompt; it takes neither --json, --samples nor --output")
+    if raw and as_json:
+        raise CharrnnError("--raw writes bytes and --json text: choose one")
     stops = parse_stops(stop or [])
     if beam is not None:
         check_beam_options(samples=samples != 1, temperature=temperature != 1, top_k=top_k != 0, top_p=top_p != 1,
                            greedy=greedy, seed=seed is not None, interactive=interactive, stop=bool(stops))
-    if prefix_file:
-        prefix = read_text(prefix_file, "prefix file").as_str()
     model, vocab, ckpt = load_model(checkpoint, "cpu" if device == "auto" and samples == 1 else device)
+    if prefix_file:  # a byte model takes any file as its prime, UTF-8 or not
+        prefix = (vocab.decode(read_byte_text(prefix_file, "prefix file").ids) if vocab.kind == "bytes"
+                  else read_text(prefix_file, "prefix file").as_str())
     prefix = model_prefix(prefix, ckpt)
-    check_stops(stops, vocab.token_to_idx.__contains__)
-    out = io.StringIO() if output else sys.stdout
+    check_stops(stops, vocab.can_encode)
+    out = TextSink(output, raw)
     if beam is not None:
         from charrnn.beam import beam_search
 
@@ -305,13 +311,13 @@ def generate(
     stream = GenerationStream(model, vocab, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
                               samples=samples, seed=seed)
     stream.feed(prefix, f"the prefix file {prefix_file}" if prefix_file else "the prefix")
-    steps = stream.sample(length)  # checks --length before anything is printed, the prompt included
+    steps = text_steps(stream.sample(length), vocab, samples)  # checks --length before anything is printed
     if model.W_hq.device.type == "cpu" and samples == 1:
         # one sequence is a chain of tiny matrix-vector products: a second CPU thread only
         # adds synchronisation (measured: ~2x slower per character on this project's 2 cores)
         torch.set_num_threads(1)
     if interactive:
-        return prompt_loop(stream, length, ckpt, stops, include_stop)
+        return prompt_loop(stream, length, ckpt, out, stops, include_stop)
     if as_json:
         settings = {"checkpoint": str(resolve_checkpoint(checkpoint)), "length": length, "temperature": temperature,
                     "top_k": top_k, "top_p": top_p, "greedy": greedy, "seed": seed}
@@ -330,6 +336,13 @@ def generate(
     for i, text in enumerate(stopped_texts(steps, samples, stops, include_stop), 1):
         out.write(f"--- sample {i} ---\n{prefix}{text}\n")
     finish_output(out, output)
+
+
+def text_steps(steps, vocab, samples: int):
+    """Each step's new text per sample: a byte model's bytes decoded as UTF-8 as they complete characters."""
+    from charrnn.byte_vocab import decoded_steps
+
+    return decoded_steps(steps, samples) if vocab.kind == "bytes" else steps
 
 
 def check_beam_options(**given: bool) -> None:
@@ -378,14 +391,12 @@ def write_beams(out, beams, vocab, prefix: str, shown_prefix: str, as_json: bool
 
 def finish_output(out, output: Path | None) -> None:
     """With --output, the text collected in `out` goes to that file, atomically."""
+    out.close()
     if output:
-        from charrnn.output import write_atomically
-
-        write_atomically(output, out.getvalue().encode("utf-8"))
         typer.echo(f"wrote {output}", err=True)
 
 
-def prompt_loop(stream, length: int, ckpt: dict, stops: list[str], include_stop: bool) -> None:
+def prompt_loop(stream, length: int, ckpt: dict, out, stops: list[str], include_stop: bool) -> None:
     """Feed each line typed (normalized as the training text was) and stream its
     continuation (up to a stop string), until end of input (Ctrl-D). A line the vocabulary
     cannot encode gets a one-line message and the loop goes on."""
@@ -407,8 +418,8 @@ def prompt_loop(stream, length: int, ckpt: dict, stops: list[str], include_stop:
             except CharrnnError as e:
                 typer.echo(f"error: {e}", err=True)
                 continue
-            stream_text(stream.sample(length), sys.stdout, stops, include_stop)
-            sys.stdout.write("\n")
+            stream_text(text_steps(stream.sample(length), stream.vocab, 1), out, stops, include_stop)
+            out.write("\n")
     except KeyboardInterrupt:
         typer.echo("", err=True)
         raise typer.Exit(130) from None
@@ -430,7 +441,7 @@ def evaluate_command(
 ):
     """Perplexity and bits per character of a model on FILE or on its validation split."""
     from charrnn.checkpoint import resolve_checkpoint
-    from charrnn.data import check_unknown, read_text, reload_corpus, skipped_note
+    from charrnn.data import check_unknown, read_byte_text, read_text, reload_corpus, skipped_note
     from charrnn.train import evaluate
 
     if batch_size < 1 or seq_len < 1:
@@ -448,6 +459,8 @@ def evaluate_command(
         corpus = reload_corpus(source, cache_dir=resolve_checkpoint(checkpoint).parent)
         ids, what, notes = corpus.val_ids, "the validation split", corpus.notes
         window = source["windows"][2] if "windows" in source else 0
+    elif vocab.kind == "bytes":  # any file: every byte is in the vocabulary
+        ids, what, window, notes = read_byte_text(file, "file").ids, str(file), 0, []
     else:
         text, what, window = read_text(file, "file", source.get("normalize", "none")), str(file), 0
         ids, dropped = vocab.ids_of(text, what=what, unknown=unknown, hint=" (--unknown skip drops them)",
@@ -464,14 +477,34 @@ def evaluate_command(
     loss = loss_sum / count
     result = {"perplexity": math.exp(min(loss, 709)), "bits_per_char": loss / math.log(2), "loss": loss,
               "chars": count, "text": what}
+    unit = "characters"
+    if vocab.kind == "bytes":
+        result, unit = byte_model_result(result, ids, window), "bytes"
     if show or show_html:
-        shown = what if len(ids) <= show_chars else f"the first {show_chars:,} characters of {what}"
+        shown = what if len(ids) <= show_chars else f"the first {show_chars:,} {unit} of {what}"
         show_surprisal(model, vocab, vocab.decode(ids[:show_chars]), shown, show, show_html)
     if as_json:
         typer.echo(json.dumps(result))
+    elif vocab.kind == "bytes":
+        per_char = f"{result['bits_per_char']:.3f} bits/char" if result["bits_per_char"] is not None else "not UTF-8"
+        typer.echo(f"{what}: perplexity {result['perplexity']:.3f} | {result['bits_per_byte']:.3f} bits/byte | "
+                   f"{per_char} | loss {loss:.4f} nats/byte | {count:,} bytes")
     else:
         typer.echo(f"{what}: perplexity {result['perplexity']:.3f} | {result['bits_per_char']:.3f} "
                    f"bits/char | loss {loss:.4f} nats/char | {count:,} characters")
+
+
+def byte_model_result(result: dict, ids, window: int) -> dict:
+    """A byte model's measures are per byte; where the text is UTF-8, bits per character
+    too (bits per byte times the text's bytes per character), so that byte and character
+    models compare on one text."""
+    from charrnn.byte_vocab import utf8_chars
+
+    bits_per_byte = result["bits_per_char"]
+    chars = None if window else utf8_chars(ids)  # (the d2l windows are not the text once through)
+    return {"perplexity": result["perplexity"], "bits_per_byte": bits_per_byte,
+            "bits_per_char": bits_per_byte * len(ids) / chars if chars else None, "loss": result["loss"],
+            "bytes": result["chars"], "chars": chars, "text": result["text"]}
 
 
 def show_surprisal(model, vocab, text: str, what: str, show: bool, html_file: Path | None) -> None:
@@ -481,6 +514,10 @@ def show_surprisal(model, vocab, text: str, what: str, show: bool, html_file: Pa
     from charrnn.inspect import legend_text, mean_perplexity, shaded_text, surprisal, surprisal_html
 
     bits = surprisal(model, vocab, text)
+    if vocab.kind == "bytes":  # shade characters, each by the bits of its bytes
+        from charrnn.byte_vocab import char_bits, shown
+
+        bits, text = char_bits(text, bits), shown(text)
     title = f"perplexity {mean_perplexity(bits):.3f} on {what}"
     if html_file:
         try:

@@ -1,13 +1,16 @@
-"""Generated text written to a file atomically: into a temporary file in the same
-directory, flushed and fsynced, then renamed over the target, so that a reader never sees
-half a file and an interrupted run leaves the old one as it was."""
+"""Where generated text goes: stdout, or a file written atomically (into a temporary file
+in the same directory, flushed and fsynced, then renamed over the target, so that a reader
+never sees half a file and an interrupted run leaves the old one as it was)."""
 
 from __future__ import annotations
 
+import io
 import os
+import sys
 import tempfile
 from pathlib import Path
 
+from charrnn.byte_vocab import raw_bytes, shown
 from charrnn.checkpoint import _umask
 from charrnn.errors import CharrnnError
 
@@ -30,3 +33,31 @@ def write_atomically(path: Path, data: bytes) -> None:
         if isinstance(e, OSError):
             raise CharrnnError(f"cannot write {path}: {e.strerror or e}") from None
         raise
+
+
+class TextSink:
+    """Where generate's text goes: stdout as it comes, or with `path` a buffer that `close`
+    writes to that file atomically. A byte model's bytes that are not UTF-8 arrive as lone
+    surrogates (see charrnn.byte_vocab): they come out as U+FFFD, or with `raw` as the
+    bytes themselves."""
+
+    def __init__(self, path: Path | None, raw: bool):
+        self.path, self.raw = path, raw
+        self.buffer = io.BytesIO() if path else None
+
+    def write(self, text: str) -> None:
+        if self.buffer is not None:
+            self.buffer.write(raw_bytes(text) if self.raw else shown(text).encode("utf-8"))
+        elif self.raw:
+            sys.stdout.buffer.write(raw_bytes(text))
+        else:
+            sys.stdout.write(shown(text))
+
+    def flush(self) -> None:
+        if self.buffer is None:
+            (sys.stdout.buffer if self.raw else sys.stdout).flush()
+
+    def close(self) -> None:
+        """Write the file (with `path`); stdout needs nothing more."""
+        if self.buffer is not None:
+            write_atomically(self.path, self.buffer.getvalue())

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from charrnn import bptt, cuda_graphs
+from charrnn.byte_vocab import VOCAB_KINDS
 from charrnn.checkpoint import LAST_FIRST, load_checkpoint, remove_stale_temporaries, resolve_checkpoint, save_checkpoint
 from charrnn.data import UNKNOWN_CHOICES, load_corpus, make_batches, reload_corpus, save_encoded
 from charrnn.distributed import (agree_to_stop, all_reduce, data_parallel, from_rank_zero, gather_rows,
@@ -51,6 +52,7 @@ class TrainConfig:
     val_file: str | None = None
     val_fraction: float = 0.1
     normalize: str = "none"  # none | letters (the d2l book's preprocessing)
+    vocab: str = "chars"  # chars | bytes (the 256 byte values: any file; see charrnn.byte_vocab)
     sampling: str = "sequential"  # sequential (carried state) | random (d2l windows, zero state)
     train_windows: int = 0  # with both windows > 0: the d2l split by windows instead of val_fraction
     val_windows: int = 0
@@ -115,7 +117,7 @@ class TrainConfig:
                 raise CharrnnError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
         choices = {"cell": CELLS, "optimizer": OPTIMIZERS, "lr_schedule": SCHEDULES,
                    "sampling": ("sequential", "random"), "device": DEVICES,
-                   "unknown": UNKNOWN_CHOICES, "amp": ("none", "bf16")}
+                   "unknown": UNKNOWN_CHOICES, "amp": ("none", "bf16"), "vocab": VOCAB_KINDS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise CharrnnError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -486,7 +488,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
             normalize_how=config.normalize,
             windows=(config.train_windows, config.val_windows, config.seq_len)
             if config.train_windows and config.val_windows else None,
-            unknown=config.unknown,
+            unknown=config.unknown, vocab_kind=config.vocab,
         )
     for note in corpus.notes:
         reporter.note(note)
