@@ -282,7 +282,7 @@ def generate(
     from charrnn.data import read_byte_text, read_text
     from charrnn.output import TextSink
     from charrnn.sample import GenerationStream
-    from charrnn.stops import check_stops, parse_stops
+    from charrnn.stops import check_stops, parse_stops, texts_until_stop, write_until_stop
 
     if prefix and prefix_file:
         raise CharrnnError("give --prefix or --prefix-file, not both")
@@ -323,17 +323,17 @@ def generate(
                     "top_k": top_k, "top_p": top_p, "greedy": greedy, "seed": seed}
         if stops:
             settings.update(stop=stops, include_stop=include_stop)
-        texts = stopped_texts(steps, samples, stops, include_stop)
+        texts = texts_until_stop(steps, samples, stops, include_stop)
         out.write(json.dumps({"prefix": prefix, "samples": texts, "settings": settings}, ensure_ascii=False) + "\n")
         return finish_output(out, output)
     if prefix_file:
         prefix = ""  # the prime is the user's own file: print only what follows it
     if samples == 1:
         out.write(prefix)
-        stream_text(steps, out, stops, include_stop)
+        write_until_stop(steps, out, stops, include_stop)
         out.write("\n")
         return finish_output(out, output)
-    for i, text in enumerate(stopped_texts(steps, samples, stops, include_stop), 1):
+    for i, text in enumerate(texts_until_stop(steps, samples, stops, include_stop), 1):
         out.write(f"--- sample {i} ---\n{prefix}{text}\n")
     finish_output(out, output)
 
@@ -350,33 +350,6 @@ def check_beam_options(**given: bool) -> None:
     named = ", ".join("--" + name.replace("_", "-") for name, present in given.items() if present)
     if named:
         raise CharrnnError(f"--beam searches for the most likely text; it does not take {named}")
-
-
-def stream_text(steps, out, stops: list[str], include_stop: bool) -> None:
-    """One sample's characters written as they come, up to the first stop string."""
-    from charrnn.stops import StopScanner
-
-    scanner = StopScanner(stops, include_stop)
-    for chars in steps:
-        out.write(scanner.push(chars[0]))
-        out.flush()
-        if scanner.stopped:
-            return
-    out.write(scanner.flush())
-
-
-def stopped_texts(steps, samples: int, stops: list[str], include_stop: bool) -> list[str]:
-    """Every sample's text, each up to its own first stop string; sampling ends when all have stopped."""
-    from charrnn.stops import StopScanner
-
-    scanners = [StopScanner(stops, include_stop) for _ in range(samples)]
-    texts = [[] for _ in range(samples)]
-    for chars in steps:
-        for text, scanner, char in zip(texts, scanners, chars):
-            text.append(scanner.push(char))
-        if all(scanner.stopped for scanner in scanners):
-            break
-    return ["".join(text) + scanner.flush() for text, scanner in zip(texts, scanners)]
 
 
 def write_beams(out, beams, vocab, prefix: str, shown_prefix: str, as_json: bool, settings: dict) -> None:
@@ -400,6 +373,8 @@ def prompt_loop(stream, length: int, ckpt: dict, out, stops: list[str], include_
     """Feed each line typed (normalized as the training text was) and stream its
     continuation (up to a stop string), until end of input (Ctrl-D). A line the vocabulary
     cannot encode gets a one-line message and the loop goes on."""
+    from charrnn.stops import write_until_stop
+
     try:
         import readline  # noqa: F401  (gives input() line editing and history where available)
     except ImportError:
@@ -418,7 +393,7 @@ def prompt_loop(stream, length: int, ckpt: dict, out, stops: list[str], include_
             except CharrnnError as e:
                 typer.echo(f"error: {e}", err=True)
                 continue
-            stream_text(text_steps(stream.sample(length), stream.vocab, 1), out, stops, include_stop)
+            write_until_stop(text_steps(stream.sample(length), stream.vocab, 1), out, stops, include_stop)
             out.write("\n")
     except KeyboardInterrupt:
         typer.echo("", err=True)

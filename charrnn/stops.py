@@ -36,13 +36,16 @@ class StopScanner:
     def __init__(self, stops: list[str], include: bool = False):
         self.stops, self.include = stops, include
         self.held, self.stopped = "", False
+        self.first_chars = {stop[0] for stop in stops}
 
     def push(self, text: str) -> str:
         """The text now known to belong to the continuation, once `text` follows it."""
+        if self.stopped:
+            return ""
+        if not self.held and self.first_chars.isdisjoint(text):  # the common case: no stop string starts here
+            return text
         released = ""
         for char in text:
-            if self.stopped:
-                break
             self.held += char
             # held is the longest end of the text that begins a stop string, so any stop
             # string ending at this character ends held; the longest one started first
@@ -69,3 +72,26 @@ class StopScanner:
         """What is still held back, when the continuation ends without a stop string."""
         held, self.held = self.held, ""
         return held
+
+
+def write_until_stop(steps, out, stops: list[str], include_stop: bool) -> None:
+    """One sample's characters written as they come, up to the first stop string."""
+    scanner = StopScanner(stops, include_stop)
+    for chars in steps:
+        out.write(scanner.push(chars[0]))
+        out.flush()
+        if scanner.stopped:
+            return
+    out.write(scanner.flush())
+
+
+def texts_until_stop(steps, samples: int, stops: list[str], include_stop: bool) -> list[str]:
+    """Every sample's text, each up to its own first stop string; sampling ends when all have stopped."""
+    scanners = [StopScanner(stops, include_stop) for _ in range(samples)]
+    texts = [[] for _ in range(samples)]
+    for chars in steps:
+        for text, scanner, char in zip(texts, scanners, chars):
+            text.append(scanner.push(char))
+        if all(scanner.stopped for scanner in scanners):
+            break
+    return ["".join(text) + scanner.flush() for text, scanner in zip(texts, scanners)]
