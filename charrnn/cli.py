@@ -93,6 +93,7 @@ def train(
     val_windows: Annotated[int, Opt(help="With --train-windows: the next N windows for validation.")] = D.val_windows,
     unknown: Annotated[str, Opt(help="Validation characters the training text lacks: error, or skip (drop them, with a warning).")] = D.unknown,
     normalize: Annotated[str, Opt(help="none, or letters: the d2l book's preprocessing (non-letters to one space, lowercase).")] = D.normalize,
+    vocab: Annotated[str, Opt(help="chars: the training text's characters (UTF-8 files); bytes: the 256 byte values, so any file trains and the model learns UTF-8 itself.")] = D.vocab,
     sampling: Annotated[str, Opt(help="sequential: contiguous streams, state carried across batches; random: shuffled windows from a zero state (d2l).")] = D.sampling,
     stream_offsets: Annotated[str, Opt(help="sequential: random starts the streams at a new offset every epoch (other truncation points each time); fixed starts them at the text's start.")] = D.stream_offsets,
     cell: Annotated[str, Opt(help="rnn, gru or lstm.")] = D.cell,
@@ -169,13 +170,14 @@ def train(
                        f"{summary['run']}/last.pt. Resume with:\n  {launcher} train --resume {summary['run']}", err=True)
         raise typer.Exit(130)
     if settings.sample_prefix and speaks:
+        from charrnn.byte_vocab import shown
         from charrnn.sample import generate as generate_chars
 
         model, vocab, ckpt = load_model(Path(summary["run"]) / "best.pt", "cpu")
         prefix = model_prefix(settings.sample_prefix, ckpt)
-        text = "".join(c[0] for c in generate_chars(model, vocab, prefix, settings.sample_length,
-                                                    greedy=settings.sample_greedy, seed=settings.seed))
-        typer.echo(f"sample: {prefix}{text}")
+        steps = generate_chars(model, vocab, prefix, settings.sample_length, greedy=settings.sample_greedy,
+                               seed=settings.seed)
+        typer.echo(shown(f"sample: {prefix}" + "".join(c[0] for c in text_steps(steps, vocab, 1))))
 
 
 TRAIN_SETTINGS = {f.name for f in fields(TrainConfig)}
@@ -255,54 +257,102 @@ def generate(
     seed: Annotated[Optional[int], Opt(help="Random seed for repeatable samples.")] = None,
     as_json: Annotated[bool, Opt("--json", help="Print one JSON object: prefix, samples (a list) and settings.")] = False,
     interactive: Annotated[bool, Opt("--interactive", "-i", help="A prompt: each line typed is fed to the model and continued by --length characters; the state carries over between lines (an empty line just continues). Ctrl-D ends.")] = False,
+    stop: Annotated[Optional[list[str]], Opt(help="End a continuation at the first occurrence of this string (repeatable; \\n, \\t and \\r are escapes: --stop '\\n\\n' ends at a paragraph); it is not printed unless --include-stop. --length stays the bound; each of --samples stops on its own.", show_default=False)] = None,
+    include_stop: Annotated[bool, Opt("--include-stop", help="Print the stop string that ended a continuation.")] = False,
+    beam: Annotated[Optional[int], Opt(help="Beam search of this width instead of sampling: the most likely continuations of --length characters found, with their log-probabilities (conservative, like a low temperature).", show_default=False)] = None,
+    output: Annotated[Optional[Path], Opt(help="Write what would be printed to this file instead (UTF-8), atomically: whole or not at all.", show_default=False)] = None,
+    raw: Annotated[bool, Opt("--raw", help="Byte models: write the bytes the model emits as they are (bytes that are not UTF-8 otherwise come out as U+FFFD, the replacement character).")] = False,
     device: Annotated[str, Opt(help="auto, cpu or cuda. auto: the CPU for one sample (a step per character is too small for a GPU to gain on it), CUDA where available for several (see the README's Performance).")] = "auto",
 ):
     """Generate text: warm the state up on --prefix, then emit one character at a time."""
     import torch
 
     from charrnn.checkpoint import resolve_checkpoint
-    from charrnn.data import read_text
+    from charrnn.data import read_byte_text, read_text
+    from charrnn.output import TextSink
     from charrnn.sample import GenerationStream
+    from charrnn.stops import check_stops, parse_stops, texts_until_stop, write_until_stop
 
     if prefix and prefix_file:
         raise CharrnnError("give --prefix or --prefix-file, not both")
     dynamic_settings(None, dyn_lr, dyn_decay)  # checked before the model loads
-    if interactive and (as_json or samples > 1):
-        raise CharrnnError("--interactive continues one sample at a prompt; it takes neither --json nor --samples")
-    if prefix_file:
-        prefix = read_text(prefix_file, "prefix file").as_str()
+    if interactive and (as_json or samples > 1 or output):
+        raise CharrnnError("--interactive continues one sample at a prompt; it takes neither --json, --samples nor --output")
+    if raw and as_json:
+        raise CharrnnError("--raw writes bytes and --json text: choose one")
+    stops = parse_stops(stop or [])
+    if beam is not None:
+        check_beam_options(samples=samples != 1, temperature=temperature != 1, top_k=top_k != 0, top_p=top_p != 1,
+                           greedy=greedy, seed=seed is not None, interactive=interactive, stop=bool(stops),
+                           adapt=adapt is not None)
     model, vocab, ckpt = load_model(checkpoint, "cpu" if device == "auto" and samples == 1 else device)
+    if prefix_file:  # a byte model takes any file as its prime, UTF-8 or not
+        prefix = (vocab.decode(read_byte_text(prefix_file, "prefix file").ids) if vocab.kind == "bytes"
+                  else read_text(prefix_file, "prefix file").as_str())
     prefix = model_prefix(prefix, ckpt)
+    check_stops(stops, vocab.can_encode)
+    out = TextSink(output, raw)
+    if beam is not None:
+        from charrnn.beam import beam_search
+
+        beams = beam_search(model, vocab.encode(prefix, "the prefix"), beam, length)
+        write_beams(out, beams, vocab, prefix, "" if prefix_file else prefix, as_json,
+                    {"checkpoint": str(resolve_checkpoint(checkpoint)), "length": length, "beam": beam})
+        return finish_output(out, output)
     stream = GenerationStream(model, vocab, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
                               samples=samples, seed=seed)
     if adapt:
         adapt_to_file(stream, adapt, ckpt, checkpoint, dynamic_settings(None, dyn_lr, dyn_decay))
     stream.feed(prefix, f"the prefix file {prefix_file}" if prefix_file else "the prefix")
-    steps = stream.sample(length)  # checks --length before anything is printed, the prompt included
+    steps = text_steps(stream.sample(length), vocab, samples)  # checks --length before anything is printed
     if model.W_hq.device.type == "cpu" and samples == 1:
         # one sequence is a chain of tiny matrix-vector products: a second CPU thread only
         # adds synchronisation (measured: ~2x slower per character on this project's 2 cores)
         torch.set_num_threads(1)
     if interactive:
-        return prompt_loop(stream, length, ckpt)
+        return prompt_loop(stream, length, ckpt, out, stops, include_stop)
     if as_json:
-        texts = ["".join(chars) for chars in zip(*steps)] or [""] * samples
         settings = {"checkpoint": str(resolve_checkpoint(checkpoint)), "length": length, "temperature": temperature,
                     "top_k": top_k, "top_p": top_p, "greedy": greedy, "seed": seed}
-        typer.echo(json.dumps({"prefix": prefix, "samples": texts, "settings": settings}, ensure_ascii=False))
-        return
+        if stops:
+            settings.update(stop=stops, include_stop=include_stop)
+        texts = texts_until_stop(steps, samples, stops, include_stop)
+        out.write(json.dumps({"prefix": prefix, "samples": texts, "settings": settings}, ensure_ascii=False) + "\n")
+        return finish_output(out, output)
     if prefix_file:
         prefix = ""  # the prime is the user's own file: print only what follows it
     if samples == 1:
-        sys.stdout.write(prefix)
-        for chars in steps:
-            sys.stdout.write(chars[0])
-            sys.stdout.flush()
-        sys.stdout.write("\n")
+        out.write(prefix)
+        write_until_stop(steps, out, stops, include_stop)
+        out.write("\n")
+        return finish_output(out, output)
+    for i, text in enumerate(texts_until_stop(steps, samples, stops, include_stop), 1):
+        out.write(f"--- sample {i} ---\n{prefix}{text}\n")
+    finish_output(out, output)
+
+
+def text_steps(steps, vocab, samples: int):
+    """Each step's new text per sample: a byte model's bytes decoded as UTF-8 as they complete characters."""
+    from charrnn.byte_vocab import decoded_steps
+
+    return decoded_steps(steps, samples) if vocab.kind == "bytes" else steps
+
+
+def check_beam_options(**given: bool) -> None:
+    """--beam searches for the likeliest text: the sampling options have no meaning there."""
+    named = ", ".join("--" + name.replace("_", "-") for name, present in given.items() if present)
+    if named:
+        raise CharrnnError(f"--beam searches for the most likely text; it does not take {named}")
+
+
+def write_beams(out, beams, vocab, prefix: str, shown_prefix: str, as_json: bool, settings: dict) -> None:
+    """Beam search's continuations, most likely first, with their log-probabilities."""
+    if as_json:
+        found = [{"text": vocab.decode(ids), "log_probability": score} for ids, score in beams]
+        out.write(json.dumps({"prefix": prefix, "beams": found, "settings": settings}, ensure_ascii=False) + "\n")
         return
-    columns = list(zip(*steps)) or [()] * samples
-    for i, chars in enumerate(columns, 1):
-        typer.echo(f"--- sample {i} ---\n{prefix}{''.join(chars)}")
+    for i, (ids, score) in enumerate(beams, 1):
+        out.write(f"--- beam {i}: log-probability {score:.3f} ---\n{shown_prefix}{vocab.decode(ids)}\n")
 
 
 def adapt_to_file(stream, path: Path, ckpt: dict, checkpoint, settings) -> None:
@@ -320,10 +370,19 @@ def adapt_to_file(stream, path: Path, ckpt: dict, checkpoint, settings) -> None:
     adapt_stream(stream, ids, training_ids(ckpt, checkpoint), settings)
 
 
-def prompt_loop(stream, length: int, ckpt: dict) -> None:
+def finish_output(out, output: Path | None) -> None:
+    """With --output, the text collected in `out` goes to that file, atomically."""
+    out.close()
+    if output:
+        typer.echo(f"wrote {output}", err=True)
+
+
+def prompt_loop(stream, length: int, ckpt: dict, out, stops: list[str], include_stop: bool) -> None:
     """Feed each line typed (normalized as the training text was) and stream its
-    continuation, until end of input (Ctrl-D). A line the vocabulary cannot encode gets a
-    one-line message and the loop goes on."""
+    continuation (up to a stop string), until end of input (Ctrl-D). A line the vocabulary
+    cannot encode gets a one-line message and the loop goes on."""
+    from charrnn.stops import write_until_stop
+
     try:
         import readline  # noqa: F401  (gives input() line editing and history where available)
     except ImportError:
@@ -342,10 +401,8 @@ def prompt_loop(stream, length: int, ckpt: dict) -> None:
             except CharrnnError as e:
                 typer.echo(f"error: {e}", err=True)
                 continue
-            for chars in stream.sample(length):
-                sys.stdout.write(chars[0])
-                sys.stdout.flush()
-            sys.stdout.write("\n")
+            write_until_stop(text_steps(stream.sample(length), stream.vocab, 1), out, stops, include_stop)
+            out.write("\n")
     except KeyboardInterrupt:
         typer.echo("", err=True)
         raise typer.Exit(130) from None
@@ -374,7 +431,7 @@ def evaluate_command(
     With --dynamic, also dynamic evaluation (Krause et al., 2018); see docs/dynamic-evaluation.md.
     """
     from charrnn.checkpoint import resolve_checkpoint
-    from charrnn.data import check_unknown, read_text, reload_corpus, skipped_note
+    from charrnn.data import check_unknown, read_byte_text, read_text, reload_corpus, skipped_note
     from charrnn.evaluation import evaluate, nats_summary, recorded_layout
 
     if (batch_size is not None and batch_size < 1) or (seq_len is not None and seq_len < 1):
@@ -392,6 +449,8 @@ def evaluate_command(
             raise CharrnnError("the checkpoint does not record its corpus; give a FILE to eval")
         corpus = reload_corpus(source, cache_dir=resolve_checkpoint(checkpoint).parent)
         ids, what, notes = corpus.val_ids, "the validation split", corpus.notes
+    elif vocab.kind == "bytes":  # any file: every byte is in the vocabulary
+        ids, what, notes = read_byte_text(file, "file").ids, str(file), []
     else:
         text, what = read_text(file, "file", source.get("normalize", "none")), str(file)
         ids, dropped = vocab.ids_of(text, what=what, unknown=unknown, hint=" (--unknown skip drops them)",
@@ -407,13 +466,20 @@ def evaluate_command(
         raise CharrnnError(f"{what} is shorter than one window of {layout['seq_len'] + 1} characters")
     loss_sum, count = evaluate(model, ids, **layout)
     result = {**nats_summary(loss_sum / count), "chars": count, "text": what}
+    unit = "characters"
+    if vocab.kind == "bytes":
+        result, unit = byte_model_result(result, ids, not layout["carry_state"]), "bytes"
     if show or show_html:
-        shown = what if len(ids) <= show_chars else f"the first {show_chars:,} characters of {what}"
+        shown = what if len(ids) <= show_chars else f"the first {show_chars:,} {unit} of {what}"
         show_surprisal(model, vocab, vocab.decode(ids[:show_chars]), shown, show, show_html)
     if settings:
         result["dynamic"] = dynamic_figures(model, ids, training_ids(ckpt, checkpoint), settings)
     if as_json:
         typer.echo(json.dumps(result))
+    elif vocab.kind == "bytes":
+        per_char = f"{result['bits_per_char']:.3f} bits/char" if result["bits_per_char"] is not None else "not UTF-8"
+        typer.echo(f"{what}: perplexity {result['perplexity']:.3f} | {result['bits_per_byte']:.3f} bits/byte | "
+                   f"{per_char} | loss {result['loss']:.4f} nats/byte | {count:,} bytes")
     else:
         typer.echo(f"{what}: {figures_line(result)} | {count:,} characters")
     if settings and not as_json:
@@ -460,6 +526,19 @@ def dynamic_figures(model, ids, train_ids, settings) -> dict:
             "settings": asdict(settings)}
 
 
+def byte_model_result(result: dict, ids, window: int) -> dict:
+    """A byte model's measures are per byte; where the text is UTF-8, bits per character
+    too (bits per byte times the text's bytes per character), so that byte and character
+    models compare on one text."""
+    from charrnn.byte_vocab import utf8_chars
+
+    bits_per_byte = result["bits_per_char"]
+    chars = None if window else utf8_chars(ids)  # (the d2l windows are not the text once through)
+    return {"perplexity": result["perplexity"], "bits_per_byte": bits_per_byte,
+            "bits_per_char": bits_per_byte * len(ids) / chars if chars else None, "loss": result["loss"],
+            "bytes": result["chars"], "chars": chars, "text": result["text"]}
+
+
 def show_surprisal(model, vocab, text: str, what: str, show: bool, html_file: Path | None) -> None:
     """Shade each character of text by the model's surprisal: in the terminal, or as HTML."""
     from rich.console import Console
@@ -467,6 +546,10 @@ def show_surprisal(model, vocab, text: str, what: str, show: bool, html_file: Pa
     from charrnn.inspect import legend_text, mean_perplexity, shaded_text, surprisal, surprisal_html
 
     bits = surprisal(model, vocab, text)
+    if vocab.kind == "bytes":  # shade characters, each by the bits of its bytes
+        from charrnn.byte_vocab import char_bits, shown
+
+        bits, text = char_bits(text, bits), shown(text)
     title = f"perplexity {mean_perplexity(bits):.3f} on {what}"
     if html_file:
         try:

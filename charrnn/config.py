@@ -20,6 +20,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "plateau")
 DEVICES = ("auto", "cpu", "cuda")
 UNKNOWN_CHOICES = ("error", "skip")  # what to do with validation characters outside the vocabulary
+VOCAB_KINDS = ("chars", "bytes")  # a character vocabulary, or the 256 byte values (charrnn.byte_vocab)
 
 
 @dataclass
@@ -54,6 +55,7 @@ class TrainConfig:
     val_file: str | None = None
     val_fraction: float = 0.1
     normalize: str = "none"  # none | letters (the d2l book's preprocessing)
+    vocab: str = "chars"  # chars | bytes (the 256 byte values: any file; see charrnn.byte_vocab)
     sampling: str = "sequential"  # sequential (carried state) | random (d2l windows, zero state)
     stream_offsets: str = "random"  # sequential: a new start offset every epoch (random) or none (fixed)
     train_windows: int = 0  # with both windows > 0: the d2l split by windows instead of val_fraction
@@ -125,7 +127,7 @@ class TrainConfig:
         choices = {"cell": CELLS, "optimizer": OPTIMIZERS, "lr_schedule": SCHEDULES,
                    "sampling": ("sequential", "random"), "stream_offsets": ("random", "fixed"),
                    "init": INITS, "device": DEVICES,
-                   "unknown": UNKNOWN_CHOICES, "amp": ("none", "bf16")}
+                   "unknown": UNKNOWN_CHOICES, "amp": ("none", "bf16"), "vocab": VOCAB_KINDS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise CharrnnError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")

@@ -25,7 +25,8 @@ from typing import BinaryIO
 
 import torch
 
-from charrnn.config import UNKNOWN_CHOICES
+from charrnn.byte_vocab import ByteVocab, read_bytes
+from charrnn.config import UNKNOWN_CHOICES, VOCAB_KINDS
 from charrnn.errors import CharrnnError
 
 UNK = "<unk>"
@@ -88,6 +89,13 @@ def read_text(path: str | Path, what: str = "corpus", normalize_how: str = "none
     if not len(ids):
         raise CharrnnError(f"{name} is empty")
     return Text(ids, chars, digest.hexdigest(), notes)
+
+
+def read_byte_text(path: str | Path, what: str = "corpus", normalize_how: str = "none") -> Text:
+    """A file's bytes as a Text for a byte vocabulary: its ids are the bytes themselves.
+    (`normalize_how` makes it a drop-in for read_text; check_vocab_kind allows only none.)"""
+    ids, sha256 = read_bytes(path, what)
+    return Text(ids, [], sha256)
 
 
 def decode_chunks(f: BinaryIO, digest, name: str, notes: list[str]) -> Iterator[str]:
@@ -236,6 +244,8 @@ class Vocab:
     """Characters <-> integer ids. `tokens` is sorted; with `unk`, the token `<unk>` stands
     for every character outside it (the book's vocabulary), else such characters are errors."""
 
+    kind = "chars"
+
     def __init__(self, tokens, unk: bool = False):
         tokens = set(tokens) | ({UNK} if unk else set())
         self.idx_to_token = sorted(tokens)
@@ -305,8 +315,13 @@ class Vocab:
         tokens = [t for t in self.idx_to_token if not (self.unk is not None and t == UNK)]
         return {"tokens": tokens, "unk": self.unk is not None}
 
+    def can_encode(self, char: str) -> bool:
+        return char in self.token_to_idx
+
     @classmethod
-    def from_dict(cls, d: dict) -> "Vocab":
+    def from_dict(cls, d: dict) -> "Vocab | ByteVocab":
+        if d.get("kind") == "bytes":
+            return ByteVocab()
         tokens = d["tokens"]
         if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
             raise ValueError("vocabulary tokens must be a list of strings")
@@ -338,30 +353,36 @@ def load_corpus(
     windows: tuple[int, int, int] | None = None,
     unknown: str = "error",
     quiet: bool = False,
+    vocab_kind: str = "chars",
 ) -> Corpus:
     """Read a corpus file, a named dataset, or (neither given) the built-in corpus, and
     split it: `val_file` if given, else the last `val_fraction` of the text. `windows`
     = (train_windows, val_windows, seq_len) is the d2l split instead: the first
     train_windows stride-1 windows for training and the next val_windows for validation.
     Validation characters the training text lacks are an error that names them, or with
-    `unknown="skip"` are dropped, with a note saying how many."""
+    `unknown="skip"` are dropped, with a note saying how many. `vocab_kind="bytes"` reads
+    the files as bytes, for a vocabulary of the 256 byte values."""
     if path and dataset:
         raise CharrnnError("give a corpus file or --dataset, not both")
     check_unknown(unknown)
+    by_bytes = check_vocab_kind(vocab_kind, normalize_how) == "bytes"
+    read = read_byte_text if by_bytes else read_text
     if dataset:
         from charrnn.datasets import dataset_path
 
-        text = read_text(dataset_path(dataset, quiet=quiet), normalize_how=normalize_how)
+        text = read(dataset_path(dataset, quiet=quiet), normalize_how=normalize_how)
         source = {"kind": "dataset", "name": dataset}
     elif path:
-        text = read_text(path, normalize_how=normalize_how)
+        text = read(path, normalize_how=normalize_how)
         source = {"kind": "file", "path": str(Path(path).resolve())}
     else:
         builtin = builtin_text()
-        text = Text.from_str(builtin, normalize_how)
+        text = Text(ByteVocab().encode(builtin), []) if by_bytes else Text.from_str(builtin, normalize_how)
         text.sha256 = builtin_sha256(builtin)
         source = {"kind": "builtin", "name": "pydoc_data.topics"}
     source.update(sha256=text.sha256, normalize=normalize_how, val_fraction=val_fraction, unknown=unknown)
+    if by_bytes:  # (only then: the sources of character runs stay as they were)
+        source["vocab"] = "bytes"
     notes, length = text.notes, len(text.ids)
 
     val_text = text
@@ -371,7 +392,7 @@ def load_corpus(
         val_span = (min(n_train, length), min(n_train + n_val + seq_len, length))
         source["windows"] = list(windows)
     elif val_file:
-        val_text = read_text(val_file, "validation file", normalize_how)
+        val_text = read(val_file, "validation file", normalize_how)
         notes += val_text.notes
         train_span, val_span = (0, length), (0, len(val_text.ids))
         source["val_file"] = {"path": str(Path(val_file).resolve()), "sha256": val_text.sha256}
@@ -383,7 +404,9 @@ def load_corpus(
     if val_span[1] - val_span[0] < 2:
         raise CharrnnError(f"the validation split has {val_span[1] - val_span[0]} character(s); it needs at least 2")
 
-    if normalize_how == "letters":  # the book's vocabulary: 26 letters, space and <unk>
+    if by_bytes:
+        vocab = ByteVocab()
+    elif normalize_how == "letters":  # the book's vocabulary: 26 letters, space and <unk>
         vocab = Vocab(string.ascii_lowercase + " ", unk=True)
     else:
         vocab = Vocab(characters(text, *train_span))
@@ -397,6 +420,14 @@ def load_corpus(
     # Last, and in place: the training ids take the place of the text's own.
     train_ids, _ = vocab.ids_of(text, *train_span, what="the training text", in_place=True)
     return Corpus(train_ids, val_ids, vocab, source, notes)
+
+
+def check_vocab_kind(vocab_kind: str, normalize_how: str) -> str:
+    if vocab_kind not in VOCAB_KINDS:
+        raise CharrnnError(f"--vocab must be one of {', '.join(VOCAB_KINDS)}, got {vocab_kind!r}")
+    if vocab_kind == "bytes" and normalize_how != "none":
+        raise CharrnnError(f"--normalize {normalize_how} works on characters; it does not go with --vocab bytes")
+    return vocab_kind
 
 
 def check_unknown(unknown: str) -> None:
@@ -435,6 +466,7 @@ def reload_corpus(source: dict, cache_dir: str | Path | None = None) -> Corpus:
         windows=tuple(windows) if windows else None,
         unknown=source.get("unknown", "error"),
         quiet=True,
+        vocab_kind=source.get("vocab", "chars"),
     )
     if corpus.source["sha256"] != source["sha256"]:
         raise CharrnnError(f"{where} changed since training (sha256 differs); give a FILE to eval")
@@ -450,6 +482,8 @@ def well_formed(source) -> bool:
         return False
     needed = ["sha256", "normalize"] + {"file": ["path"], "dataset": ["name"], "builtin": []}[source["kind"]]
     if not all(isinstance(source.get(key), str) for key in needed) or type(source.get("val_fraction")) not in (int, float):
+        return False
+    if not isinstance(source.get("vocab", "chars"), str):
         return False
     windows, val_file = source.get("windows"), source.get("val_file")
     if windows is not None and not (isinstance(windows, list) and len(windows) == 3

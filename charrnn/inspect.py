@@ -30,7 +30,8 @@ def checkpoint_info(ckpt: dict, path: str) -> dict:
         "model": {"cell": model_config["cell"], "layers": model_config["layers"],
                   "hidden": model_config["hidden"], "dropout": model_config["dropout"],
                   "parameters": sum(t.numel() for t in ckpt["model"].values())},
-        "vocabulary": {"size": len(vocab), "characters": ckpt["vocab"]["tokens"], "unk": ckpt["vocab"]["unk"]},
+        "vocabulary": {"size": len(vocab), "kind": vocab.kind, "characters": ckpt["vocab"].get("tokens"),
+                       "unk": vocab.unk is not None},
         "training": {"steps": progress.get("step", 0), "chars_seen": progress.get("chars_seen", 0),
                      "elapsed": progress.get("elapsed", 0.0),
                      "best_val_ppl": math.exp(min(best, 50)) if math.isfinite(best) else None},
@@ -44,14 +45,19 @@ def escape_char(c: str) -> str:
     return c if c.isprintable() and c != "\\" else repr(c)[1:-1]
 
 
+def vocabulary_text(v: dict) -> str:
+    if v.get("kind") == "bytes":
+        return f"{v['size']} byte values (the model spells UTF-8 itself)"
+    # quoted, so a leading space shows
+    quoted = '"' + "".join('\\"' if ch == '"' else escape_char(ch) for ch in v["characters"]) + '"'
+    return f"{v['size']} characters: " + quoted + (" and <unk>" if v["unk"] else "")
+
+
 def info_lines(info: dict) -> list[str]:
     """`checkpoint_info` as aligned lines for a person."""
     m, v, t, c = info["model"], info["vocabulary"], info["training"], info["corpus"]
     layers = f"{m['layers']} layer{'s' if m['layers'] != 1 else ''}"
     dropout = f", dropout {m['dropout']}" if m["dropout"] else ""
-    # quoted, so a leading space shows
-    quoted = '"' + "".join('\\"' if ch == '"' else escape_char(ch) for ch in v["characters"]) + '"'
-    characters = quoted + (" and <unk>" if v["unk"] else "")
     best = f"{t['best_val_ppl']:.3f}" if t["best_val_ppl"] is not None else "none yet"
     where = {"file": c.get("path"), "dataset": f"dataset {c.get('name')}",
              "builtin": f"built-in ({c.get('name')})"}.get(c.get("kind"), "not recorded")
@@ -63,7 +69,7 @@ def info_lines(info: dict) -> list[str]:
     lines = [
         f"checkpoint  {info['checkpoint']}",
         f"model       {m['cell'].upper()}, {layers} of {m['hidden']} hidden{dropout}; {m['parameters']:,} parameters",
-        f"vocabulary  {v['size']} characters: {characters}",
+        f"vocabulary  {vocabulary_text(v)}",
         f"training    {t['steps']:,} steps, {t['chars_seen']:,} characters seen, {t['elapsed']:.1f}s; "
         f"best validation perplexity {best}",
         f"corpus      {corpus}",

@@ -352,7 +352,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
             normalize_how=config.normalize,
             windows=(config.train_windows, config.val_windows, config.seq_len)
             if config.train_windows and config.val_windows else None,
-            unknown=config.unknown,
+            unknown=config.unknown, vocab_kind=config.vocab,
         )
     for note in corpus.notes:
         reporter.note(note)

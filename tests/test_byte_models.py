@@ -1,0 +1,91 @@
+"""Byte-level models (`train --vocab bytes`) through the CLI: any file trains, any prefix
+and eval text is accepted, output is decoded incrementally (U+FFFD for invalid bytes, the
+bytes themselves with --raw), and eval reports bits per byte and per character."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from charrnn.byte_vocab import decoded_steps, shown
+from charrnn.checkpoint import load_checkpoint
+from charrnn.cli import app
+
+from conftest import TINY, make_text
+
+# UTF-8 text with a stretch that is not UTF-8 (a lone 0xff, a cut-off euro sign) and a NUL
+MIXED = b"caf\xc3\xa9 \xe2\x82\xac \xff\xfe \xe2\x82 \x00 "
+
+
+@pytest.fixture(scope="module")
+def byte_corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bytes") / "mixed.bin"
+    text = make_text(3000).encode()
+    path.write_bytes(text[:1000] + MIXED * 5 + text[1000:])
+    return path
+
+
+@pytest.fixture(scope="module")
+def byte_run(byte_corpus, cli):
+    run = byte_corpus.parent / "run"
+    cli("train", byte_corpus, "--vocab", "bytes", "--max-steps", "4", "--out", run, *TINY).assert_ok()
+    return run
+
+
+def test_a_file_that_is_not_utf8_trains_as_bytes_only(cli, byte_corpus, byte_run, tmp_path):
+    cli("train", byte_corpus, "--max-steps", "1", "--out", tmp_path / "chars", *TINY) \
+        .assert_one_line_error("not UTF-8", str(byte_corpus))
+    ckpt = load_checkpoint(byte_run / "last.pt")
+    assert ckpt["vocab"] == {"kind": "bytes"} and ckpt["model_config"]["vocab_size"] == 256
+    assert ckpt["corpus"]["vocab"] == "bytes" and ckpt["config"]["vocab"] == "bytes"
+    info = json.loads(cli("info", byte_run, "--json").assert_ok().stdout)
+    assert info["vocabulary"]["kind"] == "bytes" and info["vocabulary"]["size"] == 256
+    assert "256 byte values" in cli("info", byte_run).assert_ok().stdout
+    # resume finds and checks the same bytes
+    cli("train", "--resume", byte_run, "--max-steps", "5", "-q").assert_ok()
+    assert load_checkpoint(byte_run / "last.pt")["progress"]["step"] == 5
+
+
+def test_generate_decodes_bytes_and_raw_writes_them(cli, byte_run, tmp_path):
+    args = ("generate", "--checkpoint", byte_run, "--prefix", "Ωmega € ", "--length", "300", "--seed", "2")
+    result = cli(*args).assert_ok()
+    raw = CliRunner().invoke(app, [str(a) for a in (*args, "--raw")])
+    assert raw.exit_code == 0, raw.output
+    # the briefly trained model emits invalid UTF-8: shown as U+FFFD, one per invalid byte
+    assert "\ufffd" in result.stdout
+    written = tmp_path / "out.bin"
+    cli(*args, "--raw", "--output", written).assert_ok()
+    data = written.read_bytes()
+    assert data.startswith("Ωmega € ".encode()) and data.endswith(b"\n")
+    assert shown(data.decode("utf-8", "surrogateescape")) == result.stdout
+    assert raw.stdout_bytes == data
+    cli(*args, "--raw", "--json").assert_one_line_error("--raw")
+
+
+def test_streamed_bytes_never_split_a_character():
+    steps = [[bytes([b])] for b in "aé€".encode() + b"\xff" + "ü".encode()[:1]]
+    assert list(decoded_steps(steps, 1)) == [["a"], [""], ["é"], [""], [""], ["€"], ["\udcff"], [""], ["\udcc3"]]
+
+
+def test_eval_reports_bits_per_byte_and_per_character(cli, byte_run, byte_corpus, tmp_path):
+    utf8 = tmp_path / "utf8.txt"
+    utf8.write_text("Путешественник во времени — the time traveller\n" * 3, encoding="utf-8")
+    result = json.loads(cli("eval", utf8, "--checkpoint", byte_run, "--json").assert_ok().stdout)
+    size, chars = len(utf8.read_bytes()), len(utf8.read_text(encoding="utf-8"))
+    assert result["chars"] == chars and result["bytes"] == size - 1
+    assert result["bits_per_char"] == pytest.approx(result["bits_per_byte"] * size / chars)
+    assert result["bits_per_char"] > result["bits_per_byte"]  # Cyrillic takes two bytes a letter
+    invalid = json.loads(cli("eval", byte_corpus, "--checkpoint", byte_run, "--json").assert_ok().stdout)
+    assert invalid["bits_per_char"] is None and invalid["chars"] is None
+    line = cli("eval", byte_corpus, "--checkpoint", byte_run).assert_ok().stdout
+    assert "bits/byte | not UTF-8 |" in line
+    shaded = cli("eval", byte_corpus, "--checkpoint", byte_run, "--show", "--show-chars", "1200").assert_ok().stdout
+    assert "\ufffd" in shaded and "on the first 1,200 bytes of" in shaded
+
+
+def test_character_options_do_not_go_with_bytes(cli, byte_corpus, tmp_path):
+    cli("train", byte_corpus, "--vocab", "bytes", "--normalize", "letters", *TINY) \
+        .assert_one_line_error("--normalize letters", "--vocab bytes")
+    cli("train", byte_corpus, "--vocab", "words", *TINY).assert_one_line_error("--vocab", "words")
