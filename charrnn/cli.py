@@ -408,7 +408,7 @@ def show_surprisal(model, vocab, text: str, what: str, show: bool, html_file: Pa
     """Shade each character of text by the model's surprisal: in the terminal, or as HTML."""
     from rich.console import Console
 
-    from charrnn.inspect import legend_text, mean_perplexity, shaded_text, surprisal, surprisal_html
+    from charrnn.surprisal import legend_text, mean_perplexity, shaded_text, surprisal, surprisal_html
 
     bits = surprisal(model, vocab, text)
     title = f"perplexity {mean_perplexity(bits):.3f} on {what}"
@@ -432,7 +432,7 @@ def info(
 ):
     """What a checkpoint holds: model, vocabulary, training so far, corpus and its sha256."""
     from charrnn.checkpoint import load_checkpoint, resolve_checkpoint
-    from charrnn.inspect import checkpoint_info, info_lines
+    from charrnn.surprisal import checkpoint_info, info_lines
 
     path = resolve_checkpoint(checkpoint)
     try:
