@@ -356,11 +356,12 @@ def evaluate_command(
     show: Annotated[bool, Opt("--show", help="Print the text with each character shaded by the model's surprisal (bits), to see where it is confused.")] = False,
     show_chars: Annotated[int, Opt(help="How much of the text --show and --show-html shade: the first N characters.")] = 2000,
     show_html: Annotated[Optional[Path], Opt(help="Write the shaded text as a self-contained HTML page to this file.")] = None,
+    neuron: Annotated[Optional[str], Opt(help="With --show or --show-html: shade by this unit's activation (blue -1 to red 1) instead of by surprisal. L:U is layer L's output unit U, L:Uc an LSTM's memory cell (layers from 1, units from 0; `charrnn neurons` finds units worth a look).")] = None,
     device: Annotated[str, Opt(help="auto, cpu or cuda.")] = "auto",
 ):
     """Perplexity and bits per character of a model on FILE or on its validation split."""
-    from charrnn.checkpoint import resolve_checkpoint
-    from charrnn.data import check_unknown, read_text, reload_corpus, skipped_note
+    from charrnn.data import check_unknown
+    from charrnn.neurons import parse_unit
     from charrnn.train import evaluate
 
     if batch_size < 1 or seq_len < 1:
@@ -370,23 +371,13 @@ def evaluate_command(
         raise CharrnnError(f"--show-chars must be at least 2, got {show_chars}")
     if show and as_json:
         raise CharrnnError("--show prints shaded text; it does not mix with --json (use --show-html FILE)")
+    if neuron and not (show or show_html):
+        raise CharrnnError("--neuron picks what --show or --show-html shade by; give one of them")
     model, vocab, ckpt = load_model(checkpoint, device)
-    source = ckpt.get("corpus") or {}
-    if file is None:
-        if not isinstance(source, dict) or not source:
-            raise CharrnnError("the checkpoint does not record its corpus; give a FILE to eval")
-        corpus = reload_corpus(source, cache_dir=resolve_checkpoint(checkpoint).parent)
-        ids, what, notes = corpus.val_ids, "the validation split", corpus.notes
-        window = source["windows"][2] if "windows" in source else 0
-    else:
-        text, what, window = read_text(file, "file", source.get("normalize", "none")), str(file), 0
-        ids, dropped = vocab.ids_of(text, what=what, unknown=unknown, hint=" (--unknown skip drops them)",
-                                    in_place=True)
-        notes = text.notes + ([skipped_note(dropped, what)] if dropped else [])
+    unit = parse_unit(neuron, model) if neuron else None
+    ids, what, window = text_ids(file, checkpoint, ckpt, vocab, unknown, "eval")
     if len(ids) < 2:
         raise CharrnnError(f"{what} is too short to evaluate (it needs at least 2 characters)")
-    for note in notes:
-        typer.echo(f"warning: {note}", err=True)
     if window:  # the book's split: stride-1 windows of the run's seq_len, each from a zero state
         loss_sum, count = evaluate(model, ids, batch_size=1024, seq_len=window, carry_state=False)
     else:
@@ -396,7 +387,7 @@ def evaluate_command(
               "chars": count, "text": what}
     if show or show_html:
         shown = what if len(ids) <= show_chars else f"the first {show_chars:,} characters of {what}"
-        show_surprisal(model, vocab, vocab.decode(ids[:show_chars]), shown, show, show_html)
+        show_text(model, vocab, ids[:show_chars], shown, show, show_html, unit)
     if as_json:
         typer.echo(json.dumps(result))
     else:
@@ -404,24 +395,95 @@ def evaluate_command(
                    f"bits/char | loss {loss:.4f} nats/char | {count:,} characters")
 
 
-def show_surprisal(model, vocab, text: str, what: str, show: bool, html_file: Path | None) -> None:
-    """Shade each character of text by the model's surprisal: in the terminal, or as HTML."""
+def text_ids(file: Path | None, checkpoint: Path | None, ckpt: dict, vocab, unknown: str, command: str):
+    """(ids, what, window) of FILE, or of the checkpoint's validation split (window: the
+    book's window length where the run used d2l windows, else 0); warnings printed."""
+    from charrnn.checkpoint import resolve_checkpoint
+    from charrnn.data import read_text, reload_corpus, skipped_note
+
+    source = ckpt.get("corpus") or {}
+    if file is None:
+        if not isinstance(source, dict) or not source:
+            raise CharrnnError(f"the checkpoint does not record its corpus; give a FILE to {command}")
+        corpus = reload_corpus(source, cache_dir=resolve_checkpoint(checkpoint).parent)
+        ids, what, notes = corpus.val_ids, "the validation split", corpus.notes
+        window = source["windows"][2] if "windows" in source else 0
+    else:
+        text, what, window = read_text(file, "file", source.get("normalize", "none")), str(file), 0
+        ids, dropped = vocab.ids_of(text, what=what, unknown=unknown, hint=" (--unknown skip drops them)",
+                                    in_place=True)
+        notes = text.notes + ([skipped_note(dropped, what)] if dropped else [])
+    for note in notes:
+        typer.echo(f"warning: {note}", err=True)
+    return ids, what, window
+
+
+def show_text(model, vocab, ids, what: str, show: bool, html_file: Path | None, unit) -> None:
+    """Shade each character of the text by the model's surprisal, or by one unit's
+    activation: in the terminal, or as HTML."""
     from rich.console import Console
 
+    from charrnn.neurons import activation_html, activation_legend, shaded_by_unit, unit_activations
     from charrnn.surprisal import legend_text, mean_perplexity, shaded_text, surprisal, surprisal_html
 
-    bits = surprisal(model, vocab, text)
-    title = f"perplexity {mean_perplexity(bits):.3f} on {what}"
+    text = vocab.decode(ids)
+    if unit:
+        values = unit_activations(model, ids, unit)
+        title = f"unit {unit} on {what}"
+        page, shaded, legend = activation_html(text, values, title), shaded_by_unit(text, values), activation_legend()
+    else:
+        bits = surprisal(model, vocab, text)
+        title = f"perplexity {mean_perplexity(bits):.3f} on {what}"
+        page, shaded, legend = surprisal_html(text, bits, title), shaded_text(text, bits), legend_text()
     if html_file:
         try:
-            html_file.write_text(surprisal_html(text, bits, title), encoding="utf-8")
+            html_file.write_text(page, encoding="utf-8")
         except OSError as e:
             raise CharrnnError(f"cannot write {html_file}: {e.strerror or e}") from None
     if show:
         console = Console(soft_wrap=True, highlight=False)
-        console.print(shaded_text(text, bits))
-        console.print(legend_text())
+        console.print(shaded)
+        console.print(legend)
         console.print(title, markup=False)
+
+
+@app.command()
+@user_errors
+def neurons(
+    file: Annotated[Optional[Path], typer.Argument(help="A UTF-8 text file. [default: the checkpoint's own validation split]", show_default=False)] = None,
+    checkpoint: Annotated[Optional[Path], Opt(help="A checkpoint file or run directory. [default: the best checkpoint of runs/latest]", show_default=False)] = None,
+    top: Annotated[int, Opt(help="Units listed per property, best first.")] = 3,
+    max_chars: Annotated[int, Opt(help="Read only the first N characters of the text (every unit's activation at every character is kept in memory).")] = 20000,
+    unknown: Annotated[str, Opt(help="Characters of FILE outside the model's vocabulary: error, or skip (drop them, with a warning).")] = "error",
+    as_json: Annotated[bool, Opt("--json", help="Print one JSON object.")] = False,
+):
+    """Which hidden units track simple properties of the text (after Karpathy et al. 2015).
+
+    Runs the text through the model as one stream, records every unit of every layer (H,
+    and an LSTM's memory cell C) after each character, and lists for each property (inside
+    double quotes, inside brackets, bracket depth, position in the line, start of a word,
+    upper case, digit) the units whose activation correlates most with it (Pearson's r, either
+    sign). Units are L:Uh or L:Uc, layers from 1, units from 0; see one with
+    `charrnn eval --show --neuron L:U`.
+    """
+    from charrnn.data import check_unknown
+    from charrnn.neurons import best_units, best_units_lines, record, text_properties
+
+    check_unknown(unknown)
+    if top < 1 or max_chars < 2:
+        raise CharrnnError("--top must be at least 1 and --max-chars at least 2")
+    model, vocab, ckpt = load_model(checkpoint, "cpu")
+    ids, what, _ = text_ids(file, checkpoint, ckpt, vocab, unknown, "neurons")
+    ids = ids[:max_chars]
+    if len(ids) < 2:
+        raise CharrnnError(f"{what} is too short (it needs at least 2 characters)")
+    activations, units = record(model, ids)
+    found = best_units(activations, units, text_properties(vocab.decode(ids)), top)
+    if as_json:
+        typer.echo(json.dumps({"text": what, "chars": len(ids), "properties": found}))
+        return
+    typer.echo(f"{what}, {len(ids):,} characters: {len(units):,} units")
+    typer.echo("\n".join(best_units_lines(found)))
 
 
 @app.command()
