@@ -488,6 +488,43 @@ def neurons(
 
 @app.command()
 @user_errors
+def serve(
+    checkpoint: Annotated[Optional[Path], Opt(help="A checkpoint file or run directory. [default: the best checkpoint of runs/latest]", show_default=False)] = None,
+    host: Annotated[str, Opt(help="The address to listen on. 127.0.0.1: this machine only; 0.0.0.0 or another address lets anyone who can reach it use the model (there is no login).")] = "127.0.0.1",
+    port: Annotated[int, Opt(help="The port to listen on.")] = 8000,
+    max_length: Annotated[int, Opt(help="The most characters one request may generate.")] = 2000,
+    max_text: Annotated[int, Opt(help="The most characters of a prompt or of a text to evaluate.")] = 10_000,
+):
+    """A local web app: a page to play with the model at /, and an HTTP JSON API.
+
+    POST /api/generate streams a continuation (prefix, length, temperature, top_k, top_p,
+    greedy, seed); POST /api/eval gives a text's surprisal per character, or a unit's
+    activations (text, neuron); GET /api/info describes the model. Needs the serve extra:
+    pip install charrnn[serve]. Ctrl-C stops it.
+    """
+    import torch
+
+    try:
+        import uvicorn
+
+        from charrnn.serve import Limits, create_app
+    except ModuleNotFoundError as e:
+        raise CharrnnError(f"charrnn serve needs {e.name}: pip install charrnn[serve]") from None
+    from charrnn.checkpoint import resolve_checkpoint
+
+    if max_length < 1 or max_text < 1:
+        raise CharrnnError("--max-length and --max-text must be positive")
+    model, vocab, ckpt = load_model(checkpoint, "cpu")
+    torch.set_num_threads(1)  # one request, one core: requests run side by side in worker threads
+    app_ = create_app(model, vocab, ckpt, str(resolve_checkpoint(checkpoint)), Limits(max_length, max_text))
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        typer.echo(f"warning: listening on {host}: anyone who can reach it can use the model", err=True)
+    typer.echo(f"serving {resolve_checkpoint(checkpoint)} at http://{host}:{port}/ (Ctrl-C stops)", err=True)
+    uvicorn.run(app_, host=host, port=port, log_level="warning")
+
+
+@app.command()
+@user_errors
 def info(
     checkpoint: Annotated[Optional[Path], typer.Argument(help="A checkpoint file or run directory. [default: the best checkpoint of runs/latest]", show_default=False)] = None,
     as_json: Annotated[bool, Opt("--json", help="Print one JSON object.")] = False,
