@@ -24,6 +24,7 @@ from importlib import resources
 import torch
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.routing import Route
@@ -125,9 +126,14 @@ def create_app(model: RNNLMScratch, vocab: Vocab, ckpt: dict, checkpoint_name: s
         status = exc.status if isinstance(exc, BadRequest) else 400
         return JSONResponse({"error": str(exc).splitlines()[0]}, status_code=status)
 
+    async def http_errors(request: Request, exc: HTTPException):  # an unknown path, a GET for a POST
+        return JSONResponse({"error": f"{request.method} {request.url.path}: {exc.detail}"},
+                            status_code=exc.status_code)
+
     routes = [Route("/", home), Route("/api/info", get_info), Route("/api/generate", generate, methods=["POST"]),
               Route("/api/eval", evaluate, methods=["POST"])]
-    return Starlette(routes=routes, exception_handlers={BadRequest: errors, CharrnnError: errors})
+    return Starlette(routes=routes,
+                     exception_handlers={BadRequest: errors, CharrnnError: errors, HTTPException: http_errors})
 
 
 def shading(model: RNNLMScratch, vocab: Vocab, text: str, ids: torch.Tensor, unit) -> dict:

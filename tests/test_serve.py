@@ -89,6 +89,12 @@ def test_a_bad_request_gets_a_4xx_and_a_one_line_error(client, path, body, statu
     assert fragment in error and "\n" not in error
 
 
+@pytest.mark.parametrize("method, path, status", [("GET", "/api/nothing", 404), ("GET", "/api/generate", 405)])
+def test_a_wrong_path_or_method_gets_a_json_error_too(client, method, path, status):
+    response = client.request(method, path)
+    assert response.status_code == status and path in response.json()["error"]
+
+
 def test_the_page_is_served_at_the_root(client):
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
