@@ -21,7 +21,7 @@ from charrnn.errors import CharrnnError
 
 app = typer.Typer(
     help="Character-level recurrent language models written from scratch in PyTorch "
-    "(RNN, GRU, LSTM): train, generate, eval, info, plot.",
+    "(RNN, GRU, LSTM): train, generate, eval, neurons, info, plot, serve.",
     no_args_is_help=True,
     # markdown, not rich markup: rich would take "[default: 256]" in a help text for a style tag and drop it
     rich_markup_mode="markdown",

@@ -79,6 +79,10 @@ def browse(url: str, prompt: str, length: int, neuron: str | None, out: Path) ->
                    or b.find_element(By.ID, "error").text)
         if browser.find_element(By.ID, "error").text:
             sys.exit(f"the page says {browser.find_element(By.ID, 'error').text}")
+        # the whole page, from the top: a window as tall as the page (the outer size counts its frame)
+        height = browser.execute_script("return document.documentElement.scrollHeight")
+        browser.set_window_size(1000, height + 150)
+        browser.execute_script("window.scrollTo(0, 0)")
         browser.save_screenshot(str(out))
     finally:
         browser.quit()
