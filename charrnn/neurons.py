@@ -128,7 +128,7 @@ def best_units(activations: torch.Tensor, units: list[Unit], properties: dict[st
     found = []
     for name, target in properties.items():
         if min(target) == max(target):
-            found.append({"property": name, "units": [], "constant": target[0] if target else 0.0})
+            found.append({"property": name, "units": []})
             continue
         r = correlations(activations, target)
         order = r.abs().argsort(descending=True)[:top].tolist()

@@ -29,11 +29,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(checkpoint: str, port: int, timeout: float = 180) -> subprocess.Popen:
-    """`charrnn serve` in its own process, once it accepts connections."""
+def start_server(checkpoint: str, port: int, *options: str, timeout: float = 180) -> subprocess.Popen:
+    """`charrnn serve` (with `options`) in its own process, once it accepts connections."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     server = subprocess.Popen([sys.executable, "-m", "charrnn", "serve", "--checkpoint", checkpoint,
-                               "--port", str(port)], env=env, stderr=subprocess.PIPE)
+                               "--port", str(port), *options], env=env, stderr=subprocess.PIPE)
     deadline = time.monotonic() + timeout  # a busy machine takes a while to import torch
     while server.poll() is None:
         try:
@@ -90,7 +90,9 @@ def browse(url: str, prompt: str, length: int, neuron: str | None, out: Path) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="a checkpoint file or run directory")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--checkpoint", help="start `charrnn serve` on this checkpoint file or run directory")
+    where.add_argument("--url", help="or use a server that is already running, e.g. http://127.0.0.1:8000/")
     parser.add_argument("--prompt", default="The ")
     parser.add_argument("--length", type=int, default=300, help="characters to generate")
     parser.add_argument("--neuron", help="shade by this unit (L:U or L:Uc) instead of by surprisal")
@@ -99,13 +101,16 @@ def main() -> None:
     missing = [name for name in ("chromium", "chromedriver") if not shutil.which(name)]
     if missing:
         sys.exit(f"{' and '.join(missing)} not found: apt-get install chromium chromium-driver")
-    port = free_port()
-    server = start_server(args.checkpoint, port)
-    try:
-        browse(f"http://127.0.0.1:{port}/", args.prompt, args.length, args.neuron, args.out)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    if args.url:
+        browse(args.url, args.prompt, args.length, args.neuron, args.out)
+    else:
+        port = free_port()
+        server = start_server(args.checkpoint, port)
+        try:
+            browse(f"http://127.0.0.1:{port}/", args.prompt, args.length, args.neuron, args.out)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
     print(f"wrote {args.out}")
 
 

@@ -5,13 +5,9 @@ Chromium."""
 from __future__ import annotations
 
 import http.client
+import importlib.util
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -104,29 +100,20 @@ def test_the_page_is_served_at_the_root(client):
 # ---------------------------------------------------------------- the command, as a user runs it
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def load_script():
+    """scripts/serve_screenshot.py as a module: it starts servers and drives the browser."""
+    spec = importlib.util.spec_from_file_location("serve_screenshot", ROOT / "scripts" / "serve_screenshot.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
 def server(trained_run):
     """`charrnn serve` in its own process on a free localhost port, ready for requests."""
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "charrnn", "serve", "--checkpoint", str(trained_run),
-                             "--port", str(port), "--max-length", "1000000"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 180  # a loaded machine takes a while to import torch
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.5)
-    if proc.poll() is not None:
-        pytest.fail(f"charrnn serve exited: {proc.stderr.read().decode()}")
+    script = load_script()
+    port = script.free_port()
+    proc = script.start_server(str(trained_run), port, "--max-length", "1000000")
     yield port
     proc.terminate()
     proc.wait(timeout=30)
@@ -151,16 +138,14 @@ def test_serve_limits_must_be_positive(trained_run, cli):
     cli("serve", "--checkpoint", trained_run, "--max-text", 0).assert_one_line_error("--max-text")
 
 
-def test_the_page_in_chromium_streams_a_continuation_and_shades_it(trained_run, tmp_path):
-    """scripts/serve_screenshot.py starts `charrnn serve`, types a prompt into the page in
-    headless Chromium, waits for the continuation to stream in, shades it by a unit and saves
-    a screenshot; it fails if the page shows no text, no shading, or an error."""
+def test_the_page_in_chromium_streams_a_continuation_and_shades_it(server, tmp_path):
+    """scripts/serve_screenshot.py's browse, on the running `charrnn serve`: types a prompt
+    into the page in headless Chromium, waits for the continuation to stream in, shades it
+    by a unit and saves a screenshot; it exits if the page shows no text, no shading, or an
+    error."""
     pytest.importorskip("selenium", reason="the browser test needs selenium (the dev extra)")
     if not (shutil.which("chromium") and shutil.which("chromedriver")):
         pytest.skip("the browser test needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
     screenshot = tmp_path / "serve.png"
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "serve_screenshot.py"), "--checkpoint",
-                           str(trained_run), "--prompt", "the time", "--length", "200", "--neuron", "1:3c",
-                           "--out", str(screenshot)], capture_output=True, text=True, timeout=400)
-    assert proc.returncode == 0, proc.stderr
+    load_script().browse(f"http://127.0.0.1:{server}/", "the time", 200, "1:3c", screenshot)
     assert screenshot.read_bytes()[:4] == b"\x89PNG" and screenshot.stat().st_size > 10_000
