@@ -23,7 +23,7 @@ from charrnn.errors import CharrnnError
 
 app = typer.Typer(
     help="Character-level recurrent language models written from scratch in PyTorch "
-    "(RNN, GRU, LSTM): train, generate, eval, info, plot.",
+    "(RNN, GRU, LSTM): train, generate, eval, neurons, info, plot, serve.",
     no_args_is_help=True,
     # markdown, not rich markup: rich would take "[default: 256]" in a help text for a style tag and drop it
     rich_markup_mode="markdown",
@@ -420,6 +420,7 @@ def evaluate_command(
     show: Annotated[bool, Opt("--show", help="Print the text with each character shaded by the model's surprisal (bits), to see where it is confused.")] = False,
     show_chars: Annotated[int, Opt(help="How much of the text --show and --show-html shade: the first N characters.")] = 2000,
     show_html: Annotated[Optional[Path], Opt(help="Write the shaded text as a self-contained HTML page to this file.")] = None,
+    neuron: Annotated[Optional[str], Opt(help="With --show or --show-html: shade by this unit's activation (blue -1 to red 1) instead of by surprisal. L:U is layer L's output unit U, L:Uc an LSTM's memory cell (layers from 1, units from 0; `charrnn neurons` finds units worth a look).")] = None,
     device: Annotated[str, Opt(help="auto, cpu or cuda.")] = "auto",
     dynamic: Annotated[bool, Opt("--dynamic", help="Also dynamic evaluation: the model adapts to the text as it reads it (a gradient step after each scored segment); prints the static and dynamic figures and the gain. The checkpoint is not changed.")] = False,
     dyn_seq_len: Annotated[Optional[int], Opt(help="With --dynamic: characters per segment (one update each). [default: 50]", show_default=False)] = None,
@@ -430,9 +431,9 @@ def evaluate_command(
 
     With --dynamic, also dynamic evaluation (Krause et al., 2018); see docs/dynamic-evaluation.md.
     """
-    from charrnn.checkpoint import resolve_checkpoint
-    from charrnn.data import check_unknown, read_byte_text, read_text, reload_corpus, skipped_note
+    from charrnn.data import check_unknown
     from charrnn.evaluation import evaluate, nats_summary, recorded_layout
+    from charrnn.neurons import parse_unit
 
     if (batch_size is not None and batch_size < 1) or (seq_len is not None and seq_len < 1):
         raise CharrnnError("--batch-size and --seq-len must be positive")
@@ -441,37 +442,26 @@ def evaluate_command(
         raise CharrnnError(f"--show-chars must be at least 2, got {show_chars}")
     if show and as_json:
         raise CharrnnError("--show prints shaded text; it does not mix with --json (use --show-html FILE)")
+    if neuron and not (show or show_html):
+        raise CharrnnError("--neuron picks what --show or --show-html shade by; give one of them")
     settings = dynamic_settings(dyn_seq_len, dyn_lr, dyn_decay) if dynamic else None
     model, vocab, ckpt = load_model(checkpoint, device)
-    source = ckpt.get("corpus") or {}
-    if file is None:
-        if not isinstance(source, dict) or not source:
-            raise CharrnnError("the checkpoint does not record its corpus; give a FILE to eval")
-        corpus = reload_corpus(source, cache_dir=resolve_checkpoint(checkpoint).parent)
-        ids, what, notes = corpus.val_ids, "the validation split", corpus.notes
-    elif vocab.kind == "bytes":  # any file: every byte is in the vocabulary
-        ids, what, notes = read_byte_text(file, "file").ids, str(file), []
-    else:
-        text, what = read_text(file, "file", source.get("normalize", "none")), str(file)
-        ids, dropped = vocab.ids_of(text, what=what, unknown=unknown, hint=" (--unknown skip drops them)",
-                                    in_place=True)
-        notes = text.notes + ([skipped_note(dropped, what)] if dropped else [])
+    unit = parse_unit(neuron, model) if neuron else None
+    ids, what = text_ids(file, checkpoint, ckpt, vocab, unknown, "eval")
     if len(ids) < 2:
         raise CharrnnError(f"{what} is too short to evaluate (it needs at least 2 characters)")
-    for note in notes:
-        typer.echo(f"warning: {note}", err=True)
     layout = recorded_layout(ckpt)  # the logged validation loss's, so that the two agree
     layout.update({k: v for k, v in (("batch_size", batch_size), ("seq_len", seq_len)) if v is not None})
     if not layout["carry_state"] and len(ids) <= layout["seq_len"]:
         raise CharrnnError(f"{what} is shorter than one window of {layout['seq_len'] + 1} characters")
     loss_sum, count = evaluate(model, ids, **layout)
     result = {**nats_summary(loss_sum / count), "chars": count, "text": what}
-    unit = "characters"
+    shown_unit = "characters"
     if vocab.kind == "bytes":
-        result, unit = byte_model_result(result, ids, not layout["carry_state"]), "bytes"
+        result, shown_unit = byte_model_result(result, ids, not layout["carry_state"]), "bytes"
     if show or show_html:
-        shown = what if len(ids) <= show_chars else f"the first {show_chars:,} {unit} of {what}"
-        show_surprisal(model, vocab, vocab.decode(ids[:show_chars]), shown, show, show_html)
+        shown = what if len(ids) <= show_chars else f"the first {show_chars:,} {shown_unit} of {what}"
+        show_text(model, vocab, ids[:show_chars], shown, show, show_html, unit)
     if settings:
         result["dynamic"] = dynamic_figures(model, ids, training_ids(ckpt, checkpoint), settings)
     if as_json:
@@ -539,28 +529,137 @@ def byte_model_result(result: dict, ids, window: int) -> dict:
             "bytes": result["chars"], "chars": chars, "text": result["text"]}
 
 
-def show_surprisal(model, vocab, text: str, what: str, show: bool, html_file: Path | None) -> None:
-    """Shade each character of text by the model's surprisal: in the terminal, or as HTML."""
+def text_ids(file: Path | None, checkpoint: Path | None, ckpt: dict, vocab, unknown: str, command: str):
+    """(ids, what) of FILE, or of the checkpoint's validation split; warnings printed. A
+    byte model reads any file (every byte is in its vocabulary)."""
+    from charrnn.checkpoint import resolve_checkpoint
+    from charrnn.data import read_byte_text, read_text, reload_corpus, skipped_note
+
+    source = ckpt.get("corpus") or {}
+    if file is None:
+        if not isinstance(source, dict) or not source:
+            raise CharrnnError(f"the checkpoint does not record its corpus; give a FILE to {command}")
+        corpus = reload_corpus(source, cache_dir=resolve_checkpoint(checkpoint).parent)
+        ids, what, notes = corpus.val_ids, "the validation split", corpus.notes
+    elif vocab.kind == "bytes":
+        ids, what, notes = read_byte_text(file, "file").ids, str(file), []
+    else:
+        text, what = read_text(file, "file", source.get("normalize", "none")), str(file)
+        ids, dropped = vocab.ids_of(text, what=what, unknown=unknown, hint=" (--unknown skip drops them)",
+                                    in_place=True)
+        notes = text.notes + ([skipped_note(dropped, what)] if dropped else [])
+    for note in notes:
+        typer.echo(f"warning: {note}", err=True)
+    return ids, what
+
+
+def show_text(model, vocab, ids, what: str, show: bool, html_file: Path | None, unit) -> None:
+    """Shade each character of the text by the model's surprisal, or by one unit's
+    activation: in the terminal, or as HTML."""
     from rich.console import Console
 
-    from charrnn.inspect import legend_text, mean_perplexity, shaded_text, surprisal, surprisal_html
+    from charrnn.neurons import activation_html, activation_legend, shaded_by_unit, unit_activations
+    from charrnn.surprisal import legend_text, mean_perplexity, shaded_text, surprisal, surprisal_html
 
-    bits = surprisal(model, vocab, text)
-    if vocab.kind == "bytes":  # shade characters, each by the bits of its bytes
-        from charrnn.byte_vocab import char_bits, shown
+    text = vocab.decode(ids)
+    if unit:
+        values = unit_activations(model, ids, unit)
+        title = f"unit {unit} on {what}"
+        page, shaded, legend = activation_html(text, values, title), shaded_by_unit(text, values), activation_legend()
+    else:
+        bits = surprisal(model, vocab, text)
+        if vocab.kind == "bytes":  # shade characters, each by the bits of its bytes
+            from charrnn.byte_vocab import char_bits, shown
 
-        bits, text = char_bits(text, bits), shown(text)
-    title = f"perplexity {mean_perplexity(bits):.3f} on {what}"
+            bits, text = char_bits(text, bits), shown(text)
+        title = f"perplexity {mean_perplexity(bits):.3f} on {what}"
+        page, shaded, legend = surprisal_html(text, bits, title), shaded_text(text, bits), legend_text()
     if html_file:
         try:
-            html_file.write_text(surprisal_html(text, bits, title), encoding="utf-8")
+            html_file.write_text(page, encoding="utf-8")
         except OSError as e:
             raise CharrnnError(f"cannot write {html_file}: {e.strerror or e}") from None
     if show:
         console = Console(soft_wrap=True, highlight=False)
-        console.print(shaded_text(text, bits))
-        console.print(legend_text())
+        console.print(shaded)
+        console.print(legend)
         console.print(title, markup=False)
+
+
+@app.command()
+@user_errors
+def neurons(
+    file: Annotated[Optional[Path], typer.Argument(help="A UTF-8 text file. [default: the checkpoint's own validation split]", show_default=False)] = None,
+    checkpoint: Annotated[Optional[Path], Opt(help="A checkpoint file or run directory. [default: the best checkpoint of runs/latest]", show_default=False)] = None,
+    top: Annotated[int, Opt(help="Units listed per property, best first.")] = 3,
+    max_chars: Annotated[int, Opt(help="Read only the first N characters of the text (every unit's activation at every character is kept in memory).")] = 20000,
+    unknown: Annotated[str, Opt(help="Characters of FILE outside the model's vocabulary: error, or skip (drop them, with a warning).")] = "error",
+    as_json: Annotated[bool, Opt("--json", help="Print one JSON object.")] = False,
+):
+    """Which hidden units track simple properties of the text (after Karpathy et al. 2015).
+
+    Runs the text through the model as one stream, records every unit of every layer (H,
+    and an LSTM's memory cell C) after each character, and lists for each property (inside
+    double quotes, inside brackets, bracket depth, position in the line, start of a word,
+    upper case, digit) the units whose activation correlates most with it (Pearson's r, either
+    sign). Units are L:Uh or L:Uc, layers from 1, units from 0; see one with
+    `charrnn eval --show --neuron L:U`.
+    """
+    from charrnn.data import check_unknown
+    from charrnn.neurons import best_units, best_units_lines, record, text_properties
+
+    check_unknown(unknown)
+    if top < 1 or max_chars < 2:
+        raise CharrnnError("--top must be at least 1 and --max-chars at least 2")
+    model, vocab, ckpt = load_model(checkpoint, "cpu")
+    ids, what = text_ids(file, checkpoint, ckpt, vocab, unknown, "neurons")
+    ids = ids[:max_chars]
+    if len(ids) < 2:
+        raise CharrnnError(f"{what} is too short (it needs at least 2 characters)")
+    activations, units = record(model, ids)
+    found = best_units(activations, units, text_properties(vocab.decode(ids)), top)
+    if as_json:
+        typer.echo(json.dumps({"text": what, "chars": len(ids), "properties": found}))
+        return
+    typer.echo(f"{what}, {len(ids):,} characters: {len(units):,} units")
+    typer.echo("\n".join(best_units_lines(found)))
+
+
+@app.command()
+@user_errors
+def serve(
+    checkpoint: Annotated[Optional[Path], Opt(help="A checkpoint file or run directory. [default: the best checkpoint of runs/latest]", show_default=False)] = None,
+    host: Annotated[str, Opt(help="The address to listen on. 127.0.0.1: this machine only; 0.0.0.0 or another address lets anyone who can reach it use the model (there is no login).")] = "127.0.0.1",
+    port: Annotated[int, Opt(help="The port to listen on.")] = 8000,
+    max_length: Annotated[int, Opt(help="The most characters one request may generate.")] = 2000,
+    max_text: Annotated[int, Opt(help="The most characters of a prompt or of a text to evaluate.")] = 10_000,
+):
+    """A local web app: a page to play with the model at /, and an HTTP JSON API.
+
+    POST /api/generate streams a continuation (prefix, length, temperature, top_k, top_p,
+    greedy, seed); POST /api/eval gives a text's surprisal per character, or a unit's
+    activations (text, neuron); GET /api/info describes the model. Needs the serve extra:
+    pip install charrnn[serve]. Ctrl-C stops it.
+    """
+    import torch
+
+    try:
+        import uvicorn
+
+        from charrnn.serve import Limits, create_app
+    except ModuleNotFoundError as e:
+        raise CharrnnError(f"charrnn serve needs {e.name}: pip install charrnn[serve]") from None
+    from charrnn.checkpoint import resolve_checkpoint
+
+    if max_length < 1 or max_text < 1:
+        raise CharrnnError("--max-length and --max-text must be positive")
+    model, vocab, ckpt = load_model(checkpoint, "cpu")
+    torch.set_num_threads(1)  # one request, one core: requests run side by side in worker threads
+    app_ = create_app(model, vocab, ckpt, str(resolve_checkpoint(checkpoint)), Limits(max_length, max_text))
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        typer.echo(f"warning: listening on {host}: anyone who can reach it can use the model", err=True)
+    typer.echo(f"serving {resolve_checkpoint(checkpoint)} at http://{host}:{port}/ (Ctrl-C stops)", err=True)
+    uvicorn.run(app_, host=host, port=port, log_level="warning")
 
 
 @app.command()
@@ -571,7 +670,7 @@ def info(
 ):
     """What a checkpoint holds: model, vocabulary, training so far, corpus and its sha256."""
     from charrnn.checkpoint import load_checkpoint, resolve_checkpoint
-    from charrnn.inspect import checkpoint_info, info_lines
+    from charrnn.surprisal import checkpoint_info, info_lines
 
     path = resolve_checkpoint(checkpoint)
     try:

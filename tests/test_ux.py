@@ -553,7 +553,7 @@ def test_info_errors_are_one_line(tmp_path):
 
 def test_surprisal_is_the_loss_of_one_stream_in_bits(run, corpus):
     from charrnn.cli import load_model
-    from charrnn.inspect import surprisal
+    from charrnn.surprisal import surprisal
     from charrnn.train import evaluate
 
     model, vocab, _ = load_model(run, "cpu")
@@ -567,7 +567,7 @@ def test_surprisal_is_the_loss_of_one_stream_in_bits(run, corpus):
 
 
 def test_shading_follows_whole_bits_and_leaves_the_first_character_plain():
-    from charrnn.inspect import SHADES, shaded_text
+    from charrnn.surprisal import SHADES, shaded_text
 
     text = "abcde"
     shaded = shaded_text(text, [0.2, 1.5, 3.9, math.inf])

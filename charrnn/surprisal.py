@@ -1,6 +1,7 @@
 """Looking inside a trained model: what a checkpoint holds (`checkpoint_info`), and how
 surprised the model is by each character of a text (`surprisal`), shaded for a terminal
-(`shaded_text`) or a self-contained HTML page (`surprisal_html`)."""
+(`shaded_text`) or a self-contained HTML page (`surprisal_html`). charrnn.neurons shades
+by a unit's activation with the same two helpers (`shaded_runs`, `html_page`)."""
 
 from __future__ import annotations
 
@@ -121,12 +122,16 @@ def shade_style(level: int) -> Style:
 def shaded_text(text: str, bits: list[float]) -> Text:
     """The text with each character's background shaded by its surprisal (the first
     character, which has no prediction, unshaded)."""
-    shaded = Text(text[:1])
-    levels = [shade_level(b) for b in bits]
-    start = 1
-    for end in range(2, len(text) + 1):  # one span per run of equal shade, not one per character
-        if end == len(text) or levels[end - 1] != levels[start - 1]:
-            shaded.append(text[start:end], shade_style(levels[start - 1]))
+    return shaded_runs(text, [Style()] + [shade_style(shade_level(b)) for b in bits])
+
+
+def shaded_runs(text: str, styles: list[Style]) -> Text:
+    """The text with character i in styles[i]: one span per run of equal style, not one
+    per character."""
+    shaded, start = Text(), 0
+    for end in range(1, len(text) + 1):
+        if end == len(text) or styles[end] != styles[start]:
+            shaded.append(text[start:end], styles[start])
             start = end
     return shaded
 
@@ -164,6 +169,12 @@ def surprisal_html(text: str, bits: list[float], title: str) -> str:
         f'<span class="s{level}">&nbsp;{html.escape(label)}&nbsp;</span>' if SHADES[level]
         else f"<span>&nbsp;{html.escape(label)}&nbsp;</span>"
         for level, label in enumerate(legend_labels()))
+    return html_page(title, css_classes, f"surprisal, bits per character: {legend}\n(hover over a character "
+                     "for its surprisal; the first character has no prediction)", "".join(body))
+
+
+def html_page(title: str, css: str, legend: str, shaded: str) -> str:
+    """A self-contained page: a title, a legend line and the shaded text (all HTML)."""
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -173,14 +184,13 @@ def surprisal_html(text: str, bits: list[float], title: str) -> str:
 body {{ font-family: sans-serif; margin: 2em; }}
 pre {{ white-space: pre-wrap; font-family: monospace; font-size: 14px; line-height: 1.5; }}
 .legend span {{ font-family: monospace; }}
-{css_classes}
+{css}
 </style>
 </head>
 <body>
 <h1>{html.escape(title)}</h1>
-<p class="legend">surprisal, bits per character: {legend}
-(hover over a character for its surprisal; the first character has no prediction)</p>
-<pre>{"".join(body)}</pre>
+<p class="legend">{legend}</p>
+<pre>{shaded}</pre>
 </body>
 </html>
 """
