@@ -639,7 +639,7 @@ def serve(
     POST /api/generate streams a continuation (prefix, length, temperature, top_k, top_p,
     greedy, seed); POST /api/eval gives a text's surprisal per character, or a unit's
     activations (text, neuron); GET /api/info describes the model. Needs the serve extra:
-    pip install charrnn[serve]. Ctrl-C stops it.
+    pip install -e ".[serve]" in a checkout. Ctrl-C stops it.
     """
     import torch
 
@@ -648,7 +648,7 @@ def serve(
 
         from charrnn.serve import Limits, create_app
     except ModuleNotFoundError as e:
-        raise CharrnnError(f"charrnn serve needs {e.name}: pip install charrnn[serve]") from None
+        raise CharrnnError(f"charrnn serve needs {e.name}: pip install -e '.[serve]' in a checkout") from None
     from charrnn.checkpoint import resolve_checkpoint
 
     if max_length < 1 or max_text < 1:

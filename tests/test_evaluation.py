@@ -15,7 +15,7 @@ from charrnn import evaluation
 from charrnn.checkpoint import load_checkpoint, save_checkpoint
 from charrnn.data import Vocab
 from charrnn.evaluation import evaluate, recorded_layout
-from charrnn.inspect import surprisal
+from charrnn.surprisal import surprisal
 from charrnn.model import ModelConfig, build_model
 from charrnn.sample import warm_up
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("starlette", reason="charrnn serve needs the serve extra: pip install charrnn[serve]")
+pytest.importorskip("starlette", reason="charrnn serve needs the serve extra: pip install -e '.[serve]' in a checkout")
 
 from starlette.testclient import TestClient  # noqa: E402
 
