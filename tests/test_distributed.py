@@ -90,7 +90,8 @@ def corpus(tmp_path) -> Path:
 
 
 def test_two_processes_train_the_model_one_process_trains_with_their_global_batch(tmp_path, corpus):
-    args = [str(corpus), *TINY, "--eval-every", "3", "--max-steps", "4"]
+    # a constant rate: the resumed runs below change --max-steps, which a cosine follows
+    args = [str(corpus), *TINY, "--lr-schedule", "constant", "--eval-every", "3", "--max-steps", "4"]
     run = torchrun(tmp_path / "two", [*args, "--batch-size", "2", "--out", str(tmp_path / "two")])
     train_here(*args, "--batch-size", "4", "--out", str(tmp_path / "one"))
     stderr, ranks = finish(run, tmp_path / "two")
@@ -120,7 +121,8 @@ def test_random_windows_resume_from_one_process_on_two_with_short_last_batches(t
     rows at all, and the mean is still over the global batch."""
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("abcdefgh ijk abcd" + "efgh ijk abcdefgh")  # 17 characters to train on: 9 windows
-    args = [str(corpus), *TINY, "--sampling", "random", "--val-fraction", "0.5", "--eval-every", "2"]
+    args = [str(corpus), *TINY, "--sampling", "random", "--val-fraction", "0.5", "--eval-every", "2",
+            "--lr-schedule", "constant"]
     train_here(*args, "--batch-size", "4", "--max-steps", "2", "--out", str(tmp_path / "two"))
     run = torchrun(tmp_path / "two", ["--resume", str(tmp_path / "two"), "--batch-size", "2", "--max-steps", "7"])
     train_here(*args, "--batch-size", "4", "--max-steps", "7", "--out", str(tmp_path / "one"))

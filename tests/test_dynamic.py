@@ -123,8 +123,11 @@ def test_the_help_shows_the_defaults_the_library_uses(cli):
     from dataclasses import fields
 
     defaults = {f.name: f.default for f in fields(DynamicSettings)}
-    help_text = " ".join(cli("eval", "--help").assert_ok().stdout.split())
+    def words(output: str) -> str:  # the help's text without its box drawing and line breaks
+        return " ".join(output.replace("│", " ").split())
+
+    help_text = words(cli("eval", "--help").assert_ok().stdout)
     for name in ("seq_len", "lr", "decay"):
         assert f"[default: {defaults[name]:g}]" in help_text, name
-    adapt_help = " ".join(cli("generate", "--help").assert_ok().stdout.split())
+    adapt_help = words(cli("generate", "--help").assert_ok().stdout)
     assert f"[default: {defaults['lr']:g}]" in adapt_help and f"[default: {defaults['decay']:g}]" in adapt_help

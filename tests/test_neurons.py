@@ -45,8 +45,10 @@ def test_a_trained_lstm_has_a_quote_unit_and_neurons_names_it_first(tmp_path, cl
     corpus = tmp_path / "quotes.txt"
     corpus.write_text(quoted_text(20_000)[:20_000], encoding="utf-8")
     run = tmp_path / "run"
+    # the book's start and a constant rate, the recipe this test was measured with: with the
+    # default orthogonal start the best unit reaches |r| 0.797 in 300 or 500 steps
     cli("train", corpus, "--cell", "lstm", "--hidden", 16, "--batch-size", 16, "--seq-len", 32, "--lr", "0.01",
-        "--max-steps", 300, "--eval-every", 100, "--out", run, "--quiet").assert_ok()  # ~20 s
+        "--lr-schedule", "constant", "--init", "book", "--max-steps", 300, "--eval-every", 100, "--out", run, "--quiet").assert_ok()  # ~20 s
     found = json.loads(cli("neurons", "--checkpoint", run, "--json").assert_ok().stdout)
     assert found["text"] == "the validation split" and found["chars"] == 2000
     by_property = {f["property"]: f["units"] for f in found["properties"]}
