@@ -15,7 +15,8 @@ a hostile file cannot run code from it. Keys:
                   best_val_loss, last_val_loss, evals_since_best and lr_scale (patience
                   and the plateau schedule), world_size (processes that trained it)
     corpus        where the text came from: kind, path or name, sha256, split
-    rng           torch's CPU generator state, for exact resume
+    rng           processes: every process's generator states (cpu, and cuda when it
+                  trained on a GPU), rank by rank, for exact resume (charrnn.streams)
     state         the hidden state carried into the next batch (list per layer)
     evaluation    the layout of the logged validation loss: batch_size, seq_len,
                   carry_state (charrnn.evaluation.recorded_layout; older files lack it)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from charrnn import bptt, budget, cuda_graphs
+from charrnn import bptt, budget, cuda_graphs, streams
 from charrnn.checkpoint import LAST_FIRST, load_checkpoint, remove_stale_temporaries, resolve_checkpoint, save_checkpoint
 from charrnn.config import DEVICES, TrainConfig, parse_duration
 from charrnn.data import load_corpus, make_batches, reload_corpus, save_encoded
@@ -335,8 +335,8 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
     device = process_device(pick_device(config.device))
     if device.type == "cpu":
         bptt.tune_allocator()  # recycle the large per-sequence buffers instead of faulting them in anew
-    # all processes draw the same random numbers (initial weights, dropout masks), so rank
-    # 0's generator state in a checkpoint resumes every one of them
+    # all processes draw the same initial weights; streams.split then gives each its own
+    # dropout masks
     torch.manual_seed(config.seed)
     ckpt = None
     if resume:
@@ -365,6 +365,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
 
     model_config = config.model_config(len(vocab))
     model = build_model(model_config).to(device)
+    streams.split(config.seed)
     params = list(model.parameters())
     optimizer = make_optimizer(config, params)
     progress = {"step": 0, "epoch": 0, "index": 0, "chars_seen": 0, "elapsed": 0.0,
@@ -376,7 +377,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
             progress.update(ckpt["progress"], world_size=world_size())
-            torch.set_rng_state(ckpt["rng"]["cpu"])
+            streams.restore(ckpt["rng"], device, config.seed, progress["step"])
             saved_batch = ckpt["config"]["batch_size"] * ckpt["progress"].get("world_size", 1)
             if saved_batch == global_batch:
                 state = map_state(lambda t: t[mine].to(device), ckpt["state"])
@@ -461,12 +462,13 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
         # the state carried into the next batch, of every process's streams (so every
         # process calls save); windows start from a zero state
         carried = map_state(gather_rows, detach_state(state)) if batches.carries_state else None
+        rng = streams.gather(device)
         if rank() != 0:
             return
         save_checkpoint({
             "model_config": asdict(model_config), "vocab": vocab.to_dict(), "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "config": asdict(config), "progress": dict(progress),
-            "corpus": corpus.source, "rng": {"cpu": torch.get_rng_state()},
+            "corpus": corpus.source, "rng": rng,
             "state": carried,
             # how the validation loss was computed, for `charrnn eval` to compute it the same way
             "evaluation": {"batch_size": global_batch, "seq_len": config.seq_len,

@@ -106,6 +106,26 @@ def test_training_on_cuda_with_and_without_graphs(tmp_path, sampling):
     assert summaries[True]["val_loss"] == pytest.approx(summaries[False]["val_loss"], rel=1e-3)
 
 
+@pytest.mark.parametrize("graphs", [True, False])
+def test_a_resumed_cuda_run_continues_its_dropout_masks(tmp_path, graphs):
+    """The CUDA generator is in the checkpoint: resumed, the masks go on (they used to
+    start again from step 0, so the split run differed from the straight one)."""
+    (tmp_path / "c.txt").write_text(make_text(6000))
+
+    def run(name, max_steps, resume=None):
+        config = TrainConfig(corpus=str(tmp_path / "c.txt"), out=str(tmp_path / name), cell="lstm", hidden=32,
+                             layers=2, dropout=0.5, batch_size=8, seq_len=16, max_steps=max_steps, eval_every=5,
+                             device="cuda", cuda_graphs=graphs)
+        train(config, resume=resume)
+        return torch.load(tmp_path / name / "last.pt", weights_only=True)["model"]
+
+    straight = run("straight", 10)
+    run("split", 5)
+    resumed = run("split", 10, resume=tmp_path / "split")
+    for name, tensor in straight.items():
+        torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=1e-6, msg=name)
+
+
 def test_evaluate_and_generate_on_cuda_match_the_cpu():
     vocab = Vocab("abcdefgh ")
     torch.manual_seed(0)

@@ -6,7 +6,8 @@ to each other, stop at the same step when only one of them gets SIGTERM, and wri
 checkpoints that resume on any number of processes.
 
 The torchrun workers run this file as a script (see the bottom): `charrnn train ARGS`,
-then each writes its parameters, step count and exit code to OUT/rank<R>.pt.
+then each writes its parameters, step count, exit code and CPU generator state to
+OUT/rank<R>.pt.
 """
 
 from __future__ import annotations
@@ -135,6 +136,24 @@ def test_random_windows_resume_from_one_process_on_two_with_short_last_batches(t
     assert_same_model(two["model"], one["model"])
 
 
+def test_every_process_draws_its_own_dropout_masks_and_resumes_them_exactly(tmp_path, corpus):
+    args = [str(corpus), *TINY, "--dropout", "0.5", "--batch-size", "2", "--eval-every", "2"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+
+    def run(out: Path, *more: str) -> list[dict]:
+        stderr, ranks = finish(torchrun(out, [*more]), out, timeout=180)
+        assert [r["exit_code"] for r in ranks] == [0, 0], stderr
+        return ranks
+
+    ranks = run(straight, *args, "--max-steps", "4", "--out", str(straight))
+    # one stream for both would have made the same draws and left the same state
+    assert not torch.equal(ranks[0]["rng"], ranks[1]["rng"])
+    run(split, *args, "--max-steps", "2", "--out", str(split))
+    run(split, "--resume", str(split), "--max-steps", "4")
+    assert checkpoint(split / "last.pt")["progress"]["step"] == 4
+    assert_same_model(checkpoint(split / "last.pt")["model"], checkpoint(straight / "last.pt")["model"], atol=0)
+
+
 def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path, corpus):
     out = tmp_path / "run"
     run = torchrun(out, [str(corpus), *TINY, "--batch-size", "2", "--eval-every", "5", "--max-steps", "100000",
@@ -187,8 +206,8 @@ def test_resume_with_another_global_batch_starts_the_streams_afresh(tmp_path, co
 
 
 def worker(out: Path, args: list[str]) -> None:
-    """One torchrun process: `charrnn train ARGS`, then its parameters, step count and exit
-    code into OUT/rank<RANK>.pt."""
+    """One torchrun process: `charrnn train ARGS`, then its parameters, step count, exit
+    code and CPU generator state into OUT/rank<RANK>.pt."""
     import charrnn.train
     from charrnn.cli import app
 
@@ -203,8 +222,8 @@ def worker(out: Path, args: list[str]) -> None:
         code = 0
     except SystemExit as e:
         code = e.code or 0
-    torch.save({"model": models[-1].state_dict(), "steps": summaries[-1]["steps"], "exit_code": code},
-               out / f"rank{rank}.pt")
+    torch.save({"model": models[-1].state_dict(), "steps": summaries[-1]["steps"], "exit_code": code,
+                "rng": torch.get_rng_state()}, out / f"rank{rank}.pt")
     (out / f"rank{rank}.pid").unlink()
     sys.exit(code)
 
