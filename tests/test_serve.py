@@ -138,6 +138,11 @@ def test_serve_limits_must_be_positive(trained_run, cli):
     cli("serve", "--checkpoint", trained_run, "--max-text", 0).assert_one_line_error("--max-text")
 
 
+def test_a_port_in_use_is_one_error_line(server, trained_run, cli):
+    cli("serve", "--checkpoint", trained_run, "--port", server).assert_one_line_error(
+        f"cannot listen on 127.0.0.1:{server}")
+
+
 def test_the_page_in_chromium_streams_a_continuation_and_shades_it(server, tmp_path):
     """scripts/serve_screenshot.py's browse, on the running `charrnn serve`: types a prompt
     into the page in headless Chromium, waits for the continuation to stream in, shades it
