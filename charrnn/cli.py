@@ -641,6 +641,8 @@ def serve(
     activations (text, neuron); GET /api/info describes the model. Needs the serve extra:
     pip install -e ".[serve]" in a checkout. Ctrl-C stops it.
     """
+    import socket
+
     import torch
 
     try:
@@ -656,10 +658,14 @@ def serve(
     model, vocab, ckpt = load_model(checkpoint, "cpu")
     torch.set_num_threads(1)  # one request, one core: requests run side by side in worker threads
     app_ = create_app(model, vocab, ckpt, str(resolve_checkpoint(checkpoint)), Limits(max_length, max_text))
+    try:  # bound here, so that a port in use is one error line, not uvicorn's log and exit
+        listener = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+    except OSError as e:
+        raise CharrnnError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     if host not in ("127.0.0.1", "localhost", "::1"):
         typer.echo(f"warning: listening on {host}: anyone who can reach it can use the model", err=True)
     typer.echo(f"serving {resolve_checkpoint(checkpoint)} at http://{host}:{port}/ (Ctrl-C stops)", err=True)
-    uvicorn.run(app_, host=host, port=port, log_level="warning")
+    uvicorn.Server(uvicorn.Config(app_, log_level="warning")).run(sockets=[listener])
 
 
 @app.command()

@@ -56,10 +56,16 @@ GENERATE_FIELDS = {"prefix": ((str,), ""), "length": ((int,), 200), "temperature
 EVAL_FIELDS = {"text": ((str,), None), "neuron": ((str, type(None)), None)}
 
 
-async def read_fields(request: Request, fields: dict) -> dict:
-    """The request's JSON object, checked against `fields`, with defaults filled in."""
+async def read_fields(request: Request, fields: dict, max_bytes: int) -> dict:
+    """The request's JSON object, checked against `fields`, with defaults filled in; a body
+    over max_bytes is refused as it arrives, not after it has all been read."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise BadRequest(f"the body is over {max_bytes:,} bytes", 413)
     try:
-        body = json.loads(await request.body())
+        body = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BadRequest(f"the body is not valid JSON: {e}") from None
     if not isinstance(body, dict):
@@ -85,6 +91,8 @@ def create_app(model: RNNLMScratch, vocab: Vocab, ckpt: dict, checkpoint_name: s
     normalize_how = (ckpt.get("corpus") or {}).get("normalize", "none")
     info = {**checkpoint_info(ckpt, checkpoint_name), "limits": vars(limits)}
     page = resources.files("charrnn").joinpath("serve_page.html").read_text(encoding="utf-8")
+    # a JSON string may spend up to 12 bytes on a character (a surrogate pair as \u escapes)
+    max_bytes = 12 * limits.max_text + 4096
 
     def checked_text(text: str, what: str):
         if len(text) > limits.max_text:
@@ -99,9 +107,11 @@ def create_app(model: RNNLMScratch, vocab: Vocab, ckpt: dict, checkpoint_name: s
         return JSONResponse(info)
 
     async def generate(request: Request):
-        fields = await read_fields(request, GENERATE_FIELDS)
+        fields = await read_fields(request, GENERATE_FIELDS, max_bytes)
         if not 0 <= fields["length"] <= limits.max_length:
             raise BadRequest(f"'length' must be 0 to {limits.max_length:,}, got {fields['length']}", 413)
+        if fields["seed"] is not None and not 0 <= fields["seed"] < 2**63:
+            raise BadRequest(f"'seed' must be 0 to 2**63 - 1, got {fields['seed']}")
         prefix, _ = checked_text(fields.pop("prefix"), "the prefix")
         length = fields.pop("length")
 
@@ -115,7 +125,7 @@ def create_app(model: RNNLMScratch, vocab: Vocab, ckpt: dict, checkpoint_name: s
         return StreamingResponse((chars[0] for chars in steps), media_type="text/plain; charset=utf-8")
 
     async def evaluate(request: Request):
-        fields = await read_fields(request, EVAL_FIELDS)
+        fields = await read_fields(request, EVAL_FIELDS, max_bytes)
         text, ids = checked_text(fields["text"], "the text")
         if len(text) < 2:
             raise BadRequest("the text needs at least 2 characters")

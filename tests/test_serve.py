@@ -72,6 +72,8 @@ def test_eval_gives_each_character_s_surprisal_and_shading(client, trained_run, 
     ("/api/generate", {"length": "10"}, 400, "'length' must be int"),
     ("/api/generate", {"greedy": 1}, 400, "'greedy' must be bool"),
     ("/api/generate", {"top_p": 2}, 400, "--top-p"),
+    ("/api/generate", {"seed": 2**70}, 400, "'seed' must be 0 to"),
+    ("/api/eval", {"text": "x" * (12 * 300 + 4097)}, 413, "the body is over"),
     ("/api/generate", {"checkpoint": "/etc/passwd"}, 400, "unknown field(s): checkpoint"),
     ("/api/eval", {"text": "the time", "checkpoint": "x.pt"}, 400, "unknown field(s): checkpoint"),
     ("/api/eval", {}, 400, "'text' is required"),
@@ -136,6 +138,11 @@ def test_a_slow_client_does_not_hold_up_the_others(server):
 
 def test_serve_limits_must_be_positive(trained_run, cli):
     cli("serve", "--checkpoint", trained_run, "--max-text", 0).assert_one_line_error("--max-text")
+
+
+def test_a_port_in_use_is_one_error_line(server, trained_run, cli):
+    cli("serve", "--checkpoint", trained_run, "--port", server).assert_one_line_error(
+        f"cannot listen on 127.0.0.1:{server}")
 
 
 def test_the_page_in_chromium_streams_a_continuation_and_shades_it(server, tmp_path):
