@@ -159,17 +159,17 @@ def train(
     settings = TrainConfig.from_dict(values, str(config) if config else "config")
     with process_group(settings.device):  # under torchrun; nothing otherwise
         summary = run_training(settings, TerminalReporter(quiet=quiet), resume=resume)
-        speaks = rank() == 0  # only rank 0 prints and writes
+        is_rank_zero = rank() == 0  # only rank 0 prints and writes
         processes = world_size()
-    if speaks:
+    if is_rank_zero:
         write_curve(Path(summary["run"]), quiet)
     if summary["interrupted"]:
-        if speaks:
+        if is_rank_zero:
             launcher = "charrnn" if processes == 1 else f"torchrun --nproc_per_node={processes} -m charrnn"
             typer.echo(f"stopped by {summary['interrupted']} at step {summary['steps']}; saved "
                        f"{summary['run']}/last.pt. Resume with:\n  {launcher} train --resume {summary['run']}", err=True)
         raise typer.Exit(130)
-    if settings.sample_prefix and speaks:
+    if settings.sample_prefix and is_rank_zero:
         from charrnn.byte_vocab import shown
         from charrnn.sample import generate as generate_chars
 

@@ -137,9 +137,9 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict, where: str = "config") -> "TrainConfig":
         known = {f.name: f.type for f in fields(cls)}
-        strangers = sorted(set(values) - set(known))
-        if strangers:
-            raise CharrnnError(f"{where}: unknown setting(s) {', '.join(strangers)}")
+        unknown_names = sorted(set(values) - set(known))
+        if unknown_names:
+            raise CharrnnError(f"{where}: unknown setting(s) {', '.join(unknown_names)}")
         for name, value in values.items():
             allowed = SETTING_TYPES[known[name]]
             if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
@@ -197,8 +197,8 @@ def resumed_config(run: Path, given: dict) -> dict:
     if not isinstance(values, dict):
         raise CharrnnError(f"{path} records no training settings, so it cannot be resumed")
     values = {**BEFORE_THEY_EXISTED, **values}
-    fixed = sorted(k for k in given if k not in RESUMABLE and given[k] != values.get(k))
-    if fixed:
-        names = ", ".join("--" + k.replace("_", "-") for k in fixed)
+    unchangeable = sorted(k for k in given if k not in RESUMABLE and given[k] != values.get(k))
+    if unchangeable:
+        names = ", ".join("--" + k.replace("_", "-") for k in unchangeable)
         raise CharrnnError(f"{names} cannot change when resuming a run (start a new run instead)")
     return values

@@ -57,16 +57,16 @@ def evaluate(model, ids: torch.Tensor, *, batch_size: int, seq_len: int, carry_s
 def _streams(model, ids, batch_size, seq_len, device, shard):
     streams = max(1, min(batch_size, (len(ids) - 1) // max(seq_len, 1)))
     length = (len(ids) - 1) // streams
-    mine = torch.arange(streams)[shard[0] :: shard[1]]
-    inputs = ids[: streams * length].view(streams, length)[mine].to(device)
-    targets = ids[1 : streams * length + 1].view(streams, length)[mine].to(device)
-    state = _warm_up(model, ids, mine * length, min(WARM_UP, length), device)
+    my_streams = torch.arange(streams)[shard[0] :: shard[1]]
+    inputs = ids[: streams * length].view(streams, length)[my_streams].to(device)
+    targets = ids[1 : streams * length + 1].view(streams, length)[my_streams].to(device)
+    state = _warm_up(model, ids, my_streams * length, min(WARM_UP, length), device)
     total, count = torch.zeros((), dtype=torch.float64, device=device), 0
     for start in range(0, length, seq_len):
         total, count, state = _score(model, inputs[:, start : start + seq_len], targets[:, start : start + seq_len],
                                      state, total, count)
     tail = len(ids) - 1 - streams * length  # fewer characters than streams: the last stream runs on
-    if tail and len(mine) and mine[-1] == streams - 1:
+    if tail and len(my_streams) and my_streams[-1] == streams - 1:
         last = map_state(lambda t: t[-1:], state)
         rest = ids[streams * length :].to(device)
         for start in range(0, tail, seq_len):

@@ -55,15 +55,15 @@ def restore(saved: dict, device: torch.device, seed: int, step: int) -> None:
     (Checkpoints from before per-process streams hold rank 0's CPU state alone.)"""
     processes = saved.get("processes") or [saved]
     # on another number of processes only rank 0's stream (the single process's) goes on
-    mine = processes[rank()] if rank() == 0 or len(processes) == world_size() else None
+    my_states = processes[rank()] if rank() == 0 or len(processes) == world_size() else None
     fresh = stream_seed(seed, rank(), step)
-    if mine is None:
+    if my_states is None:
         torch.manual_seed(fresh)  # the CPU's and every GPU's
         return
-    torch.set_rng_state(mine["cpu"])
+    torch.set_rng_state(my_states["cpu"])
     if device.type == "cuda":
-        if "cuda" in mine:
-            torch.cuda.set_rng_state(mine["cuda"], device)
+        if "cuda" in my_states:
+            torch.cuda.set_rng_state(my_states["cuda"], device)
         else:
             with torch.cuda.device(device):
                 torch.cuda.manual_seed(fresh)

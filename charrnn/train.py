@@ -331,7 +331,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
     reporter = (reporter or Reporter()) if rank() == 0 else Reporter()
     n_processes = world_size()
     global_batch = config.batch_size * n_processes
-    mine = slice(rank() * config.batch_size, (rank() + 1) * config.batch_size)  # this process's rows
+    my_rows = slice(rank() * config.batch_size, (rank() + 1) * config.batch_size)  # this process's rows
     device = process_device(pick_device(config.device))
     if device.type == "cpu":
         bptt.tune_allocator()  # recycle the large per-sequence buffers instead of faulting them in anew
@@ -380,7 +380,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
             streams.restore(ckpt["rng"], device, config.seed, progress["step"])
             saved_batch = ckpt["config"]["batch_size"] * ckpt["progress"].get("world_size", 1)
             if saved_batch == global_batch:
-                state = map_state(lambda t: t[mine].to(device), ckpt["state"])
+                state = map_state(lambda t: t[my_rows].to(device), ckpt["state"])
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise CharrnnError(f"cannot resume from {resume}: its training state is damaged or does not fit: {reason}") from None
@@ -413,7 +413,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
 
         def trial_step(i: int) -> None:
             X, Y = batches.batch(0, 0)
-            train_step(X[mine], Y[mine], None, divisor=Y.numel() / n_processes)
+            train_step(X[my_rows], Y[my_rows], None, divisor=Y.numel() / n_processes)
             trial_optimizer.step()
 
         def trial_evaluation() -> None:
@@ -518,7 +518,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
 
             X, Y = batches.batch(progress["epoch"], progress["index"])  # slices of the text, on the device
             batch_chars = Y.numel()
-            X, Y = X[mine], Y[mine]
+            X, Y = X[my_rows], Y[my_rows]
             if not batches.carries_state or progress["index"] == 0:
                 state = None
             # the mean over the global batch: the processes' gradients are averaged, so each

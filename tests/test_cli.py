@@ -278,10 +278,14 @@ def test_normalize_letters_applies_to_eval_files(cli, corpus_file, tmp_path):
 
 @pytest.mark.parametrize("preset", sorted((ROOT / "configs").glob("*.toml")), ids=lambda p: p.name)
 def test_shipped_presets_are_valid_settings(preset):
-    from charrnn.cli import read_preset
+    from charrnn.config import read_preset
+    from charrnn.model import build_model, num_parameters
 
     config = TrainConfig.from_dict(read_preset(preset), str(preset))
-    assert config.model_config(28).hidden == config.hidden
+    model = build_model(config.model_config(28))
+    assert len(model.rnn.cells) == config.layers and model.W_hq.shape == (config.hidden, 28) and num_parameters(model)
+    if preset.name.startswith("d2l-"):  # the book's runs keep the book's start
+        assert config.init == "book" and config.init_sigma == 0.01 and config.optimizer == "sgd"
 
 
 # ---------------------------------------------------------------- datasets

@@ -202,9 +202,9 @@ def test_sigkill_at_random_moments_never_leaves_a_broken_checkpoint(tmp_path):
     command = [sys.executable, "-m", "charrnn", "train"]
     fresh = [str(corpus), "--out", str(run), "--cell", "rnn", "--hidden", "8", "--batch-size", "2",
              "--seq-len", "8", "--eval-every", "2", "--max-steps", "1000000", "--device", "cpu", "-q"]
-    rng, kills, steps, began = random.Random(0), 0, [], time.monotonic()
+    rng, kills, steps = random.Random(0), 0, []
     metrics = run / "metrics.jsonl"
-    while kills < 10 and time.monotonic() - began < 25:
+    while kills < 5:  # a count, not a time: a loaded machine only makes it slower
         resumable = (run / "last.pt").exists() or (run / "best.pt").exists()
         seen = metrics.stat().st_size if metrics.exists() else 0
         proc = subprocess.Popen(command + (["--resume", str(run)] if resumable else fresh), env=env,
@@ -223,7 +223,7 @@ def test_sigkill_at_random_moments_never_leaves_a_broken_checkpoint(tmp_path):
                 load_checkpoint(run / name)
         if (run / "last.pt").exists():
             steps.append(load_checkpoint(run / "last.pt")["progress"]["step"])
-    assert kills >= 5 and steps == sorted(steps) and steps[-1] > 0  # never back before a checkpoint
+    assert steps == sorted(steps) and steps[-1] > 0  # never back before a checkpoint
     finish = steps[-1] + 2
     done = subprocess.run(command + ["--resume", str(run), "--max-steps", str(finish)], env=env,
                           capture_output=True, text=True, timeout=60)
