@@ -30,6 +30,7 @@ from torch import nn
 from charrnn import bptt
 from charrnn.config import CELLS, INITS, ModelConfig
 
+
 class ScratchCell(nn.Module):
     """What the three cells share. Subclasses set `gates` (how many H-wide blocks the
     input projection has) and implement `step` and `recur`; state is what `step` takes."""

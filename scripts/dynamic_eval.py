@@ -2,7 +2,7 @@
 docs/dynamic-evaluation.md.
 
     python scripts/dynamic_eval.py runs/shakespeare/best.pt
-    python scripts/dynamic_eval.py RUN --other /work/shared/data/timemachine.txt --write-docs
+    python scripts/dynamic_eval.py RUN --other ../shared/data/timemachine.txt --write-docs
     python scripts/dynamic_eval.py RUN --tune-chars 5000 --max-chars 20000   # a quick try
 
 1. --dyn-lr and --dyn-decay are tuned on the last --tune-chars characters of the training
@@ -68,7 +68,7 @@ def measure(model, ids, rms, settings, what: str, layout: dict | None) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", type=Path)
-    parser.add_argument("--other", type=Path, default=Path("/work/shared/data/timemachine.txt"))
+    parser.add_argument("--other", type=Path, default=ROOT.parent / "shared" / "data" / "timemachine.txt")
     parser.add_argument("--seq-len", type=int, default=DynamicSettings.seq_len)
     parser.add_argument("--lrs", type=float, nargs="+", default=[1e-5, 3e-5, 1e-4, 3e-4])
     parser.add_argument("--decays", type=float, nargs="+", default=[0.0, 1e-3, 1e-2])

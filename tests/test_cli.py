@@ -285,7 +285,7 @@ def test_shipped_presets_are_valid_settings(preset):
     model = build_model(config.model_config(28))
     assert len(model.rnn.cells) == config.layers and model.W_hq.shape == (config.hidden, 28) and num_parameters(model)
     if preset.name.startswith("d2l-"):  # the book's runs keep the book's start
-        assert config.init == "book" and config.init_sigma == 0.01 and config.optimizer == "sgd"
+        assert (config.init, config.init_sigma, config.optimizer, config.lr_schedule) == ("book", 0.01, "sgd", "constant")
 
 
 # ---------------------------------------------------------------- datasets
