@@ -246,7 +246,7 @@ def generate(
     prefix: Annotated[str, Opt(help="Text to warm the state up on; the continuation follows it.")] = "",
     prefix_file: Annotated[Optional[Path], Opt(help="Warm up on this UTF-8 file instead (a long prime); only the continuation is printed.")] = None,
     adapt: Annotated[Optional[Path], Opt(help="First adapt the model to this UTF-8 text by dynamic evaluation, to continue its style (characters outside the vocabulary are dropped, with a warning); --prefix then follows it. The checkpoint is not changed.")] = None,
-    dyn_lr: Annotated[Optional[float], Opt(help="With --adapt: the learning rate of its updates. [default: 3e-05]", show_default=False)] = None,
+    dyn_lr: Annotated[Optional[float], Opt(help="With --adapt: the learning rate of its updates. [default: 0.0001]", show_default=False)] = None,
     dyn_decay: Annotated[Optional[float], Opt(help="With --adapt: the pull back towards the trained weights, in [0, 1]. [default: 0.001]", show_default=False)] = None,
     length: Annotated[int, Opt(help="Characters to generate.")] = 200,
     temperature: Annotated[float, Opt(help="Divide the logits by this: < 1 is safer, > 1 wilder.")] = 1.0,
@@ -424,7 +424,7 @@ def evaluate_command(
     device: Annotated[str, Opt(help="auto, cpu or cuda.")] = "auto",
     dynamic: Annotated[bool, Opt("--dynamic", help="Also dynamic evaluation: the model adapts to the text as it reads it (a gradient step after each scored segment); prints the static and dynamic figures and the gain. The checkpoint is not changed.")] = False,
     dyn_seq_len: Annotated[Optional[int], Opt(help="With --dynamic: characters per segment (one update each). [default: 50]", show_default=False)] = None,
-    dyn_lr: Annotated[Optional[float], Opt(help="With --dynamic: the update's learning rate (0: no adaptation). [default: 3e-05]", show_default=False)] = None,
+    dyn_lr: Annotated[Optional[float], Opt(help="With --dynamic: the update's learning rate (0: no adaptation). [default: 0.0001]", show_default=False)] = None,
     dyn_decay: Annotated[Optional[float], Opt(help="With --dynamic: how strongly each update pulls the weights back towards the trained ones, in [0, 1]. [default: 0.001]", show_default=False)] = None,
 ):
     """Perplexity and bits per character of a model on FILE or on its validation split.

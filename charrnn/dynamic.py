@@ -39,7 +39,7 @@ class DynamicSettings:
     range for characters."""
 
     seq_len: int = 50
-    lr: float = 3e-5
+    lr: float = 1e-4
     decay: float = 1e-3
     # ε as a fraction of the mean rms: a weight whose gradient the statistics never saw
     # moves at most ~10x as far as an average one, not without bound
