@@ -1,6 +1,6 @@
 """charrnn's performance in one run: training, sampling and evaluation speed, achieved
 GFLOP/s against the measured matmul peak, and the memory of a training step, printed as
-Markdown tables (ready for the README).
+Markdown tables (ready for docs/performance.md).
 
     python scripts/bench.py                      # this machine's CPU, the default sizes
     python scripts/bench.py --device cuda        # the same on a GPU

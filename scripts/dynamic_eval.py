@@ -1,4 +1,4 @@
-"""Tune dynamic evaluation on a checkpoint and measure it: the figures of the README and of
+"""Tune dynamic evaluation on a checkpoint and measure it: the figures of
 docs/dynamic-evaluation.md.
 
     python scripts/dynamic_eval.py runs/shakespeare/best.pt

@@ -5,7 +5,7 @@ directory, then in fresh subprocesses (so each peak is its own): imports charrnn
 trains a few steps on a 1 MB corpus (the fixed cost of Python and torch at work), trains
 a few steps on the large corpus, and resumes that run (which reads the encoded ids from
 the run's cache instead of the text). Prints each peak resident set size (getrusage
-ru_maxrss) and its ratio to the large file's size. The README promises under 3x for the
+ru_maxrss) and its ratio to the large file's size. docs/reliability.md promises under 3x for the
 default sequential sampling.
 
     python scripts/memory_check.py            # 200 MB, about a minute

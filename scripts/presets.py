@@ -1,4 +1,4 @@
-"""Re-run presets and print the README's table of what they reach.
+"""Re-run presets and print docs/presets.md's table of what they reach.
 
     python scripts/presets.py                       # every configs/*.toml
     python scripts/presets.py configs/tiny.toml     # some of them
