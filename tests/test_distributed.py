@@ -137,7 +137,8 @@ def test_random_windows_resume_from_one_process_on_two_with_short_last_batches(t
 
 
 def test_every_process_draws_its_own_dropout_masks_and_resumes_them_exactly(tmp_path, corpus):
-    args = [str(corpus), *TINY, "--dropout", "0.5", "--batch-size", "2", "--eval-every", "2"]
+    # (a constant rate: the split run's first part has another --max-steps, which a cosine follows)
+    args = [str(corpus), *TINY, "--dropout", "0.5", "--batch-size", "2", "--eval-every", "2", "--lr-schedule", "constant"]
     straight, split = tmp_path / "straight", tmp_path / "split"
 
     def run(out: Path, *more: str) -> list[dict]:
