@@ -15,7 +15,6 @@ the epochs seen, chars/s and the validation curve.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import tempfile
 from pathlib import Path
@@ -102,7 +101,6 @@ def main() -> None:
             curve = " ".join(f"{v:.3f}" for v in r["curve"])
             print(f"| {r['name']} | {r['best']:.4f} | {r['final']:.4f} | {r['epochs']:.2f} | "
                   f"{r['chars_per_s']:,.0f} | {curve} | `{r['command']}` |", flush=True)
-            assert math.isfinite(r["best"])
 
 
 if __name__ == "__main__":
