@@ -75,6 +75,7 @@ Opt = typer.Option
 
 
 D = TrainConfig()  # every option of `train` takes its default from here (one source of them)
+TRAIN_SETTINGS = {f.name for f in fields(TrainConfig)}
 
 
 @app.command()
@@ -179,8 +180,6 @@ def train(
                                seed=settings.seed)
         typer.echo(shown(f"sample: {prefix}" + "".join(c[0] for c in text_steps(steps, vocab, 1))))
 
-
-TRAIN_SETTINGS = {f.name for f in fields(TrainConfig)}
 
 
 def write_curve(run: Path, quiet: bool) -> None:

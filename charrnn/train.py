@@ -365,6 +365,13 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
 
     model_config = config.model_config(len(vocab))
     model = build_model(model_config).to(device)
+    # how the validation loss is computed: recorded in every checkpoint, so that `charrnn
+    # eval` computes it the same way; each process evaluates its share of the streams
+    eval_layout = {"batch_size": global_batch, "seq_len": config.seq_len, "carry_state": batches.carries_state}
+
+    def validation_sums() -> tuple[float, int]:
+        return evaluate(model, val_ids, **eval_layout, device=device, shard=(rank(), world_size()))
+
     streams.split(config.seed)
     params = list(model.parameters())
     optimizer = make_optimizer(config, params)
@@ -416,14 +423,10 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
             train_step(X[my_rows], Y[my_rows], None, divisor=Y.numel() / n_processes)
             trial_optimizer.step()
 
-        def trial_evaluation() -> None:
-            evaluate(model, val_ids, batch_size=global_batch, seq_len=config.seq_len,
-                     carry_state=batches.carries_state, device=device, shard=(rank(), world_size()))
-
         trial_optimizer = make_optimizer(config, params)
         with cuda_precision(device, config.tf32):
             time_plan = budget.plan(max_time - progress["elapsed"], config.eval_every, trial_step,
-                                    trial_evaluation, params, device)
+                                    validation_sums, params, device)
         del trial_optimizer  # its moments: twice the model's size
         # a new run trains at least one step
         progress["planned_steps"] = progress["step"] + max(time_plan.steps, 0 if ckpt else 1)
@@ -471,16 +474,13 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
             "corpus": corpus.source, "rng": rng,
             "state": carried,
             # how the validation loss was computed, for `charrnn eval` to compute it the same way
-            "evaluation": {"batch_size": global_batch, "seq_len": config.seq_len,
-                           "carry_state": batches.carries_state},
+            "evaluation": eval_layout,
         }, run / name)
 
     def run_evaluation(train_loss: float) -> dict:
         # each process evaluates its share of the global batch's streams; all get the same
         # sums, so all agree on the best checkpoint
-        loss_sum, count = evaluate(model, val_ids, batch_size=global_batch, seq_len=config.seq_len,
-                                   carry_state=batches.carries_state, device=device,
-                                   shard=(rank(), world_size()))
+        loss_sum, count = validation_sums()
         loss_sum, count, train_loss = all_reduce([loss_sum, count, train_loss / world_size()])
         val_loss = loss_sum / count
         if not math.isfinite(val_loss):
