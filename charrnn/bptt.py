@@ -30,9 +30,11 @@ projection), ``set_gemm_backend`` (choose the CPU float32 matmul: oneDNN or BLAS
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import sys
+import time
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -52,14 +54,16 @@ def _float32_recurrence(scan):
     its state is carried through every step, where bfloat16's 8-bit mantissa would pile up
     error, and its in-place per-step arithmetic needs one dtype. Inputs that autocast made
     half precision (a deeper layer's xp from a bfloat16 projection) are cast up, which is
-    differentiable; the matmuls still use TF32 where that is allowed."""
+    differentiable; the matmuls still use TF32 where that is allowed, and on a CPU
+    autocasting to bfloat16 they take bfloat16 operands (see "bfloat16 matmuls")."""
 
     @functools.wraps(scan)
     def wrapper(*tensors):
         device_type = tensors[0].device.type
         if not _autocast_enabled(device_type):
             return scan(*tensors)
-        with torch.autocast(device_type=device_type, enabled=False):
+        low = _autocast_matmul_dtype(device_type)  # (read before autocast is switched off)
+        with torch.autocast(device_type=device_type, enabled=False), matmul_dtype(low):
             return scan(*(t.float() if isinstance(t, torch.Tensor) and t.dtype in (torch.float16, torch.bfloat16)
                           else t for t in tensors))
 
@@ -225,7 +229,10 @@ def _mm(dnn: bool, a: torch.Tensor, b: torch.Tensor, add: torch.Tensor | None = 
     """``add + a @ b`` (``add`` broadcast: a (N,) bias or an (M, N) matrix).
 
     BLAS: computed into ``out`` when given (``add`` may alias ``out``). oneDNN: returns a new
-    tensor and ignores ``out``."""
+    tensor and ignores ``out``. Under matmul_dtype, the bfloat16 product (into ``out``)."""
+    low = _low(a, b)
+    if low is not None:
+        return _mm_low(low, a, b, add, out)
     if dnn:
         lp = torch.ops.mkldnn._linear_pointwise
         if not (b.is_contiguous() or b.t().is_contiguous()):
@@ -254,13 +261,18 @@ class _Matmul:
 
     def __init__(self, W: torch.Tensor, rows: int, *others: torch.Tensor):
         K, N = W.shape
-        self.dnn = rows > 1 and _use_onednn(rows * K * N, W, *others, min_macs=_PACKED_MIN_MACS)
-        if self.dnn:
+        self.low = _low(W, *others)
+        self.dnn = self.low is None and rows > 1 and _use_onednn(rows * K * N, W, *others, min_macs=_PACKED_MIN_MACS)
+        if self.low is not None:
+            self.W = W.to(self.low)  # cast once per scan, not once per step
+        elif self.dnn:
             self.W = torch.ops.mkldnn._reorder_linear_weight(W.t().contiguous(), rows)
         else:
             self.W = _plain(W)
 
     def __call__(self, a: torch.Tensor, add: torch.Tensor | None = None, out=None) -> torch.Tensor:
+        if self.low is not None:
+            return _mm_low(self.low, a, self.W, add, out)
         if not self.dnn:
             if add is None:
                 return torch.mm(a, self.W) if out is None else torch.mm(a, self.W, out=out)
@@ -273,6 +285,83 @@ class _Matmul:
         if add.is_contiguous():
             return lp.binary(a, add, self.W, None, "add")
         return lp(a, self.W, None, "none", [], "").add_(add)
+
+
+# ------------------------------------------------------------------------------ bfloat16 matmuls
+#
+# On a CPU with bfloat16 matrix instructions (AMX, AVX512-BF16) oneDNN's bfloat16 GEMM is
+# several times its float32 one (docs/performance.md). Under CPU autocast to bfloat16
+# (training with --amp bf16) the scans and linear() give their matmuls bfloat16 operands and
+# keep everything else in float32: the carried state, the gates' arithmetic, the sums with
+# the input side, the weights and the gradients they accumulate. Each product is rounded to
+# bfloat16 once, at its output; no state is ever stored in bfloat16. A scan's backward runs
+# in the precision its forward ran in (each autograd Function records it).
+
+_matmul_dtype: torch.dtype | None = None  # None: every matmul in its operands' own dtype
+BFLOAT16_MIN_GAIN = 1.5  # --amp auto takes bfloat16 where its GEMM is this much faster
+
+
+@contextlib.contextmanager
+def matmul_dtype(dtype: torch.dtype | None):
+    """Within the block, CPU float32 matmuls of the scans and linear() take operands of
+    ``dtype`` (torch.bfloat16), or their own dtype with None."""
+    global _matmul_dtype
+    previous, _matmul_dtype = _matmul_dtype, dtype
+    try:
+        yield
+    finally:
+        _matmul_dtype = previous
+
+
+def _autocast_matmul_dtype(device_type: str) -> torch.dtype | None:
+    if device_type == "cpu" and _autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16:
+        return torch.bfloat16
+    return None
+
+
+def _low(*tensors: torch.Tensor) -> torch.dtype | None:
+    """The dtype a matmul of these tensors takes its operands in, if not their own."""
+    if _matmul_dtype is None:
+        return None
+    ok = all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+    return _matmul_dtype if ok else None
+
+
+def _mm_low(low: torch.dtype, a: torch.Tensor, b: torch.Tensor, add=None, out=None) -> torch.Tensor:
+    """``add + a @ b`` with the product's operands in ``low``; the result in float32."""
+    product = torch.mm(a.to(low), b.to(low))
+    if add is None:
+        return product.float() if out is None else out.copy_(product)
+    return torch.add(add, product) if out is None else torch.add(add, product, out=out)
+
+
+def bfloat16_pays(device: torch.device) -> bool:
+    """Whether this CPU's bfloat16 GEMM is well ahead of its float32 one (bfloat16 matrix
+    instructions), timed on a per-step product of the scans' size. False on other devices."""
+    if device.type != "cpu":
+        return False
+    a, b = torch.randn(64, 512), torch.randn(512, 2048)
+    seconds = {}
+    for dtype in (torch.float32, torch.bfloat16, torch.float32, torch.bfloat16):
+        x, w = a.to(dtype), b.to(dtype)
+        torch.mm(x, w)
+        started = time.perf_counter()
+        for _ in range(5):
+            torch.mm(x, w)
+        took = time.perf_counter() - started
+        seconds[dtype] = min(seconds.get(dtype, took), took)
+    return seconds[torch.bfloat16] * BFLOAT16_MIN_GAIN < seconds[torch.float32]
+
+
+def _in_forward_precision(backward):
+    """Runs an autograd Function's backward with the matmul dtype its forward recorded."""
+
+    @functools.wraps(backward)
+    def wrapper(ctx, *grads):
+        with matmul_dtype(ctx.matmul_dtype):
+            return backward(ctx, *grads)
+
+    return wrapper
 
 
 # torch.tanh's CPU kernel is slow: on the AMD EPYC this was tuned on, ~9x slower than
@@ -319,11 +408,13 @@ def _weight_grad(h0: torch.Tensor, out: torch.Tensor, dA: torch.Tensor) -> torch
 class _Linear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x2, W, b):
+        ctx.matmul_dtype = _matmul_dtype
         ctx.save_for_backward(x2, W)
         ctx.has_bias = b is not None
         return _mm(True, x2, W, add=b)
 
     @staticmethod
+    @_in_forward_precision
     @once_differentiable
     def backward(ctx, g):
         x2, W = ctx.saved_tensors
@@ -343,11 +434,15 @@ def linear(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None = None) -> t
     time steps (``xp = linear(X, W_xh, b)``). Through oneDNN (forward and backward) for CPU
     float32 when the matmul backend allows, since there it is ~2x faster than torch.addmm's
     MKL path on AMD CPUs; elsewhere exactly ``torch.addmm``/``torch.mm`` with autograd."""
+    low = _autocast_matmul_dtype(x.device.type)
+    if low is not None:  # CPU autocast: bfloat16 operands, float32 result (see "bfloat16 matmuls")
+        with torch.autocast("cpu", enabled=False), matmul_dtype(low):
+            return linear(x.float(), W, b)
     lead = x.shape[:-1]
     I, G = W.shape
     x2 = x.reshape(-1, I)
     tensors = (x2, W) if b is None else (x2, W, b)
-    if _use_onednn(x2.shape[0] * I * G, *tensors) and x2.shape[0] > 0:
+    if (_low(*tensors) or _use_onednn(x2.shape[0] * I * G, *tensors)) and x2.shape[0] > 0:
         W = _plain(W)
         if _needs_grad(*tensors):
             y = _Linear.apply(x2, W, b)
@@ -539,12 +634,14 @@ def _init_grad(g_outs, g_final: torch.Tensor | None, like: torch.Tensor) -> torc
 class _RNNScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, src, h0, W_hh, tokens):
+        ctx.matmul_dtype = _matmul_dtype
         out = _rnn_forward(_input(src, tokens), h0, W_hh)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(h0, W_hh, out, src, tokens)
         return out, out[-1].clone()
 
     @staticmethod
+    @_in_forward_precision
     @once_differentiable
     def backward(ctx, g_out, g_hT):
         h0, W_hh, out, src, tokens = ctx.saved_tensors
@@ -660,6 +757,7 @@ def _gru_backward_fused(h0, W_hh, out, works, g_out, g_hT):
 class _GRUScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, src, h0, W_hh, b_hh, tokens):
+        ctx.matmul_dtype = _matmul_dtype
         ctx.set_materialize_grads(False)
         ctx.fused = _use_fused(src, h0, W_hh)
         if ctx.fused:
@@ -671,6 +769,7 @@ class _GRUScan(torch.autograd.Function):
         return out, out[-1].clone()
 
     @staticmethod
+    @_in_forward_precision
     @once_differentiable
     def backward(ctx, g_out, g_hT):
         need_x, need_h0, need_w, need_b, _ = ctx.needs_input_grad
@@ -836,6 +935,7 @@ def _lstm_backward_fused(h0, c0, W_hh, cells, works, g_out, g_hT, g_cT):
 class _LSTMScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, src, h0, c0, W_hh, tokens):
+        ctx.matmul_dtype = _matmul_dtype
         ctx.set_materialize_grads(False)
         ctx.fused = _use_fused(src, h0, c0, W_hh)
         if ctx.fused:
@@ -847,6 +947,7 @@ class _LSTMScan(torch.autograd.Function):
         return out, out[-1].clone(), C[-1].clone()
 
     @staticmethod
+    @_in_forward_precision
     @once_differentiable
     def backward(ctx, g_out, g_hT, g_cT):
         need_x, need_h0, need_c0, need_w, _ = ctx.needs_input_grad

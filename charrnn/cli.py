@@ -125,7 +125,7 @@ def train(
     seed: Annotated[int, Opt(help="Random seed; a CPU run repeats exactly with the same seed, settings and number of processes (a --max-time run: with --max-steps of the step count it printed).")] = D.seed,
     device: Annotated[str, Opt(help="auto, cpu or cuda.")] = D.device,
     tf32: Annotated[bool, Opt("--tf32/--no-tf32", help="CUDA: TF32 float32 matmuls (faster on Ampere and later GPUs, products rounded to 10 mantissa bits). No effect on a CPU.")] = D.tf32,
-    amp: Annotated[str, Opt(help="none, or bf16: CUDA autocast to bfloat16 for the output layer and deeper layers' input projections; the recurrences stay float32. No effect on a CPU.")] = D.amp,
+    amp: Annotated[str, Opt(help="none, bf16 or auto. bf16: autocast to bfloat16; on a CPU every matmul takes bfloat16 operands (fast with AMX or AVX512-BF16) while the state, gates and weights stay float32; on CUDA the output layer and deeper layers' input projections, the recurrences staying float32. auto: bf16 on a CPU whose bfloat16 matmuls are measured well ahead, else none.")] = D.amp,
     cuda_graphs: Annotated[bool, Opt("--cuda-graphs/--no-cuda-graphs", help="CUDA, one process: capture the training step once as a CUDA graph and replay it (the host then launches one graph instead of thousands of small kernels). No effect on a CPU.")] = D.cuda_graphs,
     out: Annotated[str, Opt(help="Run directory (empty: runs/YYYYmmdd-HHMMSS).", show_default=False)] = D.out,
     sample_prefix: Annotated[str, Opt(help="After training, print a sample that continues this text (empty: none).", show_default=False)] = D.sample_prefix,

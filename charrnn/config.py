@@ -93,7 +93,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     tf32: bool = False  # CUDA: TF32 matmuls (10-bit mantissa products, float32 accumulation)
-    amp: str = "none"  # none | bf16: CUDA autocast to bfloat16 (the recurrences stay float32)
+    amp: str = "none"  # none | bf16 | auto: autocast to bfloat16 (CPU: bfloat16 matmuls, float32 state); auto: bf16 where it pays
     cuda_graphs: bool = True  # CUDA, one process: replay each training step as a CUDA graph
     out: str = ""  # run directory; default runs/<timestamp>
     # a sample printed after training
@@ -127,7 +127,7 @@ class TrainConfig:
         choices = {"cell": CELLS, "optimizer": OPTIMIZERS, "lr_schedule": SCHEDULES,
                    "sampling": ("sequential", "random"), "stream_offsets": ("random", "fixed"),
                    "init": INITS, "device": DEVICES,
-                   "unknown": UNKNOWN_CHOICES, "amp": ("none", "bf16"), "vocab": VOCAB_KINDS}
+                   "unknown": UNKNOWN_CHOICES, "amp": ("none", "bf16", "auto"), "vocab": VOCAB_KINDS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise CharrnnError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")

@@ -11,7 +11,7 @@ import os
 import signal
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -333,6 +333,8 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
     global_batch = config.batch_size * n_processes
     my_rows = slice(rank() * config.batch_size, (rank() + 1) * config.batch_size)  # this process's rows
     device = process_device(pick_device(config.device))
+    if config.amp == "auto":  # settled once, so the run and its resumption compute alike
+        config = replace(config, amp="bf16" if from_rank_zero(bptt.bfloat16_pays(device)) else "none")
     if device.type == "cpu":
         bptt.tune_allocator()  # recycle the large per-sequence buffers instead of faulting them in anew
     # all processes draw the same initial weights; streams.split then gives each its own
@@ -410,7 +412,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
 
     model.train()
     started = time.perf_counter() - progress["elapsed"]  # (the time budget's measurement counts)
-    amp = device.type == "cuda" and config.amp == "bf16"
+    amp = config.amp == "bf16"
     # CUDA graphs with one process only (DDP's gradient hooks are not captured here)
     train_step = TrainStep(parallel_model, params, config.clip, amp,
                            graphs=config.cuda_graphs and device.type == "cuda" and parallel_model is model)

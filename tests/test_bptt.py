@@ -409,18 +409,17 @@ def test_float32_fast_path_matches_float64_reference(cell):
 
 @pytest.mark.parametrize("cell", CELLS)
 def test_scans_stay_float32_under_autocast(cell):
-    """Under autocast (train --amp bf16 on CUDA; here the CPU's) the recurrence runs in
-    float32, half-precision inputs included, and gradients flow back in their dtypes."""
+    """Under autocast (train --amp bf16) the recurrence carries its state in float32,
+    half-precision inputs included, and gradients flow back in their dtypes (the CPU's
+    bfloat16 matmuls themselves: tests/test_bfloat16.py)."""
     scan = CELLS[cell][0]
     args = [a.detach().float().requires_grad_() for a in make_inputs(cell, 4, 3, 8, seed=2)]
     want = scan(*args)
     xp_half = args[0].detach().bfloat16().requires_grad_()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = scan(xp_half, *args[1:])
-        got_f32 = scan(*args)
-    for a, b, c in zip(got, want, got_f32):
+    for a, b in zip(got, want):
         assert a.dtype == torch.float32
-        torch.testing.assert_close(c, b, rtol=0, atol=0)
         torch.testing.assert_close(a, b, rtol=0.02, atol=0.02)
     (g,) = torch.autograd.grad(sum(r.sum() for r in got), [xp_half])
     assert g.dtype == torch.bfloat16
