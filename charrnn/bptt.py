@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import math
 import sys
 import time
 
@@ -145,23 +146,27 @@ def _input_grad(D: torch.Tensor, src: torch.Tensor, tokens: torch.Tensor | None)
 
 # ------------------------------------------------------------------------------ matmul backend
 #
-# torch.mm on CPU calls MKL's sgemm, and MKL takes a generic (non-AVX-512) code path on AMD
-# CPUs: on the AMD EPYC this was developed on it reaches ~100 GFLOP/s per core, while
-# oneDNN's JIT GEMM (what torch.nn.LSTM's CPU path uses) reaches ~210-225, i.e. each of the
-# scans' matmuls is ~2x faster through oneDNN. PyTorch exposes oneDNN's fp32 GEMM through the
-# (private, Inductor-facing) op torch.ops.mkldnn._linear_pointwise, so for CPU float32
-# tensors the scans use it when a self-test at first use passes, and torch.mm/addmm
-# otherwise (other devices and dtypes, e.g. the float64 tests, always use torch.mm/addmm).
+# torch.mm on CPU calls MKL's sgemm; PyTorch also exposes oneDNN's fp32 GEMM (what
+# torch.nn.LSTM's CPU path uses) through the private, Inductor-facing op
+# torch.ops.mkldnn._linear_pointwise. Which is faster depends on the CPU and on the shape:
+# MKL takes a generic code path on AMD CPUs, where oneDNN is about twice as fast; on Intel
+# CPUs MKL wins most shapes, and each library has shapes where it loses
+# (docs/performance.md). So with the "auto" backend each CPU float32 matmul shape is timed
+# through both, once per process, the first time it is needed, and goes to the faster one
+# (oneDNN only after a self-test of the op passes; below a size where one call's fixed cost
+# dominates, BLAS without timing). Other devices and dtypes (the float64 tests) always use
+# torch.mm/addmm. A run records the choices in its checkpoints and adopts them when it
+# resumes (gemm_choices / adopt_gemm_choices), so a resumed run computes exactly as before.
 # oneDNN allocates its output (no out=), so each step's result is then consumed by an
-# activation that writes into the preallocated buffers, which costs no extra copy. Its fixed
-# cost per call (~15 us) loses to MKL below ~2M multiply-adds per matmul (e.g. batch 16 x
-# hidden 128), so small per-step matmuls stay on BLAS.
+# activation that writes into the preallocated buffers, which costs no extra copy.
 
 _GEMM_BACKENDS = ("auto", "blas", "onednn")
 _gemm_backend = "auto"
 _onednn_state: bool | None = None  # result of the one-time self-test
-_ONEDNN_MIN_MACS = 1 << 21  # per matmul; measured crossover with MKL at 1 and 2 threads
+_ONEDNN_MIN_MACS = 1 << 21  # per matmul; below it BLAS, untimed (oneDNN's per-call cost)
 _PACKED_MIN_MACS = 1 << 20  # the same with the weight packed once (see _Matmul)
+_ONEDNN_MIN_GAIN = 1.05  # oneDNN is taken when it is this much faster: near-ties stay on BLAS
+_choices: dict[tuple, bool] = {}  # (M, K, N, packed, threads) -> whether oneDNN is the faster
 
 
 def _probe_onednn() -> bool:
@@ -215,14 +220,54 @@ def set_gemm_backend(name: str) -> str:
     return prev
 
 
-def _use_onednn(macs: int, *tensors: torch.Tensor, min_macs: int = _ONEDNN_MIN_MACS) -> bool:
-    """Whether a matmul of ``macs`` multiply-adds on these tensors goes through oneDNN."""
-    if _gemm_backend == "blas" or (_gemm_backend == "auto" and macs < min_macs):
+def _use_onednn(shape: tuple[int, int, int], *tensors: torch.Tensor, packed: bool = False) -> bool:
+    """Whether an (M, K) @ (K, N) matmul on these tensors goes through oneDNN."""
+    M, K, N = shape
+    if _gemm_backend == "blas" or (_gemm_backend == "auto" and M * K * N < (_PACKED_MIN_MACS if packed else _ONEDNN_MIN_MACS)):
         return False
     for t in tensors:
         if t.device.type != "cpu" or t.dtype != torch.float32 or t.layout != torch.strided:
             return False
-    return bool(torch.backends.mkldnn.enabled) and _onednn_ok()
+    if not (torch.backends.mkldnn.enabled and _onednn_ok()):
+        return False
+    return _gemm_backend == "onednn" or _onednn_faster(M, K, N, packed)
+
+
+def _onednn_faster(M: int, K: int, N: int, packed: bool) -> bool:
+    key = (M, K, N, packed, torch.get_num_threads())
+    if key not in _choices:
+        _choices[key] = _time_backends(M, K, N, packed)
+    return _choices[key]
+
+
+def _time_backends(M: int, K: int, N: int, packed: bool) -> bool:
+    """Whether oneDNN computes an (M, K) @ (K, N) product _ONEDNN_MIN_GAIN times faster than
+    torch.mm: best of three timings of each, taking turns, of ~40 M multiply-adds each."""
+    lp = torch.ops.mkldnn._linear_pointwise
+    with torch.no_grad(), torch.autocast("cpu", enabled=False):
+        a, W = torch.randn(M, K), torch.randn(K, N)
+        w = torch.ops.mkldnn._reorder_linear_weight(W.t().contiguous(), M) if packed else W.t().contiguous()
+        calls = max(1, (40 << 20) // (M * K * N))
+        best = {"blas": math.inf, "onednn": math.inf}
+        for _ in range(4):
+            for name in best:
+                started = time.perf_counter()
+                for _ in range(calls):
+                    torch.mm(a, W) if name == "blas" else lp(a, w, None, "none", [], "")
+                best[name] = min(best[name], time.perf_counter() - started)
+    return best["onednn"] * _ONEDNN_MIN_GAIN < best["blas"]
+
+
+def gemm_choices() -> list[list]:
+    """The backend chosen for each matmul shape timed so far, as plain lists (for a
+    checkpoint): [M, K, N, packed, threads, whether oneDNN]."""
+    return [[*key, onednn] for key, onednn in _choices.items()]
+
+
+def adopt_gemm_choices(choices: list) -> None:
+    """Take a resumed run's recorded choices instead of timing those shapes anew."""
+    for *key, onednn in choices:
+        _choices[tuple(key)] = bool(onednn)
 
 
 def _mm(dnn: bool, a: torch.Tensor, b: torch.Tensor, add: torch.Tensor | None = None, out=None) -> torch.Tensor:
@@ -262,7 +307,7 @@ class _Matmul:
     def __init__(self, W: torch.Tensor, rows: int, *others: torch.Tensor):
         K, N = W.shape
         self.low = _low(W, *others)
-        self.dnn = self.low is None and rows > 1 and _use_onednn(rows * K * N, W, *others, min_macs=_PACKED_MIN_MACS)
+        self.dnn = self.low is None and rows > 1 and _use_onednn((rows, K, N), W, *others, packed=True)
         if self.low is not None:
             self.W = W.to(self.low)  # cast once per scan, not once per step
         elif self.dnn:
@@ -396,13 +441,18 @@ def _weight_grad(h0: torch.Tensor, out: torch.Tensor, dA: torch.Tensor) -> torch
     """sum_t Hprev_t^T @ dA_t with Hprev = [h0, out[:-1]], as one big matmul (plus one small)."""
     T, B, H = out.shape
     G = dA.shape[-1]
-    dnn = _use_onednn(T * B * H * G, out, dA)
+    dnn = _use_onednn((H, T * B, G), out, dA)
     # (With oneDNN, Hprev^T is copied to contiguous by the op, and GRU's row-strided dA by _mm:
     # straight copies, ~7 ms each at 16-48 MB; transposing the strided dA instead is ~10x slower.)
     dW = _mm(dnn, h0.t(), dA[0])
     if T > 1:
         dW = _mm(dnn, out[:-1].reshape(-1, H).t(), dA[1:].reshape(-1, G), add=dW, out=dW)
     return dW
+
+
+def _product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b through the backend chosen for its shape."""
+    return _mm(_use_onednn((a.shape[0], a.shape[1], b.shape[1]), a, b), a, b)
 
 
 class _Linear(torch.autograd.Function):
@@ -419,12 +469,12 @@ class _Linear(torch.autograd.Function):
     def backward(ctx, g):
         x2, W = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad
-        dx = _mm(True, g, W.t()) if need_x else None
+        dx = _product(g, W.t()) if need_x else None
         dW = None
         if need_w:
             # x2^T @ g, or (g^T @ x2)^T when the output is the narrow side (e.g. the output
-            # layer, 65 wide): oneDNN then copies the smaller g^T, ~2x faster there
-            dW = _mm(True, g.t(), x2).t() if g.shape[1] < x2.shape[1] else _mm(True, x2.t(), g)
+            # layer, 65 wide): oneDNN then copies the smaller g^T
+            dW = _product(g.t(), x2).t() if g.shape[1] < x2.shape[1] else _product(x2.t(), g)
         db = g.sum(0) if need_b and ctx.has_bias else None
         return dx, dW, db
 
@@ -442,7 +492,7 @@ def linear(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None = None) -> t
     I, G = W.shape
     x2 = x.reshape(-1, I)
     tensors = (x2, W) if b is None else (x2, W, b)
-    if (_low(*tensors) or _use_onednn(x2.shape[0] * I * G, *tensors)) and x2.shape[0] > 0:
+    if (_low(*tensors) or _use_onednn((x2.shape[0], I, G), *tensors)) and x2.shape[0] > 0:
         W = _plain(W)
         if _needs_grad(*tensors):
             y = _Linear.apply(x2, W, b)

@@ -345,6 +345,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
         resume = resolve_checkpoint(resume, order=LAST_FIRST)
         run = resume.parent.resolve()  # runs/latest names the run itself
         ckpt = load_checkpoint(resume)
+        bptt.adopt_gemm_choices(ckpt.get("gemm", []))  # compute as the run did before
         if rank() == 0:
             check_writable(run)
         corpus = reload_corpus(ckpt["corpus"], cache_dir=run)
@@ -473,6 +474,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
         save_checkpoint({
             "model_config": asdict(model_config), "vocab": vocab.to_dict(), "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "config": asdict(config), "progress": dict(progress),
+            "gemm": bptt.gemm_choices(),
             "corpus": corpus.source, "rng": rng,
             "state": carried,
             # how the validation loss was computed, for `charrnn eval` to compute it the same way
