@@ -124,6 +124,7 @@ def train(
     eval_every: Annotated[int, Opt(help="Evaluate (and checkpoint) every N steps.")] = D.eval_every,
     seed: Annotated[int, Opt(help="Random seed; a CPU run repeats exactly with the same seed, settings and number of processes (a --max-time run: with --max-steps of the step count it printed).")] = D.seed,
     device: Annotated[str, Opt(help="auto, cpu or cuda.")] = D.device,
+    threads: Annotated[int, Opt(help="CPU threads for torch (0: torch's default, one per core). On a machine busy with other work, fewer threads than cores can be much faster.")] = D.threads,
     tf32: Annotated[bool, Opt("--tf32/--no-tf32", help="CUDA: TF32 float32 matmuls (faster on Ampere and later GPUs, products rounded to 10 mantissa bits). No effect on a CPU.")] = D.tf32,
     amp: Annotated[str, Opt(help="none, bf16 or auto. bf16: autocast to bfloat16; on a CPU every matmul takes bfloat16 operands (fast with AMX or AVX512-BF16) while the state, gates and weights stay float32; on CUDA the output layer and deeper layers' input projections, the recurrences staying float32. auto: bf16 on a CPU whose bfloat16 matmuls are measured well ahead, else none.")] = D.amp,
     cuda_graphs: Annotated[bool, Opt("--cuda-graphs/--no-cuda-graphs", help="CUDA, one process: capture the training step once as a CUDA graph and replay it (the host then launches one graph instead of thousands of small kernels). No effect on a CPU.")] = D.cuda_graphs,

@@ -92,6 +92,7 @@ class TrainConfig:
     eval_every: int = 200
     seed: int = 0
     device: str = "auto"
+    threads: int = 0  # CPU threads for torch (0: torch's default)
     tf32: bool = False  # CUDA: TF32 matmuls (10-bit mantissa products, float32 accumulation)
     amp: str = "none"  # none | bf16 | auto: autocast to bfloat16 (CPU: bfloat16 matmuls, float32 state); auto: bf16 where it pays
     cuda_graphs: bool = True  # CUDA, one process: replay each training step as a CUDA graph
@@ -121,7 +122,7 @@ class TrainConfig:
         if self.plateau_patience < 1:
             raise CharrnnError(f"--plateau-patience must be at least 1, got {self.plateau_patience}")
         for name in ("max_steps", "epochs", "warmup_steps", "train_windows", "val_windows", "sample_length",
-                     "patience"):
+                     "patience", "threads"):
             if getattr(self, name) < 0:
                 raise CharrnnError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
         choices = {"cell": CELLS, "optimizer": OPTIMIZERS, "lr_schedule": SCHEDULES,
@@ -183,7 +184,7 @@ BEFORE_THEY_EXISTED = {"stream_offsets": "fixed", "init": "book"}
 # What may change when a run resumes: how long it goes on and where; not the model or data.
 # The batch size may, so that a run resumed on another number of processes can keep its
 # global batch (--batch-size x processes).
-RESUMABLE = {"max_steps", "epochs", "max_time", "patience", "eval_every", "device", "batch_size", "tf32", "amp",
+RESUMABLE = {"max_steps", "epochs", "max_time", "patience", "eval_every", "device", "threads", "batch_size", "tf32", "amp",
              "cuda_graphs", "sample_prefix", "sample_length", "sample_greedy"}
 
 

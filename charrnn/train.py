@@ -335,6 +335,8 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
     device = process_device(pick_device(config.device))
     if config.amp == "auto":  # settled once, so the run and its resumption compute alike
         config = replace(config, amp="bf16" if from_rank_zero(bptt.bfloat16_pays(device)) else "none")
+    if config.threads:
+        torch.set_num_threads(config.threads)
     if device.type == "cpu":
         bptt.tune_allocator()  # recycle the large per-sequence buffers instead of faulting them in anew
     # all processes draw the same initial weights; streams.split then gives each its own

@@ -75,3 +75,13 @@ def test_a_run_records_its_choices_and_a_resumed_run_adopts_them(cli, corpus_fil
     fresh_choices.clear()
     cli("train", "--resume", run, "--max-steps", "6", "--quiet").assert_ok()
     assert fresh_choices[(99, 98, 97, True, 1)] is True
+
+
+def test_threads_option_sets_torch_threads_for_the_run(cli, corpus_file, tmp_path):
+    before = torch.get_num_threads()
+    try:
+        cli("train", corpus_file, "--max-steps", "2", "--threads", "1", "--out", tmp_path / "run", *TINY).assert_ok()
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    cli("train", corpus_file, "--threads", "-1", *TINY).assert_one_line_error("--threads")
