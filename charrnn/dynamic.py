@@ -12,7 +12,8 @@ where g is the gradient of the segment's mean loss, rms the root mean square of 
 gradients over the training text (measured once, before reading), and the decay λ pulls
 the weights back towards the trained ones (its per-parameter rate clipped at 1, as the
 paper does). Each segment is one forward and one backward through the model's own fast
-recurrences (charrnn.bptt), the state carried from segment to segment.
+recurrences (the cells' scans, charrnn/rnn_cell.py and its siblings), the state carried
+from segment to segment.
 """
 
 from __future__ import annotations

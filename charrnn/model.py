@@ -8,12 +8,13 @@ Every cell follows one shape:
   `gathered(tokens)`, which gives the same numbers as `one_hot(tokens) @ W_xh + b` by reading
   rows of `W_xh` (a one-hot product only selects a row).
 - `recur(xp, state)`: the loop over time; only the recurrent product `H @ W_hh` is left in
-  it. For the first layer, xp is `gathered(tokens)`: the gather happens step by step. It runs as one autograd Function with a hand-written backward pass through time
-  (`charrnn.bptt`): one matmul per step going back, and each weight gradient as one large
-  matmul over all steps afterwards.
-- `step(xp_t, state)`: one time step. `loop(xp, state)` runs it step by step under
-  autograd: the reference that `recur` is tested against (the sampler's step,
-  `charrnn.sample._fast_step`, is the same function in fewer operations).
+  it. For the first layer, xp is `gathered(tokens)`: the gather happens step by step. It is
+  the cell's scan (charrnn/rnn_cell.py, gru_cell.py, lstm_cell.py): one autograd Function
+  with a hand-written backward pass through time, one matmul per step going back, and each
+  weight gradient as one large matmul over all steps afterwards.
+- `step(xp_t, state)`: one time step, the matmul and then the cell file's `step` (the
+  equations the sampler also runs). `loop(xp, state)` runs it step by step under autograd:
+  the reference that `recur` is tested against.
 - `forward(inputs, state=None)`: the book's interface, `recur(project(inputs), state)`.
 
 State is a tensor `H` (RNN, GRU) or a tuple `(H, C)` (LSTM); `None` means zeros.
@@ -27,8 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from charrnn import bptt
+from charrnn import gru_cell, lstm_cell, rnn_cell
 from charrnn.config import CELLS, INITS, ModelConfig
+from charrnn.cpu_matmul import linear
+from charrnn.scan import Gathered
 
 
 class ScratchCell(nn.Module):
@@ -59,14 +62,14 @@ class ScratchCell(nn.Module):
 
     def project(self, inputs: torch.Tensor) -> torch.Tensor:
         """`inputs @ W_xh + b` for all steps in one matmul: (T, B, in) -> (T, B, gates*H)."""
-        return bptt.linear(inputs, self.W_xh, self.input_bias())
+        return linear(inputs, self.W_xh, self.input_bias())
 
-    def gathered(self, tokens: torch.Tensor) -> bptt.Gathered:
+    def gathered(self, tokens: torch.Tensor) -> Gathered:
         """`one_hot(tokens) @ W_xh + b` as a row gather, (T, B) int -> (T, B, gates*H), for
-        `recur` to gather step by step (see bptt.Gathered). The bias is added to the
+        `recur` to gather step by step (see charrnn.scan.Gathered). The bias is added to the
         (vocabulary-sized) table rather than to every gathered row: the same numbers, and its
         gradient is a sum over the table's rows instead of over all T*B of them."""
-        return bptt.Gathered(self.W_xh + self.input_bias(), tokens)
+        return Gathered(self.W_xh + self.input_bias(), tokens)
 
     def zero_state(self, batch_size: int, like: torch.Tensor):
         return like.new_zeros(batch_size, self.num_hiddens)
@@ -112,12 +115,12 @@ class RNNScratch(ScratchCell):
         self.b_h.copy_(b_ih + b_hh)
 
     def step(self, xp_t, H):
-        H = torch.tanh(torch.addmm(xp_t, H, self.W_hh))
+        H = rnn_cell.step(torch.addmm(xp_t, H, self.W_hh))
         return H, H
 
     def recur(self, xp, state=None):
         H = self.zero_state(xp.shape[1], xp) if state is None else state
-        return bptt.rnn_scan(xp, H, self.recurrent_weight())
+        return rnn_cell.rnn_scan(xp, H, self.recurrent_weight())
 
 
 class GRUScratch(ScratchCell):
@@ -146,17 +149,12 @@ class GRUScratch(ScratchCell):
         self.b_hh.copy_(b_hh)
 
     def step(self, xp_t, H):
-        x_r, x_z, x_n = xp_t.chunk(3, dim=-1)
-        h_r, h_z, h_n = torch.addmm(self.b_hh, H, self.W_hh).chunk(3, dim=-1)
-        R = torch.sigmoid(x_r + h_r)  # reset gate
-        Z = torch.sigmoid(x_z + h_z)  # update gate
-        N = torch.tanh(x_n + R * h_n)  # candidate hidden state
-        H = N + Z * (H - N)  # = Z * H + (1 - Z) * N
+        H, _ = gru_cell.step(xp_t, torch.addmm(self.b_hh, H, self.W_hh), H)
         return H, H
 
     def recur(self, xp, state=None):
         H = self.zero_state(xp.shape[1], xp) if state is None else state
-        return bptt.gru_scan(xp, H, self.recurrent_weight(), self.b_hh)
+        return gru_cell.gru_scan(xp, H, self.recurrent_weight(), self.b_hh)
 
 
 class LSTMScratch(ScratchCell):
@@ -181,18 +179,12 @@ class LSTMScratch(ScratchCell):
 
     def step(self, xp_t, state):
         H, C = state
-        i, f, g, o = torch.addmm(xp_t, H, self.W_hh).chunk(4, dim=-1)
-        I = torch.sigmoid(i)  # input gate
-        F_ = torch.sigmoid(f)  # forget gate
-        C_tilde = torch.tanh(g)  # candidate memory cell
-        O = torch.sigmoid(o)  # output gate
-        C = F_ * C + I * C_tilde
-        H = O * torch.tanh(C)
+        H, C, _ = lstm_cell.step(torch.addmm(xp_t, H, self.W_hh), C)
         return H, (H, C)
 
     def recur(self, xp, state=None):
         H, C = self.zero_state(xp.shape[1], xp) if state is None else state
-        outputs, H, C = bptt.lstm_scan(xp, H, C, self.recurrent_weight())
+        outputs, H, C = lstm_cell.lstm_scan(xp, H, C, self.recurrent_weight())
         return outputs, (H, C)
 
 
@@ -258,7 +250,7 @@ class RNNLMScratch(nn.Module):
 
     def output_layer(self, rnn_outputs: torch.Tensor) -> torch.Tensor:
         """(num_steps, batch, H) -> logits (batch, num_steps, vocab), one matmul for all steps."""
-        return bptt.linear(rnn_outputs, self.W_hq, self.b_q).transpose(0, 1)
+        return linear(rnn_outputs, self.W_hq, self.b_q).transpose(0, 1)
 
     def forward(self, X: torch.Tensor, state=None):
         """X (batch, num_steps) ids -> logits (batch, num_steps, vocab), final state."""

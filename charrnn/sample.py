@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import torch
 
-from charrnn import bptt, cuda_graphs
+from charrnn import cpu_matmul, cuda_graphs, fast_tanh, gru_cell, lstm_cell, rnn_cell
 from charrnn.data import Vocab
 from charrnn.errors import CharrnnError
 from charrnn.evaluation import eval_mode
@@ -52,8 +52,8 @@ def choose(logits: torch.Tensor, temperature: float, top_k: int, greedy: bool,
 
 def gumbel_noise(steps: int, batch: int, vocab: int, generator, device) -> torch.Tensor:
     """-log(-log(U)) with U ~ Uniform(0, 1): Gumbel(0, 1) noise for `steps` draws at once.
-    (Uniform draws and two logs: ~4x faster on a CPU than exponential_; U = 0, which
-    torch.rand can return, is taken as the smallest positive float.)"""
+    (Uniform draws and two logs: faster on a CPU than exponential_, see docs/performance.md;
+    U = 0, which torch.rand can return, is taken as the smallest positive float.)"""
     u = torch.rand(steps, batch, vocab, generator=generator, device=device)
     return u.clamp_(min=torch.finfo(u.dtype).tiny).log_().neg_().log_().neg_()
 
@@ -61,9 +61,10 @@ def gumbel_noise(steps: int, batch: int, vocab: int, generator, device) -> torch
 class Sampler:
     """One step of generation with as little per-step work as the model allows: the first
     layer's input side for every character (`one_hot(id) @ W_xh + b`) is read from a table
-    made once, each cell's step is the same function as its `step` in fewer operations, and
-    the matmuls go through charrnn.bptt (oneDNN with the weights packed once, for batches
-    large enough to gain from it; BLAS for a single sequence, a matrix-vector product).
+    made once, each cell's step is its cell file's `step` (the cells' equations) with CPU
+    float32's fast tanh, and the matmuls are charrnn.cpu_matmul.Matmul's (oneDNN with the
+    weights packed once, for batches large enough to gain from it; BLAS for a single
+    sequence, a matrix-vector product).
 
     On CUDA, where each of a step's ~5-10 small kernels costs a launch, the step is captured
     as a CUDA graph after one eager step and replayed for ids given as a tensor: the ids and
@@ -85,10 +86,10 @@ class Sampler:
         """The per-layer step functions for batches of `rows` (weights packed for that)."""
         steps = []
         for layer, cell in enumerate(self.cells):
-            project = None if layer == 0 else (bptt._Matmul(cell.W_xh, rows), cell.input_bias())
+            project = None if layer == 0 else (cpu_matmul.Matmul(cell.W_xh, rows), cell.input_bias())
             steps.append((project, _fast_step(cell, rows)))
         self._steps, self._rows = steps, rows
-        self._head = bptt._Matmul(self.W_hq, rows)
+        self._head = cpu_matmul.Matmul(self.W_hq, rows)
 
     def step(self, ids, state: list):
         """ids (batch,): a tensor or a list of ints -> logits (batch, vocab) for the next
@@ -135,20 +136,13 @@ class Sampler:
 
 
 def _fast_step(cell, rows: int):
-    """`cell.step` for inference on `rows` sequences: the same function, new tensors out."""
-    H = cell.num_hiddens
-    mm = bptt._Matmul(cell.W_hh, rows)
-    tanh_ = (lambda x: bptt._tanh(x, out=x)) if bptt._fast_tanh(cell.W_hh.new_empty(rows * H)) else torch.tanh_
+    """`cell.step` for inference on `rows` sequences: the matmul with the weight packed once
+    for that many rows, then the cell file's `step` with the fast CPU tanh."""
+    mm = cpu_matmul.Matmul(cell.W_hh, rows)
 
     if isinstance(cell, LSTMScratch):
         def lstm_step(x, state):
-            h, c = state
-            g = mm(h, add=x)  # [i, f, g, o], a new tensor
-            g[:, : 2 * H].sigmoid_()
-            g[:, 3 * H :].sigmoid_()
-            tanh_(g[:, 2 * H : 3 * H])
-            c = torch.mul(g[:, H : 2 * H], c).addcmul_(g[:, :H], g[:, 2 * H : 3 * H])
-            h = tanh_(c.clone()).mul_(g[:, 3 * H :])
+            h, c, _ = lstm_cell.step(mm(state[0], add=x), state[1], tanh=fast_tanh.tanh)
             return h, (h, c)
 
         return lstm_step
@@ -156,16 +150,13 @@ def _fast_step(cell, rows: int):
         b_hh = cell.b_hh
 
         def gru_step(x, h):
-            hh = mm(h, add=b_hh)  # [h_r, h_z, h_n], a new tensor
-            rz = hh[:, : 2 * H].add_(x[:, : 2 * H]).sigmoid_()
-            n = tanh_(torch.addcmul(x[:, 2 * H :], rz[:, :H], hh[:, 2 * H :]))
-            h = torch.lerp(n, h, rz[:, H:])
+            h, _ = gru_cell.step(x, mm(h, add=b_hh), h, tanh=fast_tanh.tanh)
             return h, h
 
         return gru_step
 
     def rnn_step(x, h):
-        h = tanh_(mm(h, add=x))
+        h = rnn_cell.step(mm(h, add=x), tanh=fast_tanh.tanh)
         return h, h
 
     return rnn_step
@@ -217,8 +208,9 @@ class GenerationStream:
 
     def _emit(self, length: int):
         # inference mode around each step's work, not around the generator: torch's
-        # decorator would re-enter it (a copy of the context manager) at every yield, ~3 us
-        # of a ~25 us character, and a `with` across a yield would leak into the caller
+        # decorator would re-enter it (a copy of the context manager) at every yield, a
+        # noticeable share of a character's time, and a `with` across a yield would leak
+        # into the caller
         no_autograd = torch.inference_mode()
         with no_autograd:
             model = self.model

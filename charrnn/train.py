@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from charrnn import bptt, budget, cuda_graphs, streams
+from charrnn import budget, cpu_bfloat16, cpu_matmul, cuda_graphs, streams
+from charrnn.allocator import tune_allocator
 from charrnn.checkpoint import LAST_FIRST, load_checkpoint, remove_stale_temporaries, resolve_checkpoint, save_checkpoint
 from charrnn.config import DEVICES, TrainConfig, parse_duration
 from charrnn.data import load_corpus, make_batches, reload_corpus, save_encoded
@@ -334,11 +335,11 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
     my_rows = slice(rank() * config.batch_size, (rank() + 1) * config.batch_size)  # this process's rows
     device = process_device(pick_device(config.device))
     if config.amp == "auto":  # settled once, so the run and its resumption compute alike
-        config = replace(config, amp="bf16" if from_rank_zero(bptt.bfloat16_pays(device)) else "none")
+        config = replace(config, amp="bf16" if from_rank_zero(cpu_bfloat16.bfloat16_pays(device)) else "none")
     if config.threads:
         torch.set_num_threads(config.threads)
     if device.type == "cpu":
-        bptt.tune_allocator()  # recycle the large per-sequence buffers instead of faulting them in anew
+        tune_allocator()  # recycle the large per-sequence buffers instead of faulting them in anew
     # all processes draw the same initial weights; streams.split then gives each its own
     # dropout masks
     torch.manual_seed(config.seed)
@@ -347,7 +348,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
         resume = resolve_checkpoint(resume, order=LAST_FIRST)
         run = resume.parent.resolve()  # runs/latest names the run itself
         ckpt = load_checkpoint(resume)
-        bptt.adopt_gemm_choices(ckpt.get("gemm", []))  # compute as the run did before
+        cpu_matmul.adopt_gemm_choices(ckpt.get("gemm", []))  # compute as the run did before
         if rank() == 0:
             check_writable(run)
         corpus = reload_corpus(ckpt["corpus"], cache_dir=run)
@@ -476,7 +477,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
         save_checkpoint({
             "model_config": asdict(model_config), "vocab": vocab.to_dict(), "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "config": asdict(config), "progress": dict(progress),
-            "gemm": bptt.gemm_choices(),
+            "gemm": cpu_matmul.gemm_choices(),
             "corpus": corpus.source, "rng": rng,
             "state": carried,
             # how the validation loss was computed, for `charrnn eval` to compute it the same way

@@ -11,7 +11,7 @@ What is measured, and how:
 * Matmul peak, measured first: fp32 GEMMs of the workload's shapes, (B x H) @ (H x 4H) (the
   LSTM's per-step recurrent product, the bulk of the work) and (T*B x H) @ (H x 4H) (a whole
   sequence at once: the weight gradients, the input side), through torch.mm and (CPU) oneDNN,
-  the backend charrnn.bptt routes to. "Peak" for a hidden size is the best of all of them.
+  the backend charrnn.cpu_matmul routes to. "Peak" for a hidden size is the best of all of them.
 * Training: chars/s of a whole step (forward, cross-entropy, backward, clip by global norm
   with charrnn.train.clip_gradients through charrnn.train.TrainStep, SGD step; the hidden
   state is carried, detached, from step to step as in training) for charrnn's model
@@ -68,7 +68,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from charrnn import bptt  # noqa: E402
+from charrnn import cpu_matmul, cuda_fused  # noqa: E402
+from charrnn.allocator import tune_allocator  # noqa: E402
 from charrnn.model import ModelConfig, build_model  # noqa: E402
 from charrnn.train import TrainStep  # noqa: E402
 
@@ -154,8 +155,8 @@ def load() -> str:
 
 
 def onednn_mm():
-    """oneDNN's fp32 GEMM as charrnn.bptt calls it, or None where it is not used."""
-    if not bptt._onednn_ok():
+    """oneDNN's fp32 GEMM as charrnn.cpu_matmul calls it, or None where it is not used."""
+    if not cpu_matmul.onednn_usable():
         return None
     lp = torch.ops.mkldnn._linear_pointwise
     return lambda a, w_t: lp(a, w_t, None, "none", [], "")
@@ -290,7 +291,7 @@ def _rss_growth(impl, cell, H, B, T) -> int:
     """Bytes the resident set grows by during the first two training steps."""
     import resource
 
-    bptt.tune_allocator()  # as training does
+    tune_allocator()  # as training does
     step = make_train_step(impl, cell, H, B, T, torch.device("cpu"))
     try:
         Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark to the current RSS
@@ -451,7 +452,7 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     if device.type == "cpu":
-        bptt.tune_allocator()  # as charrnn train does; it serves the built-in modules alike
+        tune_allocator()  # as charrnn train does; it serves the built-in modules alike
     else:  # the same precision for both (torch's default lets cuDNN, not torch.mm, use TF32)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32
     precision = "TF32 matmuls" if device.type == "cuda" and args.tf32 else "float32"
@@ -470,10 +471,10 @@ def main(argv=None):
         where = f"{cpu_model()}, {cores()} cores"
     print(f"- machine: {where}; {platform.python_implementation()} {platform.python_version()}")
     if device.type == "cuda":
-        fused = bptt._use_fused(torch.zeros(1, device=device))
+        fused = cuda_fused.usable(torch.zeros(1, device=device))
         backend = f"fused CUDA cells in charrnn: {'yes' if fused else 'no'}; cuDNN {torch.backends.cudnn.version()}"
     else:
-        backend = f"oneDNN matmul in charrnn: {'yes' if bptt._onednn_ok() else 'no'}"
+        backend = f"oneDNN matmul in charrnn: {'yes' if cpu_matmul.onednn_usable() else 'no'}"
     print(f"- torch {torch.__version__}, {torch.get_num_threads()} threads, {precision}; {backend}")
     print(f"- {load()} at the start; medians of {repeats} paired rounds after {warmup} warm-up\n")
 

@@ -1,18 +1,18 @@
-"""Quick CPU benchmark of charrnn.bptt's scans: forward + backward of one recurrent layer.
+"""Quick CPU benchmark of the cells' scans: forward + backward of one recurrent layer.
 
 For each cell (RNN, GRU, LSTM) it times, in the same process and taking turns,
   ref      - the plain autograd loop over the recurrence (the cell's `loop`, its `step`
              under autograd),
-  scan     - charrnn.bptt's scan with its hand-written backward (default matmul backend:
-             oneDNN for CPU float32 when available),
+  scan     - the cell's scan (charrnn/rnn_cell.py, ...) with its hand-written backward
+             (default matmul backend: oneDNN for CPU float32 when available),
   blas     - the same scan with its matmuls forced to torch.mm/addmm (MKL here),
-  scan+lin - the scan, with the input projection also through bptt.linear (oneDNN),
+  scan+lin - the scan, with the input projection also through cpu_matmul.linear (oneDNN),
   torch    - torch.nn.RNN / GRU / LSTM (one layer, seq-first),
 all computing the same function: xp = X @ W_xh + b (torch.addmm except in scan+lin), then the
 recurrence, with gradients flowing into the outputs and the final state(s), w.r.t. X, the
 weights, biases and h0 (c0). Prints ms per iteration (median and min of --repeats after
 --warmup), chars/s (= B*T / median time) and each time over the scan's (t/t_scan > 1: the
-scan is faster). Calls bptt.tune_allocator() first unless --no-tune-allocator. Keep the
+scan is faster). Calls tune_allocator() first unless --no-tune-allocator. Keep the
 defaults small: the whole run should take < 90 s.
 
     python scripts/bench_bptt.py [--hidden 512 --batch 64 --seq 128 --threads 2]
@@ -30,7 +30,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import torch  # noqa: E402
 
-from charrnn import bptt  # noqa: E402
+from charrnn import cpu_matmul  # noqa: E402
+from charrnn.allocator import tune_allocator  # noqa: E402
 from charrnn.model import CELL_CLASSES  # noqa: E402
 
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
@@ -61,15 +62,15 @@ def make_step(cell, impl, T, B, I, H):
     state = states[0] if cell != "lstm" else tuple(states)
 
     def step():
-        prev = bptt.set_gemm_backend("blas" if impl == "blas" else "auto")
+        prev = cpu_matmul.set_gemm_backend("blas" if impl == "blas" else "auto")
         try:
             run()
         finally:
-            bptt.set_gemm_backend(prev)
+            cpu_matmul.set_gemm_backend(prev)
 
     def run():
         if impl == "scan+lin":
-            xp = bptt.linear(X, layer.W_xh, layer.input_bias())
+            xp = cpu_matmul.linear(X, layer.W_xh, layer.input_bias())
         else:
             xp = torch.addmm(layer.input_bias(), X.view(T * B, I), layer.W_xh).view(T, B, G)
         # the reference: the cell's step under autograd, step by step; else its scan
@@ -106,12 +107,12 @@ def main(argv=None):
     ap.add_argument("--cells", default="rnn,gru,lstm")
     ap.add_argument("--impls", default="ref,scan,blas,scan+lin,torch")
     ap.add_argument("--no-tune-allocator", action="store_true",
-                    help="leave glibc malloc as it is (by default bptt.tune_allocator() is called first, "
+                    help="leave glibc malloc as it is (by default tune_allocator() is called first, "
                          "as a training program would; it affects every impl alike)")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    tuned = False if args.no_tune_allocator else bptt.tune_allocator()
+    tuned = False if args.no_tune_allocator else tune_allocator()
     T, B, H, I = args.seq, args.batch, args.hidden, args.input
     impls = args.impls.split(",")
     print(f"torch {torch.__version__}, threads={torch.get_num_threads()}, fp32, hidden={H} batch={B} seq={T} "

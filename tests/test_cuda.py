@@ -9,14 +9,14 @@ import math
 import pytest
 import torch
 
-from charrnn import bptt
+from charrnn import cuda_fused
 from charrnn.data import Vocab
 from charrnn.model import ModelConfig, build_model
 from charrnn.sample import generate
 from charrnn.train import TrainConfig, TrainStep, evaluate, train
 
 from conftest import make_text
-from test_bptt import CELLS, loss_of, loss_weights, make_inputs
+from cell_references import CELLS, loss_of, loss_weights, make_inputs
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -25,12 +25,12 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 def cuda_path(request, monkeypatch):
     """The scans' CUDA path with the fused cell kernels (the default), and without them."""
     if request.param == "plain":
-        monkeypatch.setattr(bptt, "_FUSED_DEVICES", ())
+        monkeypatch.setattr(cuda_fused, "DEVICES", ())
     return request.param
 
 
 def test_the_fused_cell_kernels_pass_their_self_test():
-    assert bptt._use_fused(torch.zeros(1, device="cuda"))
+    assert cuda_fused.usable(torch.zeros(1, device="cuda"))
 
 
 @pytest.mark.parametrize("cell", CELLS)

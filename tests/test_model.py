@@ -263,13 +263,13 @@ def test_book_init_is_the_books_whatever_else_is_set():
 
 
 def test_weight_drop_masks_the_recurrent_matrix_once_per_batch_in_training(monkeypatch):
-    from charrnn import bptt
+    from charrnn import lstm_cell
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(9, "lstm", 16, 1, weight_drop=0.5, init="torch"))
     seen = []
-    real_scan = bptt.lstm_scan
-    monkeypatch.setattr(bptt, "lstm_scan", lambda xp, h, c, W: seen.append(W) or real_scan(xp, h, c, W))
+    real_scan = lstm_cell.lstm_scan
+    monkeypatch.setattr(lstm_cell, "lstm_scan", lambda xp, h, c, W: seen.append(W) or real_scan(xp, h, c, W))
     X = torch.randint(0, 9, (3, 5))
     W_hh = model.rnn.cells[0].W_hh
     model.train()

@@ -1,13 +1,15 @@
-"""Training with --amp bf16 on a CPU: the scans' and linear()'s matmuls take bfloat16
-operands, everything else (state, gates, weights, gradients' sums) stays float32."""
+"""charrnn/cpu_bfloat16.py, training with --amp bf16 on a CPU: the scans' and linear()'s matmuls
+take bfloat16 operands, everything else (state, gates, weights, gradients' sums) stays float32."""
 
 import tomllib
 
 import pytest
 import torch
 
-from charrnn import bptt
-from charrnn.bptt import gru_scan, lstm_scan, rnn_scan
+from charrnn import cpu_bfloat16, cpu_matmul
+from charrnn.gru_cell import gru_scan
+from charrnn.lstm_cell import lstm_scan
+from charrnn.rnn_cell import rnn_scan
 
 from conftest import TINY
 
@@ -59,7 +61,7 @@ def test_backward_runs_in_the_precision_of_its_forward(cell):
         outs = SCANS[cell][0](*args)
     low = torch.autograd.grad(sum(o.sum() for o in outs), args)
     outs = SCANS[cell][0](*args)
-    with bptt.matmul_dtype(torch.bfloat16):
+    with cpu_bfloat16.matmul_dtype(torch.bfloat16):
         full = torch.autograd.grad(sum(o.sum() for o in outs), args)
     want = torch.autograd.grad(sum(o.sum() for o in SCANS[cell][0](*args)), args)
     for f, w in zip(full, want):
@@ -68,12 +70,12 @@ def test_backward_runs_in_the_precision_of_its_forward(cell):
 
 
 def test_matmul_dtype_is_restored_after_the_block():
-    assert bptt._matmul_dtype is None
+    assert cpu_bfloat16.active_dtype() is None
     with pytest.raises(RuntimeError):
-        with bptt.matmul_dtype(torch.bfloat16):
-            assert bptt._matmul_dtype is torch.bfloat16
+        with cpu_bfloat16.matmul_dtype(torch.bfloat16):
+            assert cpu_bfloat16.active_dtype() is torch.bfloat16
             raise RuntimeError
-    assert bptt._matmul_dtype is None
+    assert cpu_bfloat16.active_dtype() is None
 
 
 def test_linear_under_cpu_autocast_is_float32_and_close():
@@ -81,9 +83,9 @@ def test_linear_under_cpu_autocast_is_float32_and_close():
     x = torch.randn(2, 5, 64, generator=g, requires_grad=True)
     W = torch.randn(64, 65, generator=g, requires_grad=True)
     b = torch.randn(65, generator=g, requires_grad=True)
-    want = bptt.linear(x, W, b)
+    want = cpu_matmul.linear(x, W, b)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        got = bptt.linear(x, W, b)
+        got = cpu_matmul.linear(x, W, b)
     assert got.dtype == torch.float32 and got.shape == (2, 5, 65)
     torch.testing.assert_close(got, want, rtol=0.03, atol=0.1)
     assert not torch.equal(got, want)
@@ -92,8 +94,8 @@ def test_linear_under_cpu_autocast_is_float32_and_close():
 
 
 def test_bfloat16_pays_is_false_off_the_cpu():
-    assert bptt.bfloat16_pays(torch.device("meta")) is False
-    assert isinstance(bptt.bfloat16_pays(torch.device("cpu")), bool)
+    assert cpu_bfloat16.bfloat16_pays(torch.device("meta")) is False
+    assert isinstance(cpu_bfloat16.bfloat16_pays(torch.device("cpu")), bool)
 
 
 @pytest.mark.parametrize("amp", ["bf16", "auto"])
