@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import torch
 
 from charrnn import bptt, cuda_graphs
-from charrnn.data import Vocab
+from charrnn.vocab import Vocab
 from charrnn.errors import CharrnnError
 from charrnn.evaluation import eval_mode
 from charrnn.model import GRUScratch, LSTMScratch, RNNLMScratch, copy_state, map_state
