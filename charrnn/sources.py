@@ -135,7 +135,8 @@ def read_documents(files: list[Path], doc_sep: str, normalize_how: str, by_bytes
     return SourceText(text, record, lengths, sep_len)
 
 
-def read_text_documents(files: list[Path], doc_sep: str, normalize_how: str, what: str) -> tuple[Text, list[str], list[int], int]:
+def read_text_documents(files: list[Path], doc_sep: str, normalize_how: str,
+                        what: str) -> tuple[Text, list[str], list[int], int]:
     """UTF-8 files as one Text: the same checks as read_text, each error naming its file; an
     empty file is an error too (a failed export, most likely)."""
     sep, hashes, lengths, notes = normalize(doc_sep, normalize_how), [], [], []
@@ -163,7 +164,8 @@ def read_text_documents(files: list[Path], doc_sep: str, normalize_how: str, wha
     return Text(ids, chars, notes=notes), hashes, lengths, len(sep)
 
 
-def read_byte_documents(files: list[Path], doc_sep: str, normalize_how: str, what: str) -> tuple[Text, list[str], list[int], int]:
+def read_byte_documents(files: list[Path], doc_sep: str, normalize_how: str,
+                        what: str) -> tuple[Text, list[str], list[int], int]:
     """Files as bytes, straight into one buffer: any file, an empty one included. The
     separator is --doc-sep's UTF-8 bytes. (`normalize_how` is always none here.)"""
     sep = doc_sep.encode("utf-8", "surrogateescape")
@@ -211,9 +213,9 @@ def well_formed(source) -> bool:
         return False
     needed = ["sha256", "normalize"] + {"file": ["path"], "files": ["doc_sep"], "dataset": ["name"],
                                         "builtin": []}[source["kind"]]
-    if not all(isinstance(source.get(key), str) for key in needed) or type(source.get("val_fraction")) not in (int, float):
+    if not all(isinstance(source.get(key), str) for key in needed):
         return False
-    if not isinstance(source.get("vocab", "chars"), str):
+    if type(source.get("val_fraction")) not in (int, float) or not isinstance(source.get("vocab", "chars"), str):
         return False
     if source["kind"] == "files" and not (file_list(source.get("files")) and source["files"]):
         return False
