@@ -82,17 +82,21 @@ TRAIN_SETTINGS = {f.name for f in fields(TrainConfig)}
 @user_errors
 def train(
     ctx: typer.Context,
-    corpus: Annotated[Optional[Path], typer.Argument(
-        help="A UTF-8 text file. With neither CORPUS nor --dataset: the built-in corpus, the Python "
-        "language reference shipped with CPython (pydoc_data.topics, ~465,000 characters).",
+    corpus: Annotated[Optional[list[Path]], typer.Argument(
+        help="A UTF-8 text file; or several paths, folders (every file inside, recursively) and quoted globs "
+        "such as `books/*.txt`, read as documents in sorted order, each ended by --doc-sep. With neither CORPUS "
+        "nor --dataset: the built-in corpus, the Python language reference shipped with CPython "
+        "(pydoc_data.topics, ~465,000 characters).",
         show_default=False)] = None,
     config: Annotated[Optional[Path], Opt(help="A TOML preset (configs/*.toml); options given here override it.")] = None,
     dataset: Annotated[Optional[str], Opt(help="A named corpus, downloaded once and cached: timemachine or tinyshakespeare.")] = D.dataset,
     val_file: Annotated[Optional[Path], Opt(help="Validate on this file instead of the end of the corpus.")] = D.val_file,
-    val_fraction: Annotated[float, Opt(help="The last fraction of the text used for validation.")] = D.val_fraction,
+    val_dir: Annotated[Optional[str], Opt(help="Validate on these documents, a folder or a quoted glob, instead of the end of each file.")] = D.val_dir,
+    val_fraction: Annotated[float, Opt(help="The last fraction of the text (of each file, for documents) used for validation.")] = D.val_fraction,
     train_windows: Annotated[int, Opt(help="With --val-windows: split the d2l book's way, the first N stride-1 windows for training (0: by --val-fraction).")] = D.train_windows,
     val_windows: Annotated[int, Opt(help="With --train-windows: the next N windows for validation.")] = D.val_windows,
     unknown: Annotated[str, Opt(help="Validation characters the training text lacks: error, or skip (drop them, with a warning).")] = D.unknown,
+    doc_sep: Annotated[Optional[str], Opt(help="Ends each document of several files (\\n, \\t, \\r and \\xHH are escapes). [default: a blank line; with --vocab bytes \\x03, end of text]", show_default=False)] = D.doc_sep,
     normalize: Annotated[str, Opt(help="none, or letters: the d2l book's preprocessing (non-letters to one space, lowercase).")] = D.normalize,
     vocab: Annotated[str, Opt(help="chars: the training text's characters (UTF-8 files); bytes: the 256 byte values, so any file trains and the model learns UTF-8 itself.")] = D.vocab,
     sampling: Annotated[str, Opt(help="sequential: contiguous streams, state carried across batches; random: shuffled windows from a zero state (d2l).")] = D.sampling,
@@ -144,9 +148,14 @@ def train(
     to resume. Under torchrun it trains data-parallel, one process per GPU or CPU share.
     A --config preset's values replace these defaults; the options given replace both.
     """
+    from charrnn.stops import unescape
+
+    doc_sep = unescape(doc_sep) if doc_sep is not None else None  # typed in a shell: \n is two characters
     # the settings given on the command line (not left at their defaults)
     given = {k: str(v) if isinstance(v, Path) else v for k, v in locals().items()
              if k in TRAIN_SETTINGS and ctx.get_parameter_source(k).name != "DEFAULT"}
+    if corpus:  # one path stays a string, as it was before several were allowed
+        given["corpus"] = str(corpus[0]) if len(corpus) == 1 else [str(path) for path in corpus]
     from charrnn.distributed import process_group, rank, world_size
     from charrnn.report import TerminalReporter
     from charrnn.train import train as run_training
@@ -203,7 +212,7 @@ def write_curve(run: Path, quiet: bool) -> None:
 
 def model_prefix(prefix: str, ckpt: dict) -> str:
     """The prefix as the model saw its training text: normalized the same way."""
-    from charrnn.data import normalize
+    from charrnn.text import normalize
 
     return normalize(prefix, ckpt.get("corpus", {}).get("normalize", "none"))
 
@@ -213,7 +222,7 @@ def load_model(where, device_name: str = "auto"):
     import torch
 
     from charrnn.checkpoint import load_checkpoint, resolve_checkpoint
-    from charrnn.data import Vocab
+    from charrnn.vocab import Vocab
     from charrnn.model import ModelConfig, build_model
     from charrnn.train import pick_device
 
@@ -268,7 +277,7 @@ def generate(
     import torch
 
     from charrnn.checkpoint import resolve_checkpoint
-    from charrnn.data import read_byte_text, read_text
+    from charrnn.text import read_byte_text, read_text
     from charrnn.output import TextSink
     from charrnn.sample import GenerationStream
     from charrnn.stops import check_stops, parse_stops, texts_until_stop, write_until_stop
@@ -357,7 +366,7 @@ def write_beams(out, beams, vocab, prefix: str, shown_prefix: str, as_json: bool
 
 def adapt_to_file(stream, path: Path, ckpt: dict, checkpoint, settings) -> None:
     """Dynamic evaluation of the stream's model on the file, leaving the stream at its end."""
-    from charrnn.data import read_text
+    from charrnn.text import read_text
     from charrnn.dynamic import adapt_stream
 
     text = read_text(path, "adapt file", (ckpt.get("corpus") or {}).get("normalize", "none"))
@@ -533,7 +542,8 @@ def text_ids(file: Path | None, checkpoint: Path | None, ckpt: dict, vocab, unkn
     """(ids, what) of FILE, or of the checkpoint's validation split; warnings printed. A
     byte model reads any file (every byte is in its vocabulary)."""
     from charrnn.checkpoint import resolve_checkpoint
-    from charrnn.data import read_byte_text, read_text, reload_corpus, skipped_note
+    from charrnn.data import reload_corpus, skipped_note
+    from charrnn.text import read_byte_text, read_text
 
     source = ckpt.get("corpus") or {}
     if file is None:

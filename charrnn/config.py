@@ -41,7 +41,8 @@ class ModelConfig:
 
 # The annotations of TrainConfig's fields (strings, by `from __future__ import annotations`)
 # and the values a preset may give them.
-SETTING_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "str | None": (str, type(None))}
+SETTING_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "str | None": (str, type(None)),
+                 "str | list[str] | None": (str, list, type(None))}
 
 
 @dataclass
@@ -50,9 +51,12 @@ class TrainConfig:
     the command line overrides the preset, which overrides these defaults."""
 
     # data
-    corpus: str | None = None  # a UTF-8 file; with no corpus and no dataset: the built-in corpus
+    # a UTF-8 file, or a list of paths (files, folders, globs) read as documents (charrnn.sources);
+    # with no corpus and no dataset: the built-in corpus
+    corpus: str | list[str] | None = None
     dataset: str | None = None  # timemachine | tinyshakespeare (downloaded once, cached)
     val_file: str | None = None
+    val_dir: str | None = None  # validation documents: a folder or a glob
     val_fraction: float = 0.1
     normalize: str = "none"  # none | letters (the d2l book's preprocessing)
     vocab: str = "chars"  # chars | bytes (the 256 byte values: any file; see charrnn.byte_vocab)
@@ -61,6 +65,7 @@ class TrainConfig:
     train_windows: int = 0  # with both windows > 0: the d2l split by windows instead of val_fraction
     val_windows: int = 0
     unknown: str = "error"  # validation characters the training text lacks: error | skip (drop them)
+    doc_sep: str | None = None  # ends each document of a many-file corpus; None: "\n\n", with bytes "\x03"
     # model
     cell: str = "lstm"
     hidden: int = 256
@@ -132,6 +137,8 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise CharrnnError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if isinstance(self.corpus, list) and not (self.corpus and all(isinstance(p, str) for p in self.corpus)):
+            raise CharrnnError(f"corpus must be a path or a non-empty list of paths, got {self.corpus!r}")
         if self.max_time:
             parse_duration(self.max_time)
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import torch
 
 from charrnn import cpu_matmul, cuda_graphs, fast_tanh, gru_cell, lstm_cell, rnn_cell
-from charrnn.data import Vocab
+from charrnn.vocab import Vocab
 from charrnn.errors import CharrnnError
 from charrnn.evaluation import eval_mode
 from charrnn.model import GRUScratch, LSTMScratch, RNNLMScratch, copy_state, map_state

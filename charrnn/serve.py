@@ -29,12 +29,13 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.routing import Route
 
-from charrnn.data import Vocab, normalize
 from charrnn.errors import CharrnnError
 from charrnn.model import RNNLMScratch
 from charrnn.neurons import ACTIVATION_SHADES, activation_level, parse_unit, unit_activations
 from charrnn.sample import GenerationStream
 from charrnn.surprisal import SHADES, checkpoint_info, mean_perplexity, shade_level, surprisal
+from charrnn.text import normalize
+from charrnn.vocab import Vocab
 
 
 @dataclass

@@ -11,9 +11,20 @@ from charrnn.errors import CharrnnError
 ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
 
 
+def unescape(value: str) -> str:
+    """A value typed in a shell with \\n, \\t, \\r, \\\\ and \\xHH (a control character such
+    as \\x03) read as escapes; others are kept as typed."""
+
+    def character(match) -> str:
+        escape = match.group(1)
+        return chr(int(escape[1:], 16)) if len(escape) == 3 else ESCAPES.get(escape, match.group(0))
+
+    return re.sub(r"\\(x[0-9a-fA-F]{2}|.)", character, value)
+
+
 def parse_stops(values: list[str]) -> list[str]:
-    """--stop values with \\n, \\t, \\r and \\\\ read as escapes (others are kept as typed)."""
-    stops = [re.sub(r"\\(.)", lambda m: ESCAPES.get(m.group(1), m.group(0)), value) for value in values]
+    """--stop values, escapes read (`unescape`)."""
+    stops = [unescape(value) for value in values]
     if not all(stops):
         raise CharrnnError("--stop must not be empty")
     return stops

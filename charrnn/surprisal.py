@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import html
 import math
+import os
 
 import torch
 import torch.nn.functional as F
 from rich.style import Style
 from rich.text import Text
 
-from charrnn.data import Vocab
 from charrnn.evaluation import eval_mode
 from charrnn.model import RNNLMScratch
+from charrnn.sources import well_formed
+from charrnn.vocab import Vocab
 
 # ---------------------------------------------------------------- what a checkpoint holds
 
@@ -54,17 +56,26 @@ def vocabulary_text(v: dict) -> str:
     return f"{v['size']} characters: " + quoted + (" and <unk>" if v["unk"] else "")
 
 
+def documents_text(c: dict) -> str:
+    """A corpus of documents in a few words: how many files, where, and their separator."""
+    folders = [os.path.dirname(f["path"]) for f in c["files"]]
+    return f"{len(folders)} file(s) under {os.path.commonpath(folders)}, each ended by {c['doc_sep']!r}"
+
+
 def info_lines(info: dict) -> list[str]:
     """`checkpoint_info` as aligned lines for a person."""
     m, v, t, c = info["model"], info["vocabulary"], info["training"], info["corpus"]
     layers = f"{m['layers']} layer{'s' if m['layers'] != 1 else ''}"
     dropout = f", dropout {m['dropout']}" if m["dropout"] else ""
     best = f"{t['best_val_ppl']:.3f}" if t["best_val_ppl"] is not None else "none yet"
-    where = {"file": c.get("path"), "dataset": f"dataset {c.get('name')}",
-             "builtin": f"built-in ({c.get('name')})"}.get(c.get("kind"), "not recorded")
+    where = documents_text(c) if c.get("kind") == "files" and well_formed(c) else {
+        "file": c.get("path"), "dataset": f"dataset {c.get('name')}", "builtin": f"built-in ({c.get('name')})",
+    }.get(c.get("kind"), "not recorded")
     split = (f"validation file {c['val_file']['path']}" if c.get("val_file")
-             else "d2l windows" if c.get("windows") else f"last {100 * c['val_fraction']:g}% for validation"
-             if "val_fraction" in c else "")
+             else f"{len(c['val_files'])} validation file(s)" if c.get("val_files")
+             else "d2l windows" if c.get("windows")
+             else f"last {100 * c['val_fraction']:g}% of each file for validation" if c.get("kind") == "files"
+             else f"last {100 * c['val_fraction']:g}% for validation" if "val_fraction" in c else "")
     corpus = ", ".join(x for x in (where, f"normalize {c['normalize']}" if c.get("normalize", "none") != "none"
                                    else "", split) if x)
     lines = [

@@ -22,7 +22,8 @@ from charrnn import budget, cpu_bfloat16, cpu_matmul, cuda_graphs, streams
 from charrnn.allocator import tune_allocator
 from charrnn.checkpoint import LAST_FIRST, load_checkpoint, remove_stale_temporaries, resolve_checkpoint, save_checkpoint
 from charrnn.config import DEVICES, TrainConfig, parse_duration
-from charrnn.data import load_corpus, make_batches, reload_corpus, save_encoded
+from charrnn.batches import make_batches
+from charrnn.data import load_corpus, reload_corpus, save_encoded
 from charrnn.distributed import (agree_to_stop, all_reduce, data_parallel, from_rank_zero, gather_rows,
                                  process_device, rank, world_size)
 from charrnn.errors import CharrnnError
@@ -285,12 +286,21 @@ def write_config(config: TrainConfig, path: Path) -> None:
         elif isinstance(value, (int, float)):
             lines.append(f"{key} = {value!r}")
         elif isinstance(value, str):
-            escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-            lines.append(f'{key} = "{escaped}"')
+            lines.append(f"{key} = {toml_string(value)}")
+        elif isinstance(value, list):
+            lines.append(f"{key} = [{', '.join(map(toml_string, value))}]")
     # written aside and renamed, so that a kill mid-write leaves the old file whole
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text("\n".join(lines) + "\n")
     os.replace(tmp, path)
+
+
+def toml_string(value: str) -> str:
+    """A TOML basic string: quotes, backslashes and control characters (a --doc-sep of
+    \\x03) escaped."""
+    named = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+    return '"' + "".join(named.get(c) or (f"\\u{ord(c):04x}" if ord(c) < 0x20 or ord(c) == 0x7F else c)
+                         for c in value) + '"'
 
 
 class StopRequest:
@@ -354,8 +364,8 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
         corpus = reload_corpus(ckpt["corpus"], cache_dir=run)
     else:
         corpus = load_corpus(
-            config.corpus, config.dataset, val_file=config.val_file, val_fraction=config.val_fraction,
-            normalize_how=config.normalize,
+            config.corpus, config.dataset, val_file=config.val_file, val_dir=config.val_dir,
+            val_fraction=config.val_fraction, doc_sep=config.doc_sep, normalize_how=config.normalize,
             windows=(config.train_windows, config.val_windows, config.seq_len)
             if config.train_windows and config.val_windows else None,
             unknown=config.unknown, vocab_kind=config.vocab,

@@ -342,7 +342,7 @@ def measure_memory(specs, device, threads) -> dict[str, int]:
 
 
 def bench_sampling(H, device, clock, quick, repeats, cells=CELLS) -> list[dict]:
-    from charrnn.data import Vocab
+    from charrnn.vocab import Vocab
     from charrnn.sample import generate
 
     vocab = Vocab(string.ascii_letters + " \n!$&',-.3:;?")  # tinyshakespeare's 65 characters
@@ -380,7 +380,7 @@ def bench_sampling(H, device, clock, quick, repeats, cells=CELLS) -> list[dict]:
 
 
 def read_val_ids(path: Path):
-    from charrnn.data import Vocab
+    from charrnn.vocab import Vocab
 
     text = path.read_text(encoding="utf-8")
     cut = int(len(text) * 0.9)

@@ -25,9 +25,10 @@ from pathlib import Path
 import torch
 
 from charrnn.cli import load_model
-from charrnn.data import read_text, reload_corpus
+from charrnn.data import reload_corpus
 from charrnn.dynamic import STATS_CHARS, DynamicSettings, dynamic_evaluate, gradient_rms
 from charrnn.evaluation import evaluate, recorded_layout
+from charrnn.text import read_text
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "dynamic-evaluation.md"

@@ -1,15 +1,17 @@
 """Peak memory of training on a large corpus, against the corpus's size in bytes.
 
-Writes a corpus of --size-mb megabytes (the built-in corpus, repeated) into a temporary
-directory, then in fresh subprocesses (so each peak is its own): imports charrnn only,
-trains a few steps on a 1 MB corpus (the fixed cost of Python and torch at work), trains
-a few steps on the large corpus, and resumes that run (which reads the encoded ids from
+Writes a corpus of --size-mb megabytes (the built-in corpus, repeated) and a folder of
+--folder-files files making --folder-size megabytes into a temporary directory, then in
+fresh subprocesses (so each peak is its own): imports charrnn only, trains a few steps on
+a 1 MB corpus (the fixed cost of Python and torch at work), trains a few steps on the
+large corpus and on the folder, and resumes each run (which reads the encoded ids from
 the run's cache instead of the text). Prints each peak resident set size (getrusage
-ru_maxrss) and its ratio to the large file's size. docs/reliability.md promises under 3x for the
-default sequential sampling.
+ru_maxrss), its ratio to the corpus's size, and the ratio of what it adds to the fixed
+cost. docs/reliability.md promises under 3x for the default sequential sampling.
 
-    python scripts/memory_check.py            # 200 MB, about a minute
-    python scripts/memory_check.py --size-mb 20
+    python scripts/memory_check.py                  # 200 MB and 40 MB in 2,000 files, a few minutes
+    python scripts/memory_check.py --size-mb 20 --folder-size 20
+    python scripts/memory_check.py --size-mb 0 --folder-size 2000 --folder-files 10000   # by hand
 """
 
 from __future__ import annotations
@@ -37,14 +39,30 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # Linux report
 """
 
 
-def write_corpus(path: Path, size: int) -> None:
-    from charrnn.data import builtin_text
+def corpus_bytes(size: int, start: int = 0) -> bytes:
+    """`size` bytes of the built-in corpus from `start` on (repeated as needed), cut so
+    that they are whole UTF-8 characters."""
+    from charrnn.text import builtin_text
 
     block = builtin_text().encode()
+    start %= len(block)
+    data = (block[start:] + block * (size // len(block) + 1))[:size]
+    return data.decode("utf-8", "ignore").encode()
+
+
+def write_corpus(path: Path, size: int) -> None:
     with open(path, "wb") as f:
-        for _ in range(size // len(block)):
-            f.write(block)
-        f.write(block[: size % len(block)].decode("utf-8", "ignore").encode())
+        for start in range(0, size, 1 << 24):
+            f.write(corpus_bytes(min(1 << 24, size - start), start))
+
+
+def write_folder(folder: Path, size: int, files: int) -> None:
+    """`files` files of size / files bytes each, in 10 subfolders, each from elsewhere in
+    the built-in corpus."""
+    for i in range(files):
+        path = folder / f"part{i % 10}" / f"doc{i:05d}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(corpus_bytes(size // files, i * 7919))
 
 
 def peak_rss(what: str, corpus: Path, run: Path) -> tuple[int, float]:
@@ -58,22 +76,31 @@ def peak_rss(what: str, corpus: Path, run: Path) -> tuple[int, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size-mb", type=float, default=200)
+    parser.add_argument("--size-mb", type=float, default=200, help="the one-file corpus (0: none)")
+    parser.add_argument("--folder-size", type=float, default=40, help="the folder's megabytes in all (0: none)")
+    parser.add_argument("--folder-files", type=int, default=2000)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        corpus, small = Path(tmp) / "corpus.txt", Path(tmp) / "small.txt"
-        write_corpus(corpus, int(args.size_mb * 1e6))
+        corpus, folder, small = Path(tmp) / "corpus.txt", Path(tmp) / "folder", Path(tmp) / "small.txt"
         write_corpus(small, 1_000_000)
-        size = corpus.stat().st_size
-        print(f"corpus: {size:,} bytes")
-        runs = [("import", corpus, "charrnn and torch imported, nothing else"),
-                ("train", small, "a 1 MB corpus: the fixed cost of training"),
-                ("train", corpus, "the corpus"),
-                ("resume", corpus, "the corpus, ids read from the run's cache")]
-        for what, text, meaning in runs:
-            peak, seconds = peak_rss(what, text, Path(tmp) / f"run-{text.stem}")
-            print(f"{what:>7}: peak RSS {peak / 1e6:7.1f} MB = {peak / size:.2f}x the corpus "
-                  f"({seconds:4.1f}s; {meaning})")
+        imported, _ = peak_rss("import", small, Path(tmp) / "run-small")
+        peak, _ = peak_rss("train", small, Path(tmp) / "run-small")
+        print(f"imported: peak RSS {imported / 1e6:7.1f} MB (charrnn and torch imported, nothing else)")
+        print(f"   fixed: peak RSS {peak / 1e6:7.1f} MB (training on a 1 MB corpus: Python and torch at work)")
+        cases = []
+        if args.size_mb:
+            write_corpus(corpus, int(args.size_mb * 1e6))
+            cases.append((corpus, "one file", corpus.stat().st_size))
+        if args.folder_size:
+            write_folder(folder, int(args.folder_size * 1e6), args.folder_files)
+            size = sum(path.stat().st_size for path in folder.rglob("*.txt"))
+            cases.append((folder, f"a folder of {args.folder_files:,} files", size))
+        for text, kind, size in cases:
+            print(f"{kind}: {size:,} bytes")
+            for what, meaning in (("train", "the corpus"), ("resume", "the corpus, ids read from the run's cache")):
+                rss, seconds = peak_rss(what, text, Path(tmp) / f"run-{text.stem}")
+                print(f"{what:>7}: peak RSS {rss / 1e6:7.1f} MB = {rss / size:.2f}x the corpus, "
+                      f"{(rss - peak) / size:.2f}x above the fixed cost ({seconds:4.1f}s; {meaning})")
 
 
 if __name__ == "__main__":

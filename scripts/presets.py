@@ -21,7 +21,7 @@ import torch
 
 from charrnn.checkpoint import load_checkpoint
 from charrnn.config import read_preset
-from charrnn.data import Vocab
+from charrnn.vocab import Vocab
 from charrnn.model import ModelConfig, build_model
 from charrnn.sample import generate
 from charrnn.train import Reporter, TrainConfig, train

@@ -16,10 +16,11 @@ import torch
 import charrnn.train as train_module
 from charrnn.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint, resolve_checkpoint, save_checkpoint
 from charrnn.cli import load_model
-from charrnn.data import Vocab, load_corpus
+from charrnn.data import load_corpus
 from charrnn.errors import CharrnnError
 from charrnn.model import ModelConfig, build_model
 from charrnn.train import TrainConfig, train
+from charrnn.vocab import Vocab
 
 from conftest import make_text
 

@@ -332,7 +332,7 @@ def write(path: Path, data) -> Path:
 
 @pytest.mark.parametrize("name,data,fragments", [
     ("missing", None, ["not found"]),
-    ("directory", "DIR", ["directory"]),
+    ("directory", "DIR", ["folder", "has no files"]),  # a folder is a corpus of its files: here, none
     ("empty", b"", ["empty"]),
     ("binary", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", ["not UTF-8", "offset 0"]),
     ("latin1", "caf\xe9 au lait".encode("latin-1"), ["not UTF-8", "offset 3"]),

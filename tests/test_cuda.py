@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from charrnn import cuda_fused
-from charrnn.data import Vocab
+from charrnn.vocab import Vocab
 from charrnn.model import ModelConfig, build_model
 from charrnn.sample import generate
 from charrnn.train import TrainConfig, TrainStep, evaluate, train

@@ -8,18 +8,11 @@ import re
 import pytest
 import torch
 
-from charrnn.data import (
-    StreamBatches,
-    Vocab,
-    WindowBatches,
-    builtin_text,
-    load_corpus,
-    make_batches,
-    normalize,
-    read_text,
-    reload_corpus,
-)
+from charrnn.batches import StreamBatches, WindowBatches, make_batches
+from charrnn.data import load_corpus, reload_corpus
 from charrnn.errors import CharrnnError
+from charrnn.text import builtin_text, normalize, read_text
+from charrnn.vocab import Vocab
 
 from conftest import make_text
 

@@ -11,7 +11,7 @@ import random
 import pytest
 import torch
 
-from charrnn.data import Vocab
+from charrnn.vocab import Vocab
 from charrnn.dynamic import DynamicEvaluation, DynamicSettings, dynamic_evaluate, gradient_rms
 from charrnn.evaluation import evaluate
 from charrnn.model import ModelConfig, build_model

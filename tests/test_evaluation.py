@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from charrnn import evaluation
 from charrnn.checkpoint import load_checkpoint, save_checkpoint
-from charrnn.data import Vocab
+from charrnn.vocab import Vocab
 from charrnn.evaluation import evaluate, recorded_layout
 from charrnn.surprisal import surprisal
 from charrnn.model import ModelConfig, build_model

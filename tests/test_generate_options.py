@@ -56,7 +56,7 @@ def test_a_stop_string_that_cannot_work_is_one_line(cli, trained_run, stop, frag
 
 
 def test_stop_escapes_and_held_back_text():
-    assert parse_stops([r"\n\n", r"a\tb", r"\\n", r"\q"]) == ["\n\n", "a\tb", "\\n", "\\q"]
+    assert parse_stops([r"\n\n", r"a\tb", r"\\n", r"\q", r"\x03", r"\x4"]) == ["\n\n", "a\tb", "\\n", "\\q", "\x03", "\\x4"]
     scanner = StopScanner(["\n\n", "END"])
     # "E" and "\n" might begin a stop string: they are held until they cannot
     released = [scanner.push(c) for c in "ab\nEx\nEN\n\nafter"]

@@ -19,13 +19,15 @@ import torch
 from typer.testing import CliRunner
 
 import charrnn.checkpoint
-import charrnn.data
+import charrnn.sources
+import charrnn.text
 import charrnn.train
 from charrnn.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from charrnn.cli import app
-from charrnn.data import Text, load_corpus, read_text
+from charrnn.data import load_corpus
 from charrnn.errors import CharrnnError
 from charrnn.sample import generate
+from charrnn.text import Text, read_text
 from charrnn.train import Reporter, TrainConfig, train
 
 torch.set_num_threads(1)
@@ -84,7 +86,7 @@ def test_crlf_line_endings_are_kept_as_they_are(tmp_path):
 
 @pytest.mark.parametrize("chunk", [3, 1 << 18])
 def test_nul_and_invalid_bytes_name_their_offset_whatever_the_read_chunk(tmp_path, monkeypatch, chunk):
-    monkeypatch.setattr(charrnn.data, "READ_CHUNK", chunk)
+    monkeypatch.setattr(charrnn.text, "READ_CHUNK", chunk)
     with pytest.raises(CharrnnError, match="NUL byte at offset 13$"):
         read_text(write(tmp_path / "nul.txt", "héllo wörld\x00more".encode()))
     with pytest.raises(CharrnnError, match="byte 0xff at offset 13 is invalid$"):
@@ -173,7 +175,7 @@ def test_resume_reads_the_encoded_cache_instead_of_the_text(tmp_path, monkeypatc
     def no_reading(*args, **kwargs):
         raise AssertionError("the text was read again")
 
-    monkeypatch.setattr(charrnn.data, "read_text", no_reading)
+    monkeypatch.setattr(charrnn.sources, "read_text", no_reading)
     assert train(tiny(tmp_path, corpus, max_steps=6), resume=tmp_path / "run")["steps"] == 6
 
 

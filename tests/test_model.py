@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from charrnn.data import Vocab
+from charrnn.vocab import Vocab
 from charrnn.model import (
     GRUScratch,
     LSTMScratch,

@@ -13,13 +13,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-import charrnn.data
+import charrnn.text
 from charrnn.checkpoint import load_checkpoint, save_checkpoint
 from charrnn.cli import app, load_model
-from charrnn.data import Text, Vocab, normalize, normalize_pieces, read_text
 from charrnn.errors import CharrnnError
 from charrnn.model import ModelConfig, build_model
 from charrnn.sample import generate
+from charrnn.text import Text, normalize, normalize_pieces, read_text
+from charrnn.vocab import Vocab
 
 torch.set_num_threads(1)
 SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -93,7 +94,7 @@ def test_reading_in_chunks_is_reading_at_once(tmp_path, monkeypatch, data, chunk
         return "".join(text.chars[i] for i in text.ids.tolist())
 
     whole = read()
-    monkeypatch.setattr(charrnn.data, "READ_CHUNK", chunk)
+    monkeypatch.setattr(charrnn.text, "READ_CHUNK", chunk)
     assert read() == whole
     if whole is not None:
         assert whole == data.decode("utf-8").removeprefix("\ufeff")

@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 
 import charrnn.train as train_module
+from charrnn.batches import StreamBatches
 from charrnn.checkpoint import load_checkpoint
-from charrnn.data import StreamBatches, load_corpus
+from charrnn.data import load_corpus
 from charrnn.errors import CharrnnError
 from charrnn.model import ModelConfig, build_model
 from charrnn.train import (
