@@ -131,12 +131,13 @@ def main(argv=None):
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    ap.add_argument("--isa", help="CPU sections, comma-separated: native (this CPU's own instruction set), avx2 "
-                    "(capped at AVX2 in a subprocess); default native,avx2 where the CPU has AVX-512, else native")
-    ap.add_argument("--write", type=Path, help="put each section's tables into this page, between its markers "
-                    "<!-- bench:KEY --> and <!-- /bench:KEY --> (KEY: native, avx2, cuda, cuda-tf32)")
+    ap.add_argument("--isa", metavar="SECTIONS", help="CPU sections, comma-separated: native (this CPU's own "
+                    "instruction set), avx2 (capped at AVX2 in a subprocess); default native,avx2 where the CPU "
+                    "has AVX-512, else native")
+    ap.add_argument("--write", type=Path, metavar="PAGE", help="put each section's tables into this page, between "
+                    "its markers <!-- bench:KEY --> and <!-- /bench:KEY --> (KEY: native, avx2, cuda, cuda-tf32)")
     ap.add_argument("--quick", action="store_true", help="a smoke run: few repeats, short sampling")
     ap.add_argument("--sizes", nargs="+", help="hidden,batch,seq triples (default 256,32,64 512,64,128 1024,64,128; "
                     "CUDA: and 1024,256,128)")
