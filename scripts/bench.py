@@ -1,17 +1,26 @@
 """charrnn's performance in one run: training, sampling and evaluation speed, achieved
-GFLOP/s against the measured matmul peak, and the memory of a training step, printed as
-Markdown tables (ready for docs/performance.md).
+GFLOP/s against the measured matmul peak, where a training step's time goes, and the memory
+of a training step, printed as Markdown tables (--write puts them into docs/performance.md).
 
     python scripts/bench.py                      # this machine's CPU, the default sizes
+    python scripts/bench.py --write docs/performance.md   # the same, written into the page
     python scripts/bench.py --device cuda        # the same on a GPU
     python scripts/bench.py --quick --sizes 32,4,8   # a smoke run at tiny sizes (seconds)
 
 What is measured, and how:
 
-* Matmul peak, measured first: fp32 GEMMs of the workload's shapes, (B x H) @ (H x 4H) (the
-  LSTM's per-step recurrent product, the bulk of the work) and (T*B x H) @ (H x 4H) (a whole
-  sequence at once: the weight gradients, the input side), through torch.mm and (CPU) oneDNN,
-  the backend charrnn.cpu_matmul routes to. "Peak" for a hidden size is the best of all of them.
+* Instruction sets: a section of tables for the CPU's own (native) instruction set and,
+  where the CPU has AVX-512, a second for AVX2: the bench runs itself again in a process
+  whose environment caps oneDNN, MKL and PyTorch's own kernels at AVX2 before torch is
+  imported (ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 ATEN_CPU_CAPABILITY=avx2),
+  so one run shows both the machines with AVX-512 and the many without. The AVX2 section
+  says whether the cap took effect: torch's CPU capability, and each matmul library's best
+  GFLOP/s against the native section's. --isa chooses the sections.
+* Matmul peak, measured first in each section: fp32 GEMMs of the workload's shapes,
+  (B x H) @ (H x 4H) (the LSTM's per-step recurrent product, the bulk of the work) and
+  (T*B x H) @ (H x 4H) (a whole sequence at once: the weight gradients, the input side),
+  through torch.mm and (CPU) oneDNN, the backend charrnn's scans route to. "Peak" for a
+  hidden size is the best of all of them.
 * Training: chars/s of a whole step (forward, cross-entropy, backward, clip by global norm
   with charrnn.train.clip_gradients through charrnn.train.TrainStep, SGD step; the hidden
   state is carried, detached, from step to step as in training) for charrnn's model
@@ -27,6 +36,12 @@ What is measured, and how:
   Rounds are PAIRED: each round times every implementation of a size back to back, so load
   from elsewhere hits all of them alike; ratios are the median over rounds of the per-round
   ratio t_torch / t_charrnn (> 1: charrnn is faster), chars/s the median (and best) round.
+* Where charrnn's step goes: in the same rounds, the step's matmuls alone, through charrnn's
+  backend with its choices (oneDNN or BLAS, weights packed per scan, additions fused into
+  the product): T products (B x H) @ (H x G) forward and T (B x G) @ (G x H) backward, the
+  weight gradient (T*B x H)^T @ (T*B x G), the head's (T*B x H) @ (H x 65) and its two
+  gradients. The step's median time minus theirs is what is not matmul: the elementwise
+  gate passes, allocation, Python (on CUDA the step is graphed, the matmuls eager).
 * FLOPs (matmul only), per training step with N = batch * seq characters, G = gates * H
   (gates: RNN 1, GRU 3, LSTM 4), V = vocabulary (65):
       forward = 2 N (H G  +  I G  +  H V)    recurrent + input projection + head
@@ -35,27 +50,32 @@ What is measured, and how:
   modules, 0 for charrnn's first layer (a row gather). Eval counts the forward only.
 * Sampling: chars/s through charrnn.sample.generate at hidden 512 (a random model of 65
   characters): 1 sequence with torch.set_num_threads(1) as the CLI does, and 16 sequences
-  with 1 and with 2 threads (the better is reported, and which).
+  with 1 and with 2 threads (the better is reported, and which). Beside the 1-sequence
+  figure, its bound: the chars/s if a step were only its recurrent (1 x H) @ (H x G)
+  matrix-vector product through charrnn's backend, W_hh read from whichever cache holds
+  it, timed in the same rounds; and the sampling rate as a share of that bound.
 * Eval: chars/s of charrnn.train.evaluate (carried state) over the validation split of
   tinyshakespeare (the last 10% of ../shared/data/tinyshakespeare.txt, or --data), hidden
   512, GFLOP/s and fraction of the peak.
 * Memory (CPU): the growth of the resident set during the first two training steps, each
   implementation in a fresh process (a fork of a helper process that has imported torch and
-  charrnn and computed nothing): the high-water mark (VmHWM, what getrusage's ru_maxrss reports; reset before the
-  step where Linux allows) minus the RSS before the step. CUDA: max_memory_allocated minus
-  the memory allocated before the step.
+  charrnn and computed nothing): the high-water mark (VmHWM, what getrusage's ru_maxrss
+  reports; reset before the step where Linux allows) minus the RSS before the step. CUDA:
+  max_memory_allocated minus the memory allocated before the step.
 
 Timings are medians over --repeats rounds after --warmup rounds; --quick uses few of both.
+With --write PAGE each section's tables replace what stands between the page's
+`<!-- bench:KEY -->` and `<!-- /bench:KEY -->` (KEY: native, avx2, cuda or cuda-tf32).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import platform
-import statistics
-import string
 import subprocess
 import sys
 import time
@@ -65,370 +85,59 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
 
-from charrnn import cpu_matmul, cuda_fused  # noqa: E402
-from charrnn.allocator import tune_allocator  # noqa: E402
-from charrnn.model import ModelConfig, build_model  # noqa: E402
-from charrnn.train import TrainStep  # noqa: E402
+from bench_lib.internals import charrnn_internals  # noqa: E402
+from bench_lib.memory import memory_probe_main  # noqa: E402
+from bench_lib.pages import markers, missing_markers, write_sections  # noqa: E402
+from bench_lib.report import Setup, cap_check, eval_part, peak_part, sampling_part, training_part  # noqa: E402
+from bench_lib.timing import cores, cpu_capability, cpu_model, has_avx512, load  # noqa: E402
+from bench_lib.workloads import CELLS  # noqa: E402
 
-CELLS = ("rnn", "gru", "lstm")
-GATES = {"rnn": 1, "gru": 3, "lstm": 4}
-VOCAB = 65  # tinyshakespeare's
 DEFAULT_SIZES = ((256, 32, 64), (512, 64, 128), (1024, 64, 128))
 CUDA_SIZES = DEFAULT_SIZES + ((1024, 256, 128),)
 DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
-
-
-# ------------------------------------------------------------------------------ timing
-
-
-class Clock:
-    """Wall time of a callable on the chosen device (CUDA: events, synchronised)."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-
-    def sync(self):
-        if self.cuda:
-            torch.cuda.synchronize()
-
-    def __call__(self, fn) -> float:
-        if self.cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize()
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            return start.elapsed_time(end) / 1e3
-        t0 = time.perf_counter()
-        fn()
-        return time.perf_counter() - t0
-
-
-def paired_rounds(clock: Clock, fns: dict, warmup: int, repeats: int) -> dict[str, list[float]]:
-    """Times of every fn per round; within a round the fns run back to back."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            clock(fn)
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            times[name].append(clock(fn))
-    return times
-
-
-def med(xs):
-    return statistics.median(xs)
-
-
-# ------------------------------------------------------------------------------ machine
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def load() -> str:
-    try:
-        return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "load average n/a"
-
-
-# ------------------------------------------------------------------------------ matmul peak
-
-
-def onednn_mm():
-    """oneDNN's fp32 GEMM as charrnn.cpu_matmul calls it, or None where it is not used."""
-    if not cpu_matmul.onednn_usable():
-        return None
-    lp = torch.ops.mkldnn._linear_pointwise
-    return lambda a, w_t: lp(a, w_t, None, "none", [], "")
-
-
-def gemm_peak(shapes, device, clock, repeats) -> list[dict]:
-    rows = []
-    dnn = onednn_mm() if device.type == "cpu" else None
-    for M, K, N in shapes:
-        a = torch.randn(M, K, device=device)
-        b = torch.randn(K, N, device=device)
-        w_t = b.t().contiguous()
-        fns = {"torch.mm": lambda: torch.mm(a, b)}
-        if dnn:
-            fns["oneDNN"] = lambda: dnn(a, w_t)
-        # above timer noise and launch latency: ~0.2 GFLOP per timing on a CPU, ~20 on a GPU
-        inner = max(1, int((2e10 if device.type == "cuda" else 2e8) // (2 * M * K * N)))
-
-        def repeat(f):
-            return lambda: [f() for _ in range(inner)]
-
-        times = paired_rounds(clock, {k: repeat(f) for k, f in fns.items()}, warmup=2, repeats=repeats)
-        flop = 2 * M * K * N * inner
-        row = {"shape": (M, K, N)}
-        for name, ts in times.items():
-            row[name] = flop / min(ts) / 1e9  # a peak: the best round
-        rows.append(row)
-    return rows
-
-
-# ------------------------------------------------------------------------------ models
-
-
-class TorchLM(nn.Module):
-    """The same language model with PyTorch's built-in recurrent modules (see the top)."""
-
-    def __init__(self, cell: str, vocab: int, hidden: int):
-        super().__init__()
-        self.vocab = vocab
-        self.rnn = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}[cell](vocab, hidden)
-        self.head = nn.Linear(hidden, vocab)
-
-    def forward(self, X, state=None):
-        x = F.one_hot(X.T, self.vocab).to(self.head.weight.dtype)
-        out, state = self.rnn(x, state)
-        return self.head(out).transpose(0, 1), state
-
-
-def make_model(impl: str, cell: str, hidden: int, device) -> nn.Module:
-    if impl == "charrnn":
-        return build_model(ModelConfig(vocab_size=VOCAB, cell=cell, hidden=hidden)).to(device)
-    return TorchLM(cell, VOCAB, hidden).to(device)
-
-
-def train_flops(impl: str, cell: str, H: int, B: int, T: int) -> float:
-    G = GATES[cell] * H
-    input_side = VOCAB * G if impl == "torch" else 0
-    return 3 * 2 * B * T * (H * G + input_side + H * VOCAB)
-
-
-def make_train_step(impl: str, cell: str, H: int, B: int, T: int, device, seed: int = 0, graphs: bool = False):
-    """A closure running one training step as charrnn.train does, through its TrainStep
-    (see the top); with graphs (CUDA), replayed as a CUDA graph after TrainStep's warm-up."""
-    torch.manual_seed(seed)
-    model = make_model(impl, cell, H, device).train()
-    params = list(model.parameters())
-    optimizer = torch.optim.SGD(params, lr=0.01)
-    train_step = TrainStep(model, params, clip=1.0, graphs=graphs)
-    g = torch.Generator().manual_seed(seed)
-    text = torch.randint(0, VOCAB, (B, T + 1), generator=g).to(device)
-    X, Y = text[:, :-1], text[:, 1:]
-    box = {"state": None}
-
-    def step():
-        _, box["state"] = train_step(X, Y, box["state"], divisor=float(Y.numel()))
-        optimizer.step()
-        if train_step.note:
-            print(f"({impl} {cell} H={H}: {train_step.note})")
-            train_step.note = None
-
-    return step
-
-
-def implementations(device) -> dict[str, tuple[str, bool]]:
-    """Name -> (model, replayed as a CUDA graph?): what each column of the training table times.
-    On CUDA charrnn trains with graphs by default; the built-in modules are timed as people
-    run them (eager) and graphed too, and charrnn eager as well."""
-    if device.type != "cuda":
-        return {"charrnn": ("charrnn", False), "torch": ("torch", False)}
-    return {"charrnn": ("charrnn", True), "torch": ("torch", False), "charrnn eager": ("charrnn", False),
-            "torch graphed": ("torch", True)}
-
-
-# ------------------------------------------------------------------------------ memory
-
-
-def memory_probe_main(specs: list[str]) -> None:
-    """Helper process: for each spec (impl,cell,H,B,T) fork a fresh child that runs two
-    training steps and reports the growth of its resident set; print one JSON line."""
-    # an optimizer's first step imports a lot lazily (~0.7 s): do that once here, where it
-    # computes nothing (no grad), so that no child pays for it and no thread pool exists yet
-    torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1).step()
-    results = {}
-    for spec in specs:
-        impl, cell, H, B, T = spec.split(",")
-        read, write = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child: measure, report, exit without cleanup
-            os.close(read)
-            try:
-                value = _rss_growth(impl, cell, int(H), int(B), int(T))
-            except Exception:  # noqa: BLE001 - reported as missing
-                value = -1
-            os.write(write, str(value).encode())
-            os._exit(0)
-        os.close(write)
-        with os.fdopen(read) as f:
-            text = f.read()
-        os.waitpid(pid, 0)
-        results[spec] = int(text) if text.strip().lstrip("-").isdigit() else -1
-    print(json.dumps(results))
-
-
-def _status_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
-
-
-def _rss_growth(impl, cell, H, B, T) -> int:
-    """Bytes the resident set grows by during the first two training steps."""
-    import resource
-
-    tune_allocator()  # as training does
-    step = make_train_step(impl, cell, H, B, T, torch.device("cpu"))
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark to the current RSS
-    except OSError:
-        pass
-    try:
-        before = _status_kb("VmRSS")
-    except (OSError, KeyError):
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    step()
-    step()
-    try:
-        peak = _status_kb("VmHWM")
-    except (OSError, KeyError):
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return max(0, peak - before) * 1024
-
-
-def measure_memory(specs, device, threads) -> dict[str, int]:
-    if device.type == "cuda":
-        out = {}
-        for spec in specs:
-            impl, cell, H, B, T = spec.split(",")
-            step = make_train_step(impl, cell, int(H), int(B), int(T), device)
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            before = torch.cuda.memory_allocated()
-            step()
-            step()
-            torch.cuda.synchronize()
-            out[spec] = torch.cuda.max_memory_allocated() - before
-            del step
-            torch.cuda.empty_cache()
-        return out
-    if not hasattr(os, "fork") or not Path("/proc/self/status").exists():
-        return {}
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, __file__, "--memory-probe", *specs], capture_output=True, text=True,
-                          env=env, timeout=600)
-    try:
-        return json.loads(proc.stdout.strip().splitlines()[-1])
-    except (IndexError, json.JSONDecodeError):
-        print(f"(memory probe failed: {proc.stderr.strip()[-300:]})")
-        return {}
-
-
-# ------------------------------------------------------------------------------ sampling, eval
-
-
-def bench_sampling(H, device, clock, quick, repeats, cells=CELLS) -> list[dict]:
-    from charrnn.vocab import Vocab
-    from charrnn.sample import generate
-
-    vocab = Vocab(string.ascii_letters + " \n!$&',-.3:;?")  # tinyshakespeare's 65 characters
-    rows = []
-    threads0 = torch.get_num_threads()
-    length1, length16 = (200, 100) if quick else (4000, 1000)
-    thread_choices = [1] if device.type == "cuda" else sorted({1, threads0, 2} & set(range(1, threads0 + 1)))
-    for cell in cells:
-        torch.manual_seed(0)
-        model = build_model(ModelConfig(vocab_size=VOCAB, cell=cell, hidden=H)).to(device).eval()
-
-        def run(samples, length):
-            return lambda: sum(1 for _ in generate(model, vocab, "The ", length, samples=samples, seed=0))
-
-        row = {"cell": cell}
-        try:
-            torch.set_num_threads(1)
-            ts = paired_rounds(clock, {"one": run(1, length1)}, 1, repeats)["one"]
-            row["one"] = length1 / med(ts), length1 / min(ts)
-            fns = {}
-            for n in thread_choices:
-                fns[n] = run(16, length16)
-            best = None
-            for n in thread_choices:
-                torch.set_num_threads(n)
-                ts = paired_rounds(clock, {n: fns[n]}, 1, repeats)[n]
-                rate = (16 * length16 / med(ts), 16 * length16 / min(ts), n)
-                if best is None or rate[0] > best[0]:
-                    best = rate
-            row["sixteen"] = best
-        finally:
-            torch.set_num_threads(threads0)
-        rows.append(row)
-    return rows
-
-
-def read_val_ids(path: Path):
-    from charrnn.vocab import Vocab
-
-    text = path.read_text(encoding="utf-8")
-    cut = int(len(text) * 0.9)
-    train, val = text[:cut], text[cut:]
-    vocab = Vocab.from_text(train)
-    return vocab.encode(val), len(vocab)
-
-
-def bench_eval(H, B, T, ids, vocab_size, device, clock, repeats, peak, cells=CELLS) -> list[dict]:
-    from charrnn.train import evaluate
-
-    models = {}
-    for cell in cells:
-        torch.manual_seed(0)
-        models[cell] = build_model(ModelConfig(vocab_size=vocab_size, cell=cell, hidden=H)).to(device)
-    ids = ids.to(device)
-    fns = {cell: (lambda m=m: evaluate(m, ids, batch_size=B, seq_len=T)) for cell, m in models.items()}
-    times = paired_rounds(clock, fns, 1, repeats)
-    n = len(ids) - 1
-    rows = []
-    for cell in cells:
-        G = GATES[cell] * H
-        flop = 2 * n * (H * G + H * vocab_size)
-        t = med(times[cell])
-        rows.append({"cell": cell, "chars": n / t, "best": n / min(times[cell]), "gflops": flop / t / 1e9,
-                     "peak": peak})
-    return rows
-
-
-# ------------------------------------------------------------------------------ main
-
-
-def parse_sizes(values) -> list[tuple[int, int, int]]:
-    sizes = []
-    for value in values:
-        for part in value.replace(";", " ").split():
-            h, b, t = (int(x) for x in part.split(","))
-            sizes.append((h, b, t))
-    return sizes
-
-
-def fmt_rate(x: float) -> str:
-    return f"{x:,.0f}"
+ISAS = ("native", "avx2")
+AVX2_CAP = {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    if args.memory_probe:
+        return memory_probe_main(args.memory_probe)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: CUDA is not available here")
+    if args.capped:  # the AVX2 section, run by the parent in a capped environment
+        run_section(args, "avx2", json.loads(args.native) if args.native else None)
+        return
+    keys = section_keys(args)
+    if args.write and not args.write.is_file():
+        sys.exit(f"--write {args.write}: no such file")
+    if args.write and missing_markers(args.write, keys):
+        wanted = "; ".join(" ... ".join(markers(k)) for k in missing_markers(args.write, keys))
+        sys.exit(f"--write {args.write}: the page needs {wanted}")
+    print("## charrnn benchmark\n")
+    texts, native = {}, None
+    for key in keys:
+        with captured() as out:
+            if key == "avx2":
+                run_capped(argv, native)
+            else:
+                native = run_section(args, key, None)
+        texts[key] = out.getvalue()
+    if args.write:
+        write_sections(args.write, texts)
+        print(f"(wrote the {', '.join(keys)} section{'s' if len(keys) > 1 else ''} into {args.write})")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    ap.add_argument("--isa", metavar="SECTIONS", help="CPU sections, comma-separated: native (this CPU's own "
+                    "instruction set), avx2 (capped at AVX2 in a subprocess); default native,avx2 where the CPU "
+                    "has AVX-512, else native")
+    ap.add_argument("--write", type=Path, metavar="PAGE", help="put each section's tables into this page, between "
+                    "its markers <!-- bench:KEY --> and <!-- /bench:KEY --> (KEY: native, avx2, cuda, cuda-tf32)")
     ap.add_argument("--quick", action="store_true", help="a smoke run: few repeats, short sampling")
     ap.add_argument("--sizes", nargs="+", help="hidden,batch,seq triples (default 256,32,64 512,64,128 1024,64,128; "
                     "CUDA: and 1024,256,128)")
@@ -442,136 +151,126 @@ def main(argv=None):
     ap.add_argument("--cells", default="rnn,gru,lstm", help="comma-separated cells to run")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: train, memory, sample, eval")
     ap.add_argument("--memory-probe", nargs="+", help=argparse.SUPPRESS)
+    ap.add_argument("--capped", action="store_true", help=argparse.SUPPRESS)  # the AVX2 section's own process
+    ap.add_argument("--native", help=argparse.SUPPRESS)  # the native section's peaks, JSON, for the AVX2 one
     args = ap.parse_args(argv)
-    if args.memory_probe:
-        return memory_probe_main(args.memory_probe)
+    if args.isa and args.device == "cuda":
+        ap.error("--isa chooses CPU sections; --device cuda has one")
+    if args.isa and not set(args.isa.split(",")) <= set(ISAS):
+        ap.error(f"--isa takes a comma-separated list of {', '.join(ISAS)}, got {args.isa!r}")
+    return args
 
+
+def section_keys(args) -> list[str]:
+    """The sections this run prints, in order (each a marker key for --write)."""
+    if args.device == "cuda":
+        return ["cuda-tf32" if args.tf32 else "cuda"]
+    if args.isa:
+        return [isa for isa in ISAS if isa in args.isa.split(",")]
+    return list(ISAS) if has_avx512() else ["native"]
+
+
+class _Tee(io.TextIOBase):
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for stream in self.streams:
+            stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for stream in self.streams:
+            stream.flush()
+
+
+@contextlib.contextmanager
+def captured():
+    """What is printed inside, printed and kept: yields the StringIO that keeps it."""
+    kept = io.StringIO()
+    with contextlib.redirect_stdout(_Tee(sys.stdout, kept)):
+        yield kept
+
+
+def run_capped(argv: list[str], native: dict | None) -> None:
+    """The AVX2 section: this script again, in a process whose environment sets the caps before
+    torch is imported; its output is printed as it comes."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--capped"]
+    if native:
+        cmd += ["--native", json.dumps(native)]
+    with subprocess.Popen(cmd, env=dict(os.environ, **AVX2_CAP), stdout=subprocess.PIPE, text=True) as proc:
+        for line in proc.stdout:
+            print(line, end="", flush=True)
+    if proc.returncode:
+        sys.exit(f"the AVX2 section's process failed (exit code {proc.returncode})")
+
+
+def run_section(args, key: str, native: dict | None) -> dict:
+    """Measure and print one section's tables; return its best matmul GFLOP/s per backend and
+    torch's CPU capability (what an AVX2 section compares itself with)."""
+    started = time.perf_counter()
+    setup = configure(args)
+    print(f"### {section_title(key, args.tf32)}\n")
+    print_machine(setup)
+    peak, best = peak_part(setup)
+    if key == "avx2":
+        print(f"- {cap_check(best, native)}\n")
+    skip = set(filter(None, args.skip.split(",")))
+    if "train" not in skip:
+        training_part(setup, peak, memory="memory" not in skip)
+    hs = args.sample_hidden or (512 if not args.quick else max(setup.hiddens))  # tiny sizes in --quick
+    if "sample" not in skip:
+        sampling_part(setup, hs)
+    if "eval" not in skip:
+        eval_part(setup, hs, args.data, peak)
+    print(f"{load()} at the end; {time.perf_counter() - started:.0f} s in all\n", flush=True)
+    return {"best": best, "capability": cpu_capability()}
+
+
+def section_title(key: str, tf32: bool) -> str:
+    if key == "native":
+        return f"CPU, its own instruction set (torch's CPU capability: {cpu_capability()})"
+    if key == "avx2":
+        return "CPU capped at AVX2 (" + " ".join(f"{k}={v}" for k, v in AVX2_CAP.items()) + ")"
+    return "CUDA, TF32 matmuls" if tf32 else "CUDA, float32"
+
+
+def configure(args) -> Setup:
+    """Set torch up as training does and gather what every part measures with."""
     device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        sys.exit("--device cuda: CUDA is not available here")
     if args.threads:
         torch.set_num_threads(args.threads)
     if device.type == "cpu":
-        tune_allocator()  # as charrnn train does; it serves the built-in modules alike
+        charrnn_internals().tune_allocator()  # as charrnn train does; it serves the built-in modules alike
     else:  # the same precision for both (torch's default lets cuDNN, not torch.mm, use TF32)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32
-    precision = "TF32 matmuls" if device.type == "cuda" and args.tf32 else "float32"
     sizes = parse_sizes(args.sizes) if args.sizes else list(CUDA_SIZES if device.type == "cuda" else DEFAULT_SIZES)
-    repeats = args.repeats or (2 if args.quick else 7)
-    warmup = args.warmup or (1 if args.quick else 2)
-    skip = set(filter(None, args.skip.split(",")))
-    cells = [c for c in CELLS if c in args.cells.split(",")]
-    clock = Clock(device)
-    started = time.perf_counter()
+    return Setup(device=device, sizes=sizes, cells=[c for c in CELLS if c in args.cells.split(",")],
+                 repeats=args.repeats or (2 if args.quick else 7), warmup=args.warmup or (1 if args.quick else 2),
+                 quick=args.quick, precision="TF32 matmuls" if device.type == "cuda" and args.tf32 else "float32")
 
-    print("## charrnn benchmark\n")
+
+def print_machine(setup: Setup) -> None:
+    device, internals = setup.device, charrnn_internals()
     if device.type == "cuda":
         where = f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda}), host CPU {cpu_model()}"
-    else:
-        where = f"{cpu_model()}, {cores()} cores"
-    print(f"- machine: {where}; {platform.python_implementation()} {platform.python_version()}")
-    if device.type == "cuda":
-        fused = cuda_fused.usable(torch.zeros(1, device=device))
+        fused = internals.fused_cuda_cells(torch.zeros(1, device=device))
         backend = f"fused CUDA cells in charrnn: {'yes' if fused else 'no'}; cuDNN {torch.backends.cudnn.version()}"
     else:
-        backend = f"oneDNN matmul in charrnn: {'yes' if cpu_matmul.onednn_usable() else 'no'}"
-    print(f"- torch {torch.__version__}, {torch.get_num_threads()} threads, {precision}; {backend}")
-    print(f"- {load()} at the start; medians of {repeats} paired rounds after {warmup} warm-up\n")
+        where = f"{cpu_model()}, {cores()} cores"
+        backend = f"oneDNN matmul in charrnn: {'yes' if internals.onednn_usable() else 'no'}"
+    print(f"- machine: {where}; {platform.python_implementation()} {platform.python_version()}")
+    print(f"- torch {torch.__version__}, {torch.get_num_threads()} threads, {setup.precision}; {backend}")
+    print(f"- {load()} at the start; medians of {setup.repeats} paired rounds after {setup.warmup} warm-up\n")
 
-    # --- the matmul peak, first
-    hiddens = sorted({h for h, _, _ in sizes})
-    shapes = []
-    for h, b, t in sizes:
-        shapes += [(b, h, 4 * h), (b * t, h, 4 * h)]
-    shapes = list(dict.fromkeys(shapes))
-    peak_rows = gemm_peak(shapes, device, clock, max(3, repeats))
-    peak = {h: max(max(v for k, v in r.items() if k != "shape") for r in peak_rows if r["shape"][1] == h)
-            for h in hiddens}
-    backends = [k for k in peak_rows[0] if k != "shape"]
-    print(f"### {precision} matmul peak (GFLOP/s, best round)\n")
-    print("| M x K x N | " + " | ".join(backends) + " |")
-    print("|---|" + "---:|" * len(backends))
-    for r in peak_rows:
-        print(f"| {' x '.join(map(str, r['shape']))} | " + " | ".join(f"{r[k]:.0f}" for k in backends) + " |")
-    print("\npeak (best of the above per hidden size): " + ", ".join(f"H={h}: {peak[h]:.0f} GFLOP/s" for h in hiddens)
-          + "\n", flush=True)
 
-    # --- training
-    if "train" not in skip:
-        mem = {}
-        if "memory" not in skip:
-            specs = [f"{impl},{cell},{h},{b},{t}" for h, b, t in sizes for cell in cells for impl in ("charrnn", "torch")]
-            mem = measure_memory(specs, device, torch.get_num_threads())
-        print("### Training (forward, cross-entropy, backward, clip, SGD step)\n")
-        print("| hidden | batch | seq | cell | charrnn chars/s (best) | torch.nn chars/s (best) | charrnn / torch.nn "
-              "(bests) | charrnn GFLOP/s | % of peak | torch.nn GFLOP/s | % of peak | step memory charrnn / torch.nn |")
-        print("|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-        impls = implementations(device)
-        others = []  # CUDA: the rows of the eager-and-graphed table
-        for h, b, t in sizes:
-            for cell in cells:
-                fns = {name: make_train_step(impl, cell, h, b, t, device, graphs=graphs)
-                       for name, (impl, graphs) in impls.items()}
-                # TrainStep's eager warm-up before its capture does not count
-                times = paired_rounds(clock, fns, max(warmup, TrainStep.WARMUP + 1), repeats)
-                if len(impls) > 2:
-                    others.append((h, b, t, cell, {name: b * t / med(ts) for name, ts in times.items()}))
-                ratio = med([tt / tc for tc, tt in zip(times["charrnn"], times["torch"])])
-                best_ratio = min(times["torch"]) / min(times["charrnn"])
-                cols = []
-                for impl in ("charrnn", "torch"):
-                    tm = med(times[impl])
-                    cols.append((b * t / tm, b * t / min(times[impl]), train_flops(impl, cell, h, b, t) / tm / 1e9))
-                (rc, bc, gc), (rt, bt, gt) = cols
-                mc, mt = (mem.get(f"{impl},{cell},{h},{b},{t}", -1) for impl in ("charrnn", "torch"))
-                memory = f"{mc / 2**20:.0f} / {mt / 2**20:.0f} MB" if mc >= 0 and mt >= 0 else "n/a"
-                print(f"| {h} | {b} | {t} | {cell.upper()} | {fmt_rate(rc)} ({fmt_rate(bc)}) | {fmt_rate(rt)} "
-                      f"({fmt_rate(bt)}) | {ratio:.2f}x ({best_ratio:.2f}x) | {gc:.0f} | {100 * gc / peak[h]:.0f}% | {gt:.0f} | "
-                      f"{100 * gt / peak[h]:.0f}% | {memory} |", flush=True)
-                del fns
-        print()
-        if others:
-            print("### Training on CUDA, eager and replayed as a CUDA graph (chars/s, medians)\n")
-            print("| hidden | batch | seq | cell | charrnn graphed (default) | charrnn eager | torch.nn eager | "
-                  "torch.nn graphed | charrnn graphed / torch.nn graphed |")
-            print("|---:|---:|---:|---|---:|---:|---:|---:|---:|")
-            for h, b, t, cell, r in others:
-                print(f"| {h} | {b} | {t} | {cell.upper()} | {fmt_rate(r['charrnn'])} | {fmt_rate(r['charrnn eager'])} | "
-                      f"{fmt_rate(r['torch'])} | {fmt_rate(r['torch graphed'])} | "
-                      f"{r['charrnn'] / r['torch graphed']:.2f}x |")
-            print()
-
-    # --- sampling and evaluation at hidden 512 (or the largest size asked for in --quick)
-    hs = args.sample_hidden or (512 if not args.quick else max(hiddens))
-    if "sample" not in skip:
-        print(f"### Sampling (charrnn.sample.generate, hidden {hs})\n")
-        print("| cell | 1 sequence, 1 thread: chars/s (best) | 16 sequences: chars/s (best), threads |")
-        print("|---|---:|---:|")
-        for r in bench_sampling(hs, device, clock, args.quick, max(3, repeats // 2) if not args.quick else 2,
-                                cells):
-            one, six = r["one"], r["sixteen"]
-            print(f"| {r['cell'].upper()} | {fmt_rate(one[0])} ({fmt_rate(one[1])}) | {fmt_rate(six[0])} "
-                  f"({fmt_rate(six[1])}), {six[2]} thread{'s' if six[2] > 1 else ''} |", flush=True)
-        print()
-
-    if "eval" not in skip:
-        if not args.data.is_file():
-            print(f"### Evaluation: skipped, {args.data} is absent (give --data PATH to tinyshakespeare.txt)\n")
-        else:
-            ids, vsize = read_val_ids(args.data)
-            eb, et = next(((b, t) for h, b, t in sizes if h == hs), (64, 128))
-            if args.quick:
-                ids = ids[: 20 * eb * et + 1]
-            hp = peak.get(hs) or max(peak.values())
-            print(f"### Evaluation (charrnn.train.evaluate, hidden {hs}, {eb} streams of {et}; "
-                  f"{len(ids) - 1:,} characters of tinyshakespeare's validation split)\n")
-            print("| cell | chars/s (best) | GFLOP/s | % of peak |")
-            print("|---|---:|---:|---:|")
-            for r in bench_eval(hs, eb, et, ids, vsize, device, clock, 2 if args.quick else 3, hp, cells):
-                print(f"| {r['cell'].upper()} | {fmt_rate(r['chars'])} ({fmt_rate(r['best'])}) | {r['gflops']:.0f} | "
-                      f"{100 * r['gflops'] / r['peak']:.0f}% |", flush=True)
-            print()
-    print(f"{load()} at the end; {time.perf_counter() - started:.0f} s in all")
+def parse_sizes(values) -> list[tuple[int, int, int]]:
+    sizes = []
+    for value in values:
+        for part in value.replace(";", " ").split():
+            h, b, t = (int(x) for x in part.split(","))
+            sizes.append((h, b, t))
+    return sizes
 
 
 if __name__ == "__main__":
