@@ -13,7 +13,7 @@ What is measured, and how:
   sequence at once: the weight gradients, the input side), through torch.mm and (CPU) oneDNN,
   the backend charrnn.bptt routes to. "Peak" for a hidden size is the best of all of them.
 * Training: chars/s of a whole step (forward, cross-entropy, backward, clip by global norm
-  with charrnn.train.clip_gradients through charrnn.train.TrainStep, SGD step; the hidden
+  with charrnn.train_step.clip_gradients through charrnn.train_step.TrainStep, SGD step; the hidden
   state is carried, detached, from step to step as in training) for charrnn's model
   (charrnn.model.build_model, its real forward) and for the PyTorch modules, each at
   (hidden, batch, seq) from --sizes. On CUDA, charrnn's step is replayed as a CUDA graph
@@ -36,7 +36,7 @@ What is measured, and how:
 * Sampling: chars/s through charrnn.sample.generate at hidden 512 (a random model of 65
   characters): 1 sequence with torch.set_num_threads(1) as the CLI does, and 16 sequences
   with 1 and with 2 threads (the better is reported, and which).
-* Eval: chars/s of charrnn.train.evaluate (carried state) over the validation split of
+* Eval: chars/s of charrnn.evaluation.evaluate (carried state) over the validation split of
   tinyshakespeare (the last 10% of ../shared/data/tinyshakespeare.txt, or --data), hidden
   512, GFLOP/s and fraction of the peak.
 * Memory (CPU): the growth of the resident set during the first two training steps, each
@@ -70,7 +70,7 @@ from torch import nn  # noqa: E402
 
 from charrnn import bptt  # noqa: E402
 from charrnn.model import ModelConfig, build_model  # noqa: E402
-from charrnn.train import TrainStep  # noqa: E402
+from charrnn.train_step import TrainStep  # noqa: E402
 
 CELLS = ("rnn", "gru", "lstm")
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
@@ -217,7 +217,7 @@ def train_flops(impl: str, cell: str, H: int, B: int, T: int) -> float:
 
 
 def make_train_step(impl: str, cell: str, H: int, B: int, T: int, device, seed: int = 0, graphs: bool = False):
-    """A closure running one training step as charrnn.train does, through its TrainStep
+    """A closure running one training step as charrnn.train does, through TrainStep
     (see the top); with graphs (CUDA), replayed as a CUDA graph after TrainStep's warm-up."""
     torch.manual_seed(seed)
     model = make_model(impl, cell, H, device).train()
@@ -389,7 +389,7 @@ def read_val_ids(path: Path):
 
 
 def bench_eval(H, B, T, ids, vocab_size, device, clock, repeats, peak, cells=CELLS) -> list[dict]:
-    from charrnn.train import evaluate
+    from charrnn.evaluation import evaluate
 
     models = {}
     for cell in cells:
@@ -562,7 +562,7 @@ def main(argv=None):
             if args.quick:
                 ids = ids[: 20 * eb * et + 1]
             hp = peak.get(hs) or max(peak.values())
-            print(f"### Evaluation (charrnn.train.evaluate, hidden {hs}, {eb} streams of {et}; "
+            print(f"### Evaluation (charrnn.evaluation.evaluate, hidden {hs}, {eb} streams of {et}; "
                   f"{len(ids) - 1:,} characters of tinyshakespeare's validation split)\n")
             print("| cell | chars/s (best) | GFLOP/s | % of peak |")
             print("|---|---:|---:|---:|")

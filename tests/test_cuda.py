@@ -10,10 +10,13 @@ import pytest
 import torch
 
 from charrnn import bptt
+from charrnn.config import TrainConfig
 from charrnn.data import Vocab
+from charrnn.evaluation import evaluate
 from charrnn.model import ModelConfig, build_model
 from charrnn.sample import generate
-from charrnn.train import TrainConfig, TrainStep, evaluate, train
+from charrnn.train import train
+from charrnn.train_step import TrainStep
 
 from conftest import make_text
 from test_bptt import CELLS, loss_of, loss_weights, make_inputs
