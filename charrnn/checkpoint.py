@@ -11,9 +11,10 @@ a hostile file cannot run code from it. Keys:
     model         the model's state_dict
     optimizer     the optimizer's state_dict
     config        the TrainConfig the run was started with, as a dict
-    progress      step, epoch, index (position in the data), chars_seen, elapsed,
-                  best_val_loss, last_val_loss, evals_since_best and lr_scale (patience
-                  and the plateau schedule), world_size (processes that trained it)
+    progress      charrnn.run.Progress: step, epoch, index (position in the data),
+                  chars_seen, elapsed, best_val_loss, last_val_loss, evals_since_best and
+                  lr_scale (patience and the plateau schedule), world_size (processes
+                  that trained it), planned_steps and planned_for (--max-time's plan)
     corpus        where the text came from: kind, path or name, sha256, split
     rng           processes: every process's generator states (cpu, and cuda when it
                   trained on a GPU), rank by rank, for exact resume (charrnn.streams)
@@ -23,6 +24,7 @@ a hostile file cannot run code from it. Keys:
 
 Writes are atomic: a temporary file in the same directory, flushed and fsynced, then
 renamed over the target, so a crash never leaves a half-written checkpoint in its place.
+`load_model` makes a checkpoint the model that generate, eval, neurons and serve use.
 """
 
 from __future__ import annotations
@@ -161,3 +163,32 @@ def resolve_checkpoint(where: str | Path | None, runs_dir: str | Path = "runs", 
                 return where / name
         raise CharrnnError(f"no checkpoint ({' or '.join(order)}) in {where}")
     return where
+
+
+def load_model(where, device_name: str = "auto"):
+    """(model, vocab, checkpoint) from a checkpoint file or run directory (None: runs/latest),
+    the model in eval mode on the device named (auto, cpu or cuda)."""
+    from charrnn.vocab import Vocab
+    from charrnn.model import ModelConfig, build_model
+    from charrnn.train_step import pick_device
+
+    device = pick_device(device_name)
+    ckpt = load_checkpoint(resolve_checkpoint(where), map_location=device)
+    try:
+        vocab = Vocab.from_dict(ckpt["vocab"])
+        config = ModelConfig(**ckpt["model_config"])
+        if not (isinstance(config.layers, int) and 0 < config.layers <= len(ckpt["model"])):
+            raise ValueError(f"{config.layers!r} layers")
+        # Built on the meta device: no memory is set aside for whatever sizes a damaged or
+        # hostile file claims; the weights are the file's own tensors.
+        with torch.device("meta"):
+            model = build_model(config)
+        model.load_state_dict(ckpt["model"], assign=True)
+    except (TypeError, KeyError, RuntimeError, ValueError, AttributeError) as e:
+        raise CharrnnError(f"the checkpoint's model does not fit its config: {str(e).splitlines()[0]}") from None
+    if len(vocab) != config.vocab_size:
+        raise CharrnnError(f"the checkpoint's vocabulary has {len(vocab)} characters but its model {config.vocab_size}")
+    if not all(p.device.type != "meta" and p.is_floating_point() and bool(torch.isfinite(p).all())
+               for p in model.parameters()):
+        raise CharrnnError("the checkpoint's weights are not all finite floating-point numbers")
+    return model.to(device).eval(), vocab, ckpt

@@ -1,13 +1,14 @@
 """The `charrnn` command line: a thin layer that parses, calls the library, and prints.
 
-torch is imported inside the commands, so `charrnn --help` and argument errors are fast.
+This file holds the app, `train`, and the small commands (serve, info, plot);
+`generate` is in cli_generate.py, `eval` and `neurons` in cli_eval.py. torch is imported
+inside the commands, so `charrnn --help` and argument errors are fast.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import signal
 import sys
@@ -18,6 +19,8 @@ from typing import Annotated, Optional
 import typer
 
 from charrnn import __version__
+from charrnn.cli_eval import evaluate_command, neurons
+from charrnn.cli_generate import generate, model_prefix, text_steps
 from charrnn.config import TrainConfig, read_preset, resumed_config
 from charrnn.errors import CharrnnError
 
@@ -78,8 +81,6 @@ D = TrainConfig()  # every option of `train` takes its default from here (one so
 TRAIN_SETTINGS = {f.name for f in fields(TrainConfig)}
 
 
-@app.command()
-@user_errors
 def train(
     ctx: typer.Context,
     corpus: Annotated[Optional[list[Path]], typer.Argument(
@@ -182,6 +183,7 @@ def train(
         raise typer.Exit(130)
     if settings.sample_prefix and is_rank_zero:
         from charrnn.byte_vocab import shown
+        from charrnn.checkpoint import load_model
         from charrnn.sample import generate as generate_chars
 
         model, vocab, ckpt = load_model(Path(summary["run"]) / "best.pt", "cpu")
@@ -189,7 +191,6 @@ def train(
         steps = generate_chars(model, vocab, prefix, settings.sample_length, greedy=settings.sample_greedy,
                                seed=settings.seed)
         typer.echo(shown(f"sample: {prefix}" + "".join(c[0] for c in text_steps(steps, vocab, 1))))
-
 
 
 def write_curve(run: Path, quiet: bool) -> None:
@@ -210,433 +211,6 @@ def write_curve(run: Path, quiet: bool) -> None:
         typer.echo(f"learning curve: {curve}")
 
 
-def model_prefix(prefix: str, ckpt: dict) -> str:
-    """The prefix as the model saw its training text: normalized the same way."""
-    from charrnn.text import normalize
-
-    return normalize(prefix, ckpt.get("corpus", {}).get("normalize", "none"))
-
-
-def load_model(where, device_name: str = "auto"):
-    """(model, vocab, checkpoint) from a checkpoint file or run directory (None: runs/latest)."""
-    import torch
-
-    from charrnn.checkpoint import load_checkpoint, resolve_checkpoint
-    from charrnn.vocab import Vocab
-    from charrnn.model import ModelConfig, build_model
-    from charrnn.train import pick_device
-
-    device = pick_device(device_name)
-    ckpt = load_checkpoint(resolve_checkpoint(where), map_location=device)
-    try:
-        vocab = Vocab.from_dict(ckpt["vocab"])
-        config = ModelConfig(**ckpt["model_config"])
-        if not (isinstance(config.layers, int) and 0 < config.layers <= len(ckpt["model"])):
-            raise ValueError(f"{config.layers!r} layers")
-        # Built on the meta device: no memory is set aside for whatever sizes a damaged or
-        # hostile file claims; the weights are the file's own tensors.
-        with torch.device("meta"):
-            model = build_model(config)
-        model.load_state_dict(ckpt["model"], assign=True)
-    except (TypeError, KeyError, RuntimeError, ValueError, AttributeError) as e:
-        raise CharrnnError(f"the checkpoint's model does not fit its config: {str(e).splitlines()[0]}") from None
-    if len(vocab) != config.vocab_size:
-        raise CharrnnError(f"the checkpoint's vocabulary has {len(vocab)} characters but its model {config.vocab_size}")
-    if not all(p.device.type != "meta" and p.is_floating_point() and bool(torch.isfinite(p).all())
-               for p in model.parameters()):
-        raise CharrnnError("the checkpoint's weights are not all finite floating-point numbers")
-    return model.to(device).eval(), vocab, ckpt
-
-
-@app.command()
-@user_errors
-def generate(
-    checkpoint: Annotated[Optional[Path], Opt(help="A checkpoint file or run directory. [default: the best checkpoint of runs/latest]", show_default=False)] = None,
-    prefix: Annotated[str, Opt(help="Text to warm the state up on; the continuation follows it.")] = "",
-    prefix_file: Annotated[Optional[Path], Opt(help="Warm up on this UTF-8 file instead (a long prime); only the continuation is printed.")] = None,
-    adapt: Annotated[Optional[Path], Opt(help="First adapt the model to this UTF-8 text by dynamic evaluation, to continue its style (characters outside the vocabulary are dropped, with a warning); --prefix then follows it. The checkpoint is not changed.")] = None,
-    dyn_lr: Annotated[Optional[float], Opt(help="With --adapt: the learning rate of its updates. [default: 0.0001]", show_default=False)] = None,
-    dyn_decay: Annotated[Optional[float], Opt(help="With --adapt: the pull back towards the trained weights, in [0, 1]. [default: 0.001]", show_default=False)] = None,
-    length: Annotated[int, Opt(help="Characters to generate.")] = 200,
-    temperature: Annotated[float, Opt(help="Divide the logits by this: < 1 is safer, > 1 wilder.")] = 1.0,
-    top_k: Annotated[int, Opt(help="Sample only among the k most likely characters (0: all).")] = 0,
-    top_p: Annotated[float, Opt(help="Nucleus sampling: only among the fewest most likely characters whose probabilities add up to p (1: all).")] = 1.0,
-    greedy: Annotated[bool, Opt("--greedy", help="Always take the most likely character (the book's predict).")] = False,
-    samples: Annotated[int, Opt(help="Generate this many continuations at once.")] = 1,
-    seed: Annotated[Optional[int], Opt(help="Random seed for repeatable samples.")] = None,
-    as_json: Annotated[bool, Opt("--json", help="Print one JSON object: prefix, samples (a list) and settings.")] = False,
-    interactive: Annotated[bool, Opt("--interactive", "-i", help="A prompt: each line typed is fed to the model and continued by --length characters; the state carries over between lines (an empty line just continues). Ctrl-D ends.")] = False,
-    stop: Annotated[Optional[list[str]], Opt(help="End a continuation at the first occurrence of this string (repeatable; \\n, \\t and \\r are escapes: --stop '\\n\\n' ends at a paragraph); it is not printed unless --include-stop. --length stays the bound; each of --samples stops on its own.", show_default=False)] = None,
-    include_stop: Annotated[bool, Opt("--include-stop", help="Print the stop string that ended a continuation.")] = False,
-    beam: Annotated[Optional[int], Opt(help="Beam search of this width instead of sampling: the most likely continuations of --length characters found, with their log-probabilities (conservative, like a low temperature).", show_default=False)] = None,
-    output: Annotated[Optional[Path], Opt(help="Write what would be printed to this file instead (UTF-8), atomically: whole or not at all.", show_default=False)] = None,
-    raw: Annotated[bool, Opt("--raw", help="Byte models: write the bytes the model emits as they are (bytes that are not UTF-8 otherwise come out as U+FFFD, the replacement character).")] = False,
-    device: Annotated[str, Opt(help="auto, cpu or cuda. auto: the CPU for one sample (a step per character is too small for a GPU to gain on it), CUDA where available for several (see the README's Performance).")] = "auto",
-):
-    """Generate text: warm the state up on --prefix, then emit one character at a time."""
-    import torch
-
-    from charrnn.checkpoint import resolve_checkpoint
-    from charrnn.text import read_byte_text, read_text
-    from charrnn.output import TextSink
-    from charrnn.sample import GenerationStream
-    from charrnn.stops import check_stops, parse_stops, texts_until_stop, write_until_stop
-
-    if prefix and prefix_file:
-        raise CharrnnError("give --prefix or --prefix-file, not both")
-    dynamic_settings(None, dyn_lr, dyn_decay)  # checked before the model loads
-    if interactive and (as_json or samples > 1 or output):
-        raise CharrnnError("--interactive continues one sample at a prompt; it takes neither --json, --samples nor --output")
-    if raw and as_json:
-        raise CharrnnError("--raw writes bytes and --json text: choose one")
-    stops = parse_stops(stop or [])
-    if beam is not None:
-        check_beam_options(samples=samples != 1, temperature=temperature != 1, top_k=top_k != 0, top_p=top_p != 1,
-                           greedy=greedy, seed=seed is not None, interactive=interactive, stop=bool(stops),
-                           adapt=adapt is not None)
-    model, vocab, ckpt = load_model(checkpoint, "cpu" if device == "auto" and samples == 1 else device)
-    if prefix_file:  # a byte model takes any file as its prime, UTF-8 or not
-        prefix = (vocab.decode(read_byte_text(prefix_file, "prefix file").ids) if vocab.kind == "bytes"
-                  else read_text(prefix_file, "prefix file").as_str())
-    prefix = model_prefix(prefix, ckpt)
-    check_stops(stops, vocab.can_encode)
-    out = TextSink(output, raw)
-    if beam is not None:
-        from charrnn.beam import beam_search
-
-        beams = beam_search(model, vocab.encode(prefix, "the prefix"), beam, length)
-        write_beams(out, beams, vocab, prefix, "" if prefix_file else prefix, as_json,
-                    {"checkpoint": str(resolve_checkpoint(checkpoint)), "length": length, "beam": beam})
-        return finish_output(out, output)
-    stream = GenerationStream(model, vocab, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
-                              samples=samples, seed=seed)
-    if adapt:
-        adapt_to_file(stream, adapt, ckpt, checkpoint, dynamic_settings(None, dyn_lr, dyn_decay))
-    stream.feed(prefix, f"the prefix file {prefix_file}" if prefix_file else "the prefix")
-    steps = text_steps(stream.sample(length), vocab, samples)  # checks --length before anything is printed
-    if model.W_hq.device.type == "cpu" and samples == 1:
-        # one sequence is a chain of tiny matrix-vector products: a second CPU thread only
-        # adds synchronisation (measured: ~2x slower per character on this project's 2 cores)
-        torch.set_num_threads(1)
-    if interactive:
-        return prompt_loop(stream, length, ckpt, out, stops, include_stop)
-    if as_json:
-        settings = {"checkpoint": str(resolve_checkpoint(checkpoint)), "length": length, "temperature": temperature,
-                    "top_k": top_k, "top_p": top_p, "greedy": greedy, "seed": seed}
-        if stops:
-            settings.update(stop=stops, include_stop=include_stop)
-        texts = texts_until_stop(steps, samples, stops, include_stop)
-        out.write(json.dumps({"prefix": prefix, "samples": texts, "settings": settings}, ensure_ascii=False) + "\n")
-        return finish_output(out, output)
-    if prefix_file:
-        prefix = ""  # the prime is the user's own file: print only what follows it
-    if samples == 1:
-        out.write(prefix)
-        write_until_stop(steps, out, stops, include_stop)
-        out.write("\n")
-        return finish_output(out, output)
-    for i, text in enumerate(texts_until_stop(steps, samples, stops, include_stop), 1):
-        out.write(f"--- sample {i} ---\n{prefix}{text}\n")
-    finish_output(out, output)
-
-
-def text_steps(steps, vocab, samples: int):
-    """Each step's new text per sample: a byte model's bytes decoded as UTF-8 as they complete characters."""
-    from charrnn.byte_vocab import decoded_steps
-
-    return decoded_steps(steps, samples) if vocab.kind == "bytes" else steps
-
-
-def check_beam_options(**given: bool) -> None:
-    """--beam searches for the likeliest text: the sampling options have no meaning there."""
-    named = ", ".join("--" + name.replace("_", "-") for name, present in given.items() if present)
-    if named:
-        raise CharrnnError(f"--beam searches for the most likely text; it does not take {named}")
-
-
-def write_beams(out, beams, vocab, prefix: str, shown_prefix: str, as_json: bool, settings: dict) -> None:
-    """Beam search's continuations, most likely first, with their log-probabilities."""
-    if as_json:
-        found = [{"text": vocab.decode(ids), "log_probability": score} for ids, score in beams]
-        out.write(json.dumps({"prefix": prefix, "beams": found, "settings": settings}, ensure_ascii=False) + "\n")
-        return
-    for i, (ids, score) in enumerate(beams, 1):
-        out.write(f"--- beam {i}: log-probability {score:.3f} ---\n{shown_prefix}{vocab.decode(ids)}\n")
-
-
-def adapt_to_file(stream, path: Path, ckpt: dict, checkpoint, settings) -> None:
-    """Dynamic evaluation of the stream's model on the file, leaving the stream at its end."""
-    from charrnn.text import read_text
-    from charrnn.dynamic import adapt_stream
-
-    text = read_text(path, "adapt file", (ckpt.get("corpus") or {}).get("normalize", "none"))
-    ids, dropped = stream.vocab.ids_of(text, what=str(path), unknown="skip", in_place=True)
-    skipped = [f"dropped {dropped} character(s) of {path} that are not in the vocabulary"] if dropped else []
-    for note in text.notes + skipped:
-        typer.echo(f"warning: {note}", err=True)
-    if len(ids) < 2:
-        raise CharrnnError(f"the adapt file {path} has fewer than 2 characters the model knows")
-    adapt_stream(stream, ids, training_ids(ckpt, checkpoint), settings)
-
-
-def finish_output(out, output: Path | None) -> None:
-    """With --output, the text collected in `out` goes to that file, atomically."""
-    out.close()
-    if output:
-        typer.echo(f"wrote {output}", err=True)
-
-
-def prompt_loop(stream, length: int, ckpt: dict, out, stops: list[str], include_stop: bool) -> None:
-    """Feed each line typed (normalized as the training text was) and stream its
-    continuation (up to a stop string), until end of input (Ctrl-D). A line the vocabulary
-    cannot encode gets a one-line message and the loop goes on."""
-    from charrnn.stops import write_until_stop
-
-    try:
-        import readline  # noqa: F401  (gives input() line editing and history where available)
-    except ImportError:
-        pass
-    typer.echo(f"Type text for the model to continue ({length} characters each); an empty line "
-               "continues where it stopped; Ctrl-D ends.", err=True)
-    try:
-        while True:
-            try:
-                line = input("> ")
-            except EOFError:
-                typer.echo("")  # end the prompt's line
-                return
-            try:
-                stream.feed(model_prefix(line, ckpt), "that line")
-            except CharrnnError as e:
-                typer.echo(f"error: {e}", err=True)
-                continue
-            write_until_stop(text_steps(stream.sample(length), stream.vocab, 1), out, stops, include_stop)
-            out.write("\n")
-    except KeyboardInterrupt:
-        typer.echo("", err=True)
-        raise typer.Exit(130) from None
-
-
-@app.command("eval")
-@user_errors
-def evaluate_command(
-    file: Annotated[Optional[Path], typer.Argument(help="A UTF-8 text file. [default: the checkpoint's own validation split]", show_default=False)] = None,
-    checkpoint: Annotated[Optional[Path], Opt(help="A checkpoint file or run directory. [default: the best checkpoint of runs/latest]", show_default=False)] = None,
-    as_json: Annotated[bool, Opt("--json", help="Print one JSON object.")] = False,
-    batch_size: Annotated[Optional[int], Opt(help="Parallel streams the text is cut into. [default: as training evaluated the checkpoint]", show_default=False)] = None,
-    seq_len: Annotated[Optional[int], Opt(help="Characters per forward call (and per window, for a run that evaluated windows). [default: as training evaluated the checkpoint]", show_default=False)] = None,
-    unknown: Annotated[str, Opt(help="Characters of FILE outside the model's vocabulary: error, or skip (drop them, with a warning).")] = "error",
-    show: Annotated[bool, Opt("--show", help="Print the text with each character shaded by the model's surprisal (bits), to see where it is confused.")] = False,
-    show_chars: Annotated[int, Opt(help="How much of the text --show and --show-html shade: the first N characters.")] = 2000,
-    show_html: Annotated[Optional[Path], Opt(help="Write the shaded text as a self-contained HTML page to this file.")] = None,
-    neuron: Annotated[Optional[str], Opt(help="With --show or --show-html: shade by this unit's activation (blue -1 to red 1) instead of by surprisal. L:U is layer L's output unit U, L:Uc an LSTM's memory cell (layers from 1, units from 0; `charrnn neurons` finds units worth a look).")] = None,
-    device: Annotated[str, Opt(help="auto, cpu or cuda.")] = "auto",
-    dynamic: Annotated[bool, Opt("--dynamic", help="Also dynamic evaluation: the model adapts to the text as it reads it (a gradient step after each scored segment); prints the static and dynamic figures and the gain. The checkpoint is not changed.")] = False,
-    dyn_seq_len: Annotated[Optional[int], Opt(help="With --dynamic: characters per segment (one update each). [default: 50]", show_default=False)] = None,
-    dyn_lr: Annotated[Optional[float], Opt(help="With --dynamic: the update's learning rate (0: no adaptation). [default: 0.0001]", show_default=False)] = None,
-    dyn_decay: Annotated[Optional[float], Opt(help="With --dynamic: how strongly each update pulls the weights back towards the trained ones, in [0, 1]. [default: 0.001]", show_default=False)] = None,
-):
-    """Perplexity and bits per character of a model on FILE or on its validation split.
-
-    With --dynamic, also dynamic evaluation (Krause et al., 2018); see docs/dynamic-evaluation.md.
-    """
-    from charrnn.data import check_unknown
-    from charrnn.evaluation import evaluate, nats_summary, recorded_layout
-    from charrnn.neurons import parse_unit
-
-    if (batch_size is not None and batch_size < 1) or (seq_len is not None and seq_len < 1):
-        raise CharrnnError("--batch-size and --seq-len must be positive")
-    check_unknown(unknown)
-    if show_chars < 2:
-        raise CharrnnError(f"--show-chars must be at least 2, got {show_chars}")
-    if show and as_json:
-        raise CharrnnError("--show prints shaded text; it does not mix with --json (use --show-html FILE)")
-    if neuron and not (show or show_html):
-        raise CharrnnError("--neuron picks what --show or --show-html shade by; give one of them")
-    settings = dynamic_settings(dyn_seq_len, dyn_lr, dyn_decay) if dynamic else None
-    model, vocab, ckpt = load_model(checkpoint, device)
-    unit = parse_unit(neuron, model) if neuron else None
-    ids, what = text_ids(file, checkpoint, ckpt, vocab, unknown, "eval")
-    if len(ids) < 2:
-        raise CharrnnError(f"{what} is too short to evaluate (it needs at least 2 characters)")
-    layout = recorded_layout(ckpt)  # the logged validation loss's, so that the two agree
-    layout.update({k: v for k, v in (("batch_size", batch_size), ("seq_len", seq_len)) if v is not None})
-    if not layout["carry_state"] and len(ids) <= layout["seq_len"]:
-        raise CharrnnError(f"{what} is shorter than one window of {layout['seq_len'] + 1} characters")
-    loss_sum, count = evaluate(model, ids, **layout)
-    result = {**nats_summary(loss_sum / count), "chars": count, "text": what}
-    shown_unit = "characters"
-    if vocab.kind == "bytes":
-        result, shown_unit = byte_model_result(result, ids, not layout["carry_state"]), "bytes"
-    if show or show_html:
-        shown = what if len(ids) <= show_chars else f"the first {show_chars:,} {shown_unit} of {what}"
-        show_text(model, vocab, ids[:show_chars], shown, show, show_html, unit)
-    if settings:
-        result["dynamic"] = dynamic_figures(model, ids, training_ids(ckpt, checkpoint), settings)
-    if as_json:
-        typer.echo(json.dumps(result))
-    elif vocab.kind == "bytes":
-        per_char = f"{result['bits_per_char']:.3f} bits/char" if result["bits_per_char"] is not None else "not UTF-8"
-        typer.echo(f"{what}: perplexity {result['perplexity']:.3f} | {result['bits_per_byte']:.3f} bits/byte | "
-                   f"{per_char} | loss {result['loss']:.4f} nats/byte | {count:,} bytes")
-    else:
-        typer.echo(f"{what}: {figures_line(result)} | {count:,} characters")
-    if settings and not as_json:
-        figures = result["dynamic"]
-        typer.echo(f"one stream in segments of {settings.seq_len}: static {figures_line(figures['static'])}")
-        typer.echo(f"dynamic (lr {settings.lr:g}, decay {settings.decay:g}): {figures_line(figures['dynamic'])}")
-        typer.echo(f"gain: {figures['gain']:.4f} nats/char ({figures['gain'] / math.log(2):.4f} bits/char)")
-
-
-def figures_line(figures: dict) -> str:
-    return (f"perplexity {figures['perplexity']:.3f} | {figures['bits_per_char']:.3f} bits/char | "
-            f"loss {figures['loss']:.4f} nats/char")
-
-
-def dynamic_settings(seq_len, lr, decay):
-    """DynamicSettings from the options given (None: the default)."""
-    from charrnn.dynamic import DynamicSettings
-
-    given = {"seq_len": seq_len, "lr": lr, "decay": decay}
-    return DynamicSettings(**{k: v for k, v in given.items() if v is not None})
-
-
-def training_ids(ckpt: dict, checkpoint):
-    """The checkpoint's training text as ids: dynamic evaluation's gradient statistics come from it."""
-    from charrnn.checkpoint import resolve_checkpoint
-    from charrnn.data import reload_corpus
-
-    source = ckpt.get("corpus")
-    if not isinstance(source, dict) or not source:
-        raise CharrnnError("the checkpoint does not record its training corpus, which dynamic evaluation needs")
-    return reload_corpus(source, cache_dir=resolve_checkpoint(checkpoint).parent).train_ids
-
-
-def dynamic_figures(model, ids, train_ids, settings) -> dict:
-    """Static and dynamic figures of one reading, the gain in nats/char and the settings."""
-    from dataclasses import asdict
-
-    from charrnn.dynamic import compare
-    from charrnn.evaluation import nats_summary
-
-    sums = compare(model, ids, train_ids, settings)
-    static, dynamic = (nats_summary(total / count) for total, count in (sums["static"], sums["dynamic"]))
-    return {"static": static, "dynamic": dynamic, "gain": static["loss"] - dynamic["loss"], "chars": sums["static"][1],
-            "settings": asdict(settings)}
-
-
-def byte_model_result(result: dict, ids, window: int) -> dict:
-    """A byte model's measures are per byte; where the text is UTF-8, bits per character
-    too (bits per byte times the text's bytes per character), so that byte and character
-    models compare on one text."""
-    from charrnn.byte_vocab import utf8_chars
-
-    bits_per_byte = result["bits_per_char"]
-    chars = None if window else utf8_chars(ids)  # (the d2l windows are not the text once through)
-    return {"perplexity": result["perplexity"], "bits_per_byte": bits_per_byte,
-            "bits_per_char": bits_per_byte * len(ids) / chars if chars else None, "loss": result["loss"],
-            "bytes": result["chars"], "chars": chars, "text": result["text"]}
-
-
-def text_ids(file: Path | None, checkpoint: Path | None, ckpt: dict, vocab, unknown: str, command: str):
-    """(ids, what) of FILE, or of the checkpoint's validation split; warnings printed. A
-    byte model reads any file (every byte is in its vocabulary)."""
-    from charrnn.checkpoint import resolve_checkpoint
-    from charrnn.data import reload_corpus, skipped_note
-    from charrnn.text import read_byte_text, read_text
-
-    source = ckpt.get("corpus") or {}
-    if file is None:
-        if not isinstance(source, dict) or not source:
-            raise CharrnnError(f"the checkpoint does not record its corpus; give a FILE to {command}")
-        corpus = reload_corpus(source, cache_dir=resolve_checkpoint(checkpoint).parent)
-        ids, what, notes = corpus.val_ids, "the validation split", corpus.notes
-    elif vocab.kind == "bytes":
-        ids, what, notes = read_byte_text(file, "file").ids, str(file), []
-    else:
-        text, what = read_text(file, "file", source.get("normalize", "none")), str(file)
-        ids, dropped = vocab.ids_of(text, what=what, unknown=unknown, hint=" (--unknown skip drops them)",
-                                    in_place=True)
-        notes = text.notes + ([skipped_note(dropped, what)] if dropped else [])
-    for note in notes:
-        typer.echo(f"warning: {note}", err=True)
-    return ids, what
-
-
-def show_text(model, vocab, ids, what: str, show: bool, html_file: Path | None, unit) -> None:
-    """Shade each character of the text by the model's surprisal, or by one unit's
-    activation: in the terminal, or as HTML."""
-    from rich.console import Console
-
-    from charrnn.neurons import activation_html, activation_legend, shaded_by_unit, unit_activations
-    from charrnn.surprisal import legend_text, mean_perplexity, shaded_text, surprisal, surprisal_html
-
-    text = vocab.decode(ids)
-    if unit:
-        values = unit_activations(model, ids, unit)
-        title = f"unit {unit} on {what}"
-        page, shaded, legend = activation_html(text, values, title), shaded_by_unit(text, values), activation_legend()
-    else:
-        bits = surprisal(model, vocab, text)
-        if vocab.kind == "bytes":  # shade characters, each by the bits of its bytes
-            from charrnn.byte_vocab import char_bits, shown
-
-            bits, text = char_bits(text, bits), shown(text)
-        title = f"perplexity {mean_perplexity(bits):.3f} on {what}"
-        page, shaded, legend = surprisal_html(text, bits, title), shaded_text(text, bits), legend_text()
-    if html_file:
-        try:
-            html_file.write_text(page, encoding="utf-8")
-        except OSError as e:
-            raise CharrnnError(f"cannot write {html_file}: {e.strerror or e}") from None
-    if show:
-        console = Console(soft_wrap=True, highlight=False)
-        console.print(shaded)
-        console.print(legend)
-        console.print(title, markup=False)
-
-
-@app.command()
-@user_errors
-def neurons(
-    file: Annotated[Optional[Path], typer.Argument(help="A UTF-8 text file. [default: the checkpoint's own validation split]", show_default=False)] = None,
-    checkpoint: Annotated[Optional[Path], Opt(help="A checkpoint file or run directory. [default: the best checkpoint of runs/latest]", show_default=False)] = None,
-    top: Annotated[int, Opt(help="Units listed per property, best first.")] = 3,
-    max_chars: Annotated[int, Opt(help="Read only the first N characters of the text (every unit's activation at every character is kept in memory).")] = 20000,
-    unknown: Annotated[str, Opt(help="Characters of FILE outside the model's vocabulary: error, or skip (drop them, with a warning).")] = "error",
-    as_json: Annotated[bool, Opt("--json", help="Print one JSON object.")] = False,
-):
-    """Which hidden units track simple properties of the text (after Karpathy et al. 2015).
-
-    Runs the text through the model as one stream, records every unit of every layer (H,
-    and an LSTM's memory cell C) after each character, and lists for each property (inside
-    double quotes, inside brackets, bracket depth, position in the line, start of a word,
-    upper case, digit) the units whose activation correlates most with it (Pearson's r, either
-    sign). Units are L:Uh or L:Uc, layers from 1, units from 0; see one with
-    `charrnn eval --show --neuron L:U`.
-    """
-    from charrnn.data import check_unknown
-    from charrnn.neurons import best_units, best_units_lines, record, text_properties
-
-    check_unknown(unknown)
-    if top < 1 or max_chars < 2:
-        raise CharrnnError("--top must be at least 1 and --max-chars at least 2")
-    model, vocab, ckpt = load_model(checkpoint, "cpu")
-    ids, what = text_ids(file, checkpoint, ckpt, vocab, unknown, "neurons")
-    ids = ids[:max_chars]
-    if len(ids) < 2:
-        raise CharrnnError(f"{what} is too short (it needs at least 2 characters)")
-    activations, units = record(model, ids)
-    found = best_units(activations, units, text_properties(vocab.decode(ids)), top)
-    if as_json:
-        typer.echo(json.dumps({"text": what, "chars": len(ids), "properties": found}))
-        return
-    typer.echo(f"{what}, {len(ids):,} characters: {len(units):,} units")
-    typer.echo("\n".join(best_units_lines(found)))
-
-
-@app.command()
-@user_errors
 def serve(
     checkpoint: Annotated[Optional[Path], Opt(help="A checkpoint file or run directory. [default: the best checkpoint of runs/latest]", show_default=False)] = None,
     host: Annotated[str, Opt(help="The address to listen on. 127.0.0.1: this machine only; 0.0.0.0 or another address lets anyone who can reach it use the model (there is no login).")] = "127.0.0.1",
@@ -661,7 +235,7 @@ def serve(
         from charrnn.serve import Limits, create_app
     except ModuleNotFoundError as e:
         raise CharrnnError(f"charrnn serve needs {e.name}: pip install -e '.[serve]' in a checkout") from None
-    from charrnn.checkpoint import resolve_checkpoint
+    from charrnn.checkpoint import load_model, resolve_checkpoint
 
     if max_length < 1 or max_text < 1:
         raise CharrnnError("--max-length and --max-text must be positive")
@@ -678,8 +252,6 @@ def serve(
     uvicorn.Server(uvicorn.Config(app_, log_level="warning")).run(sockets=[listener])
 
 
-@app.command()
-@user_errors
 def info(
     checkpoint: Annotated[Optional[Path], typer.Argument(help="A checkpoint file or run directory. [default: the best checkpoint of runs/latest]", show_default=False)] = None,
     as_json: Annotated[bool, Opt("--json", help="Print one JSON object.")] = False,
@@ -697,8 +269,6 @@ def info(
     typer.echo(shown)
 
 
-@app.command()
-@user_errors
 def plot(
     runs: Annotated[Optional[list[Path]], typer.Argument(metavar="RUN...", help="Run directories (or their metrics.jsonl files). [default: runs/latest]", show_default=False)] = None,
     out: Annotated[Path, Opt(help="The image to write; its suffix picks the format (.png, .svg, .pdf).")] = Path("curves.png"),
@@ -711,3 +281,14 @@ def plot(
     from charrnn.plot import plot_runs
 
     typer.echo(f"wrote {plot_runs(runs or [Path('runs/latest')], out)}")
+
+
+# ---------------------------------------------------------------- the commands, in the order --help lists them
+
+app.command()(user_errors(train))
+app.command()(user_errors(generate))
+app.command("eval")(user_errors(evaluate_command))
+app.command()(user_errors(neurons))
+app.command()(user_errors(serve))
+app.command()(user_errors(info))
+app.command()(user_errors(plot))

@@ -1,4 +1,4 @@
-"""CUDA graphs, as the training step (charrnn.train.TrainStep) and the sampler
+"""CUDA graphs, as the training step (charrnn.train_step.TrainStep) and the sampler
 (charrnn.sample.Sampler) use them: record a step's kernels once, then launch them all at
 once per step, where launching them one by one costs the host more than the GPU takes."""
 

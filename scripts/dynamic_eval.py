@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from charrnn.cli import load_model
+from charrnn.checkpoint import load_model
 from charrnn.data import reload_corpus
 from charrnn.dynamic import STATS_CHARS, DynamicSettings, dynamic_evaluate, gradient_rms
 from charrnn.evaluation import evaluate, recorded_layout

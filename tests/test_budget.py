@@ -1,6 +1,7 @@
 """--max-time is turned once into a number of steps, so that runs repeat: the plan is
 printed and recorded, `--max-steps N` repeats a timed run exactly, `--resume` keeps the
-plan, and a resumed run with nothing left to train says so instead of printing NaN."""
+plan, a resumed run with nothing left to train says so instead of printing NaN, the run
+stops at the planned step, and the cosine schedule decays over the planned steps."""
 
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ from rich.console import Console
 from charrnn.budget import steps_that_fit
 from charrnn.checkpoint import load_checkpoint
 from charrnn.report import TerminalReporter
-from charrnn.train import Reporter, TrainConfig, train
+from charrnn.config import TrainConfig
+from charrnn.schedule import lr_at
+from charrnn.train import Reporter, train
 
-from conftest import TINY
+from conftest import TINY, make_text
 
 # the run's sizes, with the start line (not --quiet); cosine follows the step budget and
 # dropout draws random numbers: both must repeat
@@ -84,3 +87,44 @@ def test_the_start_line_names_the_limit_that_binds():
             "config": {"layers": 1, "cell": "gru", "hidden": 8, "lr": 0.1, "max_time": "90s"}}
     TerminalReporter(console).start(info)
     assert "40 steps on cpu" in console.file.getvalue()  # --max-steps, not the time budget, decides
+
+
+class Recorder(Reporter):
+    def __init__(self):
+        self.started, self.records = None, []
+
+    def start(self, info):
+        self.started = info
+
+    def evaluation(self, record):
+        self.records.append(record)
+
+
+@pytest.fixture(scope="module")
+def timed_run(tmp_path_factory):
+    """A run with a 2-second budget and a limit of 1,000 epochs it never reaches:
+    (its config, summary, Recorder and planned steps)."""
+    where = tmp_path_factory.mktemp("timed")
+    (where / "c.txt").write_text(make_text(3000))
+    config = TrainConfig(corpus=str(where / "c.txt"), out=str(where / "run"), hidden=16, batch_size=4, seq_len=16,
+                         eval_every=10, lr_schedule="cosine", max_time="2s", epochs=1000)
+    reporter = Recorder()
+    summary = train(config, reporter)
+    return config, summary, reporter, load_checkpoint(where / "run" / "last.pt")["progress"]["planned_steps"]
+
+
+def test_max_time_stops_the_run_at_the_steps_planned_for_it(timed_run):
+    config, summary, reporter, planned = timed_run
+    assert reporter.started["limited_by"] == "--max-time" and reporter.started["total_steps"] == planned
+    assert planned < 1000 * reporter.started["batches_per_epoch"]  # the epochs would go on
+    assert summary["steps"] == planned and not summary["interrupted"] and not summary["stopped_early"]
+
+
+def test_the_cosine_schedule_runs_over_the_time_budgets_planned_steps(timed_run):
+    config, summary, reporter, planned = timed_run
+    assert reporter.records[-1]["step"] == planned
+    for record in reporter.records:  # each record holds the rate of the step that led to it
+        step = record["step"] - 1
+        assert record["lr"] == lr_at(config, step / planned, step)
+    rates = [record["lr"] for record in reporter.records]
+    assert rates == sorted(rates, reverse=True) and rates[-1] < config.lr

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import charrnn.train as train_module
-from charrnn.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint, resolve_checkpoint, save_checkpoint
-from charrnn.cli import load_model
+import charrnn.run as run_module
+from charrnn.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint, load_model, resolve_checkpoint, save_checkpoint
+from charrnn.config import TrainConfig
 from charrnn.data import load_corpus
 from charrnn.errors import CharrnnError
 from charrnn.model import ModelConfig, build_model
-from charrnn.train import TrainConfig, train
+from charrnn.train import train
 from charrnn.vocab import Vocab
 
 from conftest import make_text
@@ -46,8 +46,8 @@ def only_plain_values(value) -> bool:
 def trained_and_model(tmp_path, monkeypatch):
     """Train 3 steps through charrnn.train.train and keep the very model object it trained."""
     built = []
-    real_build = train_module.build_model
-    monkeypatch.setattr(train_module, "build_model", lambda config: built.append(real_build(config)) or built[-1])
+    real_build = run_module.build_model
+    monkeypatch.setattr(run_module, "build_model", lambda config: built.append(real_build(config)) or built[-1])
     (tmp_path / "c.txt").write_text(make_text(600))
     config = TrainConfig(corpus=str(tmp_path / "c.txt"), out=str(tmp_path / "run"), cell="gru", hidden=8,
                          layers=2, batch_size=4, seq_len=8, max_steps=3, eval_every=100)

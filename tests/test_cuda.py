@@ -10,10 +10,13 @@ import pytest
 import torch
 
 from charrnn import cuda_fused
+from charrnn.config import TrainConfig
+from charrnn.evaluation import evaluate
 from charrnn.vocab import Vocab
 from charrnn.model import ModelConfig, build_model
 from charrnn.sample import generate
-from charrnn.train import TrainConfig, TrainStep, evaluate, train
+from charrnn.train import train
+from charrnn.train_step import TrainStep
 
 from conftest import make_text
 from cell_references import CELLS, loss_of, loss_weights, make_inputs

@@ -60,7 +60,7 @@ def test_eval_options_override_the_recorded_layout(cli, trained_run):
 
 
 def trained_model_and_val(run):
-    from charrnn.cli import load_model
+    from charrnn.checkpoint import load_model
     from charrnn.data import reload_corpus
 
     model, _, ckpt = load_model(run, "cpu")
@@ -128,3 +128,34 @@ def test_evaluation_helpers_run_in_eval_mode_and_restore_the_mode():
     assert got[0] == expected[0]
     assert torch.equal(got[1], expected[1])  # no dropout in the warm-up
     assert got[2] == expected[2]
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def test_evaluate_with_carried_state_is_the_loss_of_the_whole_stream():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(9, "gru", 8, 2, init_sigma=0.5)).double()
+    ids = torch.randint(0, 9, (101,), generator=torch.Generator().manual_seed(1)).to(torch.uint8)
+    total, count = evaluate(model, ids, batch_size=1, seq_len=7, carry_state=True)
+    with torch.no_grad():
+        logits, _ = model(ids[:-1].long()[None])
+    expected = F.cross_entropy(logits[0], ids[1:].long(), reduction="sum").item()
+    assert count == 100
+    assert total == pytest.approx(expected, rel=1e-9)
+    assert model.training  # restored
+
+
+def test_evaluate_windows_start_from_a_zero_state():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(9, "rnn", 8, 1, init_sigma=0.5)).double()
+    ids = torch.randint(0, 9, (30,), generator=torch.Generator().manual_seed(2)).to(torch.uint8)
+    total, count = evaluate(model, ids, batch_size=4, seq_len=5, carry_state=False)
+    expected = 0.0
+    with torch.no_grad():
+        for start in range(len(ids) - 5):
+            window = ids[start : start + 6].long()
+            logits, _ = model(window[None, :-1])
+            expected += F.cross_entropy(logits[0], window[1:], reduction="sum").item()
+    assert count == 25 * 5
+    assert total == pytest.approx(expected, rel=1e-9)

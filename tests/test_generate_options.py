@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from charrnn.cli import load_model
+from charrnn.checkpoint import load_model
 from charrnn.stops import StopScanner, parse_stops
 
 PREFIX = "The time "

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 import charrnn.text
-from charrnn.checkpoint import load_checkpoint, save_checkpoint
-from charrnn.cli import app, load_model
+from charrnn.checkpoint import load_checkpoint, load_model, save_checkpoint
+from charrnn.cli import app
 from charrnn.errors import CharrnnError
 from charrnn.model import ModelConfig, build_model
 from charrnn.sample import generate

@@ -16,7 +16,7 @@ pytest.importorskip("starlette", reason="charrnn serve needs the serve extra: pi
 
 from starlette.testclient import TestClient  # noqa: E402
 
-from charrnn.cli import load_model  # noqa: E402
+from charrnn.checkpoint import load_model  # noqa: E402
 from charrnn.serve import Limits, create_app  # noqa: E402
 from charrnn.surprisal import surprisal  # noqa: E402
 

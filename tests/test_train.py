@@ -1,5 +1,5 @@
-"""The training loop: clipping, evaluation, carried state, learning-rate schedule,
-determinism, exact resume."""
+"""The training loop: carried state, determinism, metrics and checkpoints, exact resume,
+precision options."""
 
 from __future__ import annotations
 
@@ -9,23 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-import charrnn.train as train_module
+import charrnn.run as run_module
 from charrnn.batches import StreamBatches
 from charrnn.checkpoint import load_checkpoint
+from charrnn.config import TrainConfig
 from charrnn.data import load_corpus
-from charrnn.errors import CharrnnError
-from charrnn.model import ModelConfig, build_model
-from charrnn.train import (
-    Reporter,
-    TrainConfig,
-    clip_gradients,
-    evaluate,
-    lr_at,
-    parse_duration,
-    train,
-)
+from charrnn.train import Reporter, train
 
 from conftest import make_text
 
@@ -41,73 +31,6 @@ def state_dicts_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-# ---------------------------------------------------------------- clipping
-
-
-def params_with_grads(scale: float, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    params = [torch.nn.Parameter(torch.zeros(shape, dtype=torch.float64)) for shape in ((3, 4), (5,), (2, 2, 2))]
-    for p in params:
-        p.grad = torch.randn(p.shape, generator=g, dtype=torch.float64) * scale
-    return params
-
-
-@pytest.mark.parametrize("scale,max_norm", [(10.0, 1.0), (0.01, 1.0), (1.0, 0.5), (3.0, 100.0)])
-def test_clip_gradients_equals_torch(scale, max_norm):
-    ours, theirs = params_with_grads(scale), params_with_grads(scale)
-    norm_ours = clip_gradients(max_norm, ours)
-    norm_theirs = torch.nn.utils.clip_grad_norm_(theirs, max_norm)
-    torch.testing.assert_close(norm_ours, norm_theirs, rtol=1e-12, atol=0)
-    for a, b in zip(ours, theirs):
-        torch.testing.assert_close(a.grad, b.grad, rtol=1e-12, atol=0)
-    total = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in ours]))
-    assert total.item() <= max_norm * (1 + 1e-9)
-    if norm_theirs <= max_norm:  # below the threshold nothing changes
-        for a, b in zip(ours, params_with_grads(scale)):
-            assert torch.equal(a.grad, b.grad)
-
-
-def test_clip_gradients_skips_parameters_without_gradients():
-    params = params_with_grads(10.0)
-    params.append(torch.nn.Parameter(torch.ones(3)))  # no .grad
-    reference = params_with_grads(10.0)
-    norm = clip_gradients(1.0, params)
-    torch.testing.assert_close(norm, torch.nn.utils.clip_grad_norm_(reference, 1.0), rtol=1e-12, atol=0)
-    assert params[-1].grad is None
-    assert float(clip_gradients(1.0, [torch.nn.Parameter(torch.ones(2))])) == 0.0
-
-
-# ---------------------------------------------------------------- evaluation
-
-
-def test_evaluate_with_carried_state_is_the_loss_of_the_whole_stream():
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(9, "gru", 8, 2, init_sigma=0.5)).double()
-    ids = torch.randint(0, 9, (101,), generator=torch.Generator().manual_seed(1)).to(torch.uint8)
-    total, count = evaluate(model, ids, batch_size=1, seq_len=7, carry_state=True)
-    with torch.no_grad():
-        logits, _ = model(ids[:-1].long()[None])
-    expected = F.cross_entropy(logits[0], ids[1:].long(), reduction="sum").item()
-    assert count == 100
-    assert total == pytest.approx(expected, rel=1e-9)
-    assert model.training  # restored
-
-
-def test_evaluate_windows_start_from_a_zero_state():
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(9, "rnn", 8, 1, init_sigma=0.5)).double()
-    ids = torch.randint(0, 9, (30,), generator=torch.Generator().manual_seed(2)).to(torch.uint8)
-    total, count = evaluate(model, ids, batch_size=4, seq_len=5, carry_state=False)
-    expected = 0.0
-    with torch.no_grad():
-        for start in range(len(ids) - 5):
-            window = ids[start : start + 6].long()
-            logits, _ = model(window[None, :-1])
-            expected += F.cross_entropy(logits[0], window[1:], reduction="sum").item()
-    assert count == 25 * 5
-    assert total == pytest.approx(expected, rel=1e-9)
-
-
 # ---------------------------------------------------------------- the carried state in train()
 
 
@@ -115,7 +38,7 @@ def record_training_calls(monkeypatch):
     """Wrap the model train() builds so every training forward call is recorded as
     (inputs, the state passed in, the state returned)."""
     calls = []
-    real_build = train_module.build_model
+    real_build = run_module.build_model
 
     def build(config):
         model = real_build(config)
@@ -130,7 +53,7 @@ def record_training_calls(monkeypatch):
         model.forward = recording_forward
         return model
 
-    monkeypatch.setattr(train_module, "build_model", build)
+    monkeypatch.setattr(run_module, "build_model", build)
     return calls
 
 
@@ -178,6 +101,42 @@ def test_random_sampling_starts_every_batch_from_zero(tmp_path, monkeypatch):
     train(tiny_config(tmp_path / "c.txt", tmp_path / "run", sampling="random", max_steps=3))
     assert len(calls) == 3
     assert all(state_in is None for _, state_in, _ in calls)
+
+
+# ---------------------------------------------------------------- dropout in train()
+
+
+def test_dropout_masks_every_training_step_afresh_and_never_the_state_or_an_evaluation(tmp_path, monkeypatch):
+    (tmp_path / "c.txt").write_text(make_text(400))
+    calls = []  # (training?, where the head's inputs are zero, the state returned)
+    real_build = run_module.build_model
+
+    def build(config):
+        model = real_build(config)
+        forward, output_layer = model.forward, model.output_layer
+
+        def recording_output_layer(rnn_outputs):
+            calls.append([model.training, rnn_outputs.detach() == 0])
+            return output_layer(rnn_outputs)
+
+        def recording_forward(X, state=None):
+            logits, new_state = forward(X, state)
+            calls[-1].append(flat(new_state))
+            return logits, new_state
+
+        model.output_layer, model.forward = recording_output_layer, recording_forward
+        return model
+
+    monkeypatch.setattr(run_module, "build_model", build)
+    train(tiny_config(tmp_path / "c.txt", tmp_path / "run", dropout=0.5, max_steps=6, eval_every=3))
+    steps = [(dropped, state) for training, dropped, state in calls if training]
+    evaluations = [dropped for training, dropped, _ in calls if not training]
+    assert len(steps) == 6 and evaluations
+    for dropped, state in steps:
+        assert 0.3 < dropped.float().mean().item() < 0.7  # about half the outputs dropped ...
+        assert not any((s == 0).any() for s in state)  # ... and none of the state carried on
+    assert all(not torch.equal(a, b) for (a, _), (b, _) in zip(steps, steps[1:]))  # a new mask every step
+    assert not any(dropped.any() for dropped in evaluations)
 
 
 # ---------------------------------------------------------------- the run as a whole
@@ -274,59 +233,21 @@ def test_a_run_from_before_init_and_stream_offsets_existed_resumes_as_it_began(t
     assert train(TrainConfig(**{**values, "max_steps": 6}), resume=tmp_path / "old")["steps"] == 6
 
 
-# ---------------------------------------------------------------- settings
-
-
-def test_learning_rate_schedule():
-    config = TrainConfig(lr=0.1, warmup_steps=4, lr_schedule="constant")
-    assert lr_at(config, 0.0, 0) == pytest.approx(0.025)
-    assert lr_at(config, 0.0, 3) == pytest.approx(0.1)
-    assert lr_at(config, 0.9, 10) == pytest.approx(0.1)
-    cosine = TrainConfig(lr=0.1, lr_schedule="cosine", min_lr_fraction=0.1)
-    assert lr_at(cosine, 0.0, 0) == pytest.approx(0.1)
-    assert lr_at(cosine, 0.5, 50) == pytest.approx(0.055)
-    assert lr_at(cosine, 1.0, 100) == pytest.approx(0.01)
-
-
-def test_parse_duration():
-    assert parse_duration("90s") == 90
-    assert parse_duration("10m") == 600
-    assert parse_duration("1.5h") == 5400
-    assert parse_duration("45") == 45
-    for bad in ("", "0", "-5s", "10 minutes", "1d"):
-        with pytest.raises(CharrnnError):
-            parse_duration(bad)
-
-
-@pytest.mark.parametrize("field,value", [
-    ("lr", 0.0), ("lr", -1.0), ("lr", float("nan")), ("lr", float("inf")), ("seq_len", 0), ("hidden", 0),
-    ("batch_size", -1), ("layers", 0), ("eval_every", 0), ("clip", 0.0), ("dropout", 1.0), ("max_steps", -1),
-    ("cell", "transformer"), ("optimizer", "lbfgs"), ("sampling", "shuffled"), ("device", "tpu"), ("max_time", "soon"),
-    ("amp", "fp8"),
-])
-def test_bad_settings_are_one_line_errors(field, value):
-    with pytest.raises(CharrnnError) as info:
-        TrainConfig(**{field: value})
-    message = str(info.value)
-    assert "\n" not in message and field.replace("_", "-") in message.replace("_", "-")
-
-
-def test_unknown_setting_in_a_dict():
-    with pytest.raises(CharrnnError, match="unknown setting"):
-        TrainConfig.from_dict({"hiden": 8}, "preset.toml")
-
-
 # ---------------------------------------------------------------- precision options, devices
 
 
-def test_tf32_and_amp_change_nothing_on_a_cpu(tmp_path):
-    """--tf32 and --amp bf16 are CUDA options: on a CPU the run is the float32 run, bit for bit."""
+def test_tf32_changes_nothing_on_a_cpu_and_bf16_rounds_only_the_matmuls(tmp_path):
+    """--tf32 is a CUDA option: on a CPU the run is the float32 run, bit for bit. --amp bf16
+    on a CPU rounds the matmuls' operands to bfloat16: another run, close to the float32 one."""
     (tmp_path / "c.txt").write_text(make_text(600))
     plain = train(tiny_config(tmp_path / "c.txt", tmp_path / "a", device="cpu"))
-    fast = train(tiny_config(tmp_path / "c.txt", tmp_path / "b", device="cpu", tf32=True, amp="bf16"))
-    assert plain["val_loss"] == fast["val_loss"]
-    a, b = (load_checkpoint(tmp_path / name / "last.pt") for name in ("a", "b"))
+    tf32 = train(tiny_config(tmp_path / "c.txt", tmp_path / "b", device="cpu", tf32=True))
+    bf16 = train(tiny_config(tmp_path / "c.txt", tmp_path / "c", device="cpu", amp="bf16"))
+    assert plain["val_loss"] == tf32["val_loss"]
+    a, b, c = (load_checkpoint(tmp_path / name / "last.pt") for name in ("a", "b", "c"))
     assert state_dicts_equal(a["model"], b["model"])
+    assert not state_dicts_equal(a["model"], c["model"])
+    assert abs(bf16["val_loss"] - plain["val_loss"]) < 0.05 * plain["val_loss"]
     assert not torch.backends.cuda.matmul.allow_tf32  # left as it was
 
 

@@ -1,7 +1,7 @@
 """TrainStep: the training step, eager or replayed as a CUDA graph. The graph path's
 bookkeeping (static inputs, carried and zeroed state, gradients kept, other shapes run
 eagerly) is checked here on the CPU with a stand-in for the graph; tests/test_cuda.py runs
-the real one."""
+the real one. Clipping by global norm agrees with torch.nn.utils.clip_grad_norm_."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from charrnn.model import ModelConfig, build_model, copy_state
-from charrnn.train import TrainStep
+from charrnn.train_step import TrainStep, clip_gradients
 
 
 class StandInGraph:
@@ -114,3 +114,40 @@ def test_a_failed_capture_falls_back_to_eager_steps(monkeypatch):
     assert losses == pytest.approx(eager_losses, rel=1e-12, abs=0)
     for a, b in zip(model.parameters(), eager_model.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+# ---------------------------------------------------------------- clipping
+
+
+def params_with_grads(scale: float, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    params = [torch.nn.Parameter(torch.zeros(shape, dtype=torch.float64)) for shape in ((3, 4), (5,), (2, 2, 2))]
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=g, dtype=torch.float64) * scale
+    return params
+
+
+@pytest.mark.parametrize("scale,max_norm", [(10.0, 1.0), (0.01, 1.0), (1.0, 0.5), (3.0, 100.0)])
+def test_clip_gradients_equals_torch(scale, max_norm):
+    ours, theirs = params_with_grads(scale), params_with_grads(scale)
+    norm_ours = clip_gradients(max_norm, ours)
+    norm_theirs = torch.nn.utils.clip_grad_norm_(theirs, max_norm)
+    torch.testing.assert_close(norm_ours, norm_theirs, rtol=1e-12, atol=0)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-12, atol=0)
+    total = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in ours]))
+    assert total.item() <= max_norm * (1 + 1e-9)
+    if norm_theirs <= max_norm:  # below the threshold nothing changes
+        for a, b in zip(ours, params_with_grads(scale)):
+            assert torch.equal(a.grad, b.grad)
+
+
+def test_clip_gradients_skips_parameters_without_gradients():
+    params = params_with_grads(10.0)
+    params.append(torch.nn.Parameter(torch.ones(3)))  # no .grad
+    reference = params_with_grads(10.0)
+    norm = clip_gradients(1.0, params)
+    torch.testing.assert_close(norm, torch.nn.utils.clip_grad_norm_(reference, 1.0), rtol=1e-12, atol=0)
+    assert params[-1].grad is None
+    assert float(clip_gradients(1.0, [torch.nn.Parameter(torch.ones(2))])) == 0.0
+

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from charrnn.cli import load_model
+from charrnn.checkpoint import load_model
 from charrnn.sample import generate
 from charrnn.train import TrainConfig, train
 

@@ -1,0 +1,256 @@
+"""A training run as the loop sees it (Run): its settings, data, model, optimizer and
+progress, set up new or resumed exactly where it stopped (set_up).
+
+    set_up()      the data, then (a new run's) run directory, the model, the optimizer,
+                  what a resumed run restores, and the steps its limits allow
+    read_data()   the corpus, its texts on the device, the batches
+    restore()     weights, optimizer, progress, random streams and carried state
+    plan_steps()  --max-steps, --epochs, and --max-time's plan (charrnn.budget)
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from charrnn import budget, cpu_bfloat16, cpu_matmul, streams
+from charrnn.allocator import tune_allocator
+from charrnn.checkpoint import LAST_FIRST, load_checkpoint, resolve_checkpoint
+from charrnn.config import ModelConfig, TrainConfig, parse_duration
+from charrnn.batches import StreamBatches, WindowBatches, make_batches
+from charrnn.data import Corpus, load_corpus, reload_corpus
+from charrnn.distributed import data_parallel, from_rank_zero, process_device, rank, world_size
+from charrnn.errors import CharrnnError
+from charrnn.evaluation import evaluate
+from charrnn.model import build_model, map_state, num_parameters
+from charrnn.run_dir import check_writable, new_run_dir, prepare_run_dir
+from charrnn.schedule import make_optimizer, nothing_left, step_limits
+from charrnn.train_step import TrainStep, cuda_precision, pick_device
+
+if TYPE_CHECKING:
+    from charrnn.train import Reporter
+
+
+def set_up(config: TrainConfig, reporter: Reporter, resume: str | Path | None) -> Run:
+    """A run ready for its first step: a new one, or `resume`'s exactly where it stopped."""
+    device = process_device(pick_device(config.device))
+    if config.amp == "auto":  # settled once, so the run and its resumption compute alike
+        config = replace(config, amp="bf16" if from_rank_zero(cpu_bfloat16.bfloat16_pays(device)) else "none")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    if device.type == "cpu":
+        tune_allocator()  # recycle the large per-sequence buffers instead of faulting them in anew
+    # all processes draw the same initial weights; streams.split then gives each its own
+    # dropout masks
+    torch.manual_seed(config.seed)
+    resumed = Resumed.open(resume) if resume else None
+    corpus, train_ids, val_ids, batches = read_data(config, resumed, device, reporter)
+    # the data are good: now a new run gets its directory
+    directory = resumed.directory if resumed else from_rank_zero(new_run_dir(config.out) if rank() == 0 else None)
+    model_config = config.model_config(len(corpus.vocab))
+    model = build_model(model_config).to(device)
+    streams.split(config.seed)
+    params = list(model.parameters())
+    run = Run(config, reporter, device, directory, corpus, train_ids, val_ids, batches, model_config, model, params,
+              make_optimizer(config, params), Progress(world_size=world_size()))
+    if resumed:
+        restore(run, resumed)
+    if rank() == 0:
+        prepare_run_dir(directory, config, corpus)
+    parallel_model = data_parallel(model, device)
+    model.train()
+    run.started = time.perf_counter() - run.progress.elapsed  # (the time budget's measurement counts)
+    amp = config.amp == "bf16"
+    # CUDA graphs with one process only (DDP's gradient hooks are not captured here)
+    run.train_step = TrainStep(parallel_model, params, config.clip, amp,
+                               graphs=config.cuda_graphs and device.type == "cuda" and parallel_model is model)
+    limits, max_time, time_plan = plan_steps(run, resumed is not None)
+    run.total_steps = min(limits.values())
+    if run.progress.step >= run.total_steps:
+        raise nothing_left(directory, run.progress.step, limits, config)
+    device_text = f"{world_size()} processes ({device.type})" if world_size() > 1 else str(device)
+    reporter.start({"run": str(directory), "device": device_text, "parameters": num_parameters(model),
+                    "vocab_size": len(corpus.vocab), "train_chars": len(train_ids), "val_chars": len(val_ids),
+                    "total_steps": run.total_steps, "max_time": max_time, "time_plan": time_plan,
+                    "limited_by": min(limits, key=limits.get),
+                    "step": run.progress.step, "best_val_loss": run.progress.best_val_loss,
+                    "batches_per_epoch": batches.batches_per_epoch, "config": asdict(config)})
+    return run
+
+
+def read_data(config: TrainConfig, resumed: Resumed | None, device: torch.device, reporter: Reporter):
+    """The corpus (a resumed run's own, checked against its sha256), its texts on the
+    device, and the batches over the training text."""
+    if resumed:
+        corpus = reload_corpus(resumed.ckpt["corpus"], cache_dir=resumed.directory)
+    else:
+        corpus = load_corpus(
+            config.corpus, config.dataset, val_file=config.val_file, val_dir=config.val_dir,
+            val_fraction=config.val_fraction, doc_sep=config.doc_sep, normalize_how=config.normalize,
+            windows=(config.train_windows, config.val_windows, config.seq_len)
+            if config.train_windows and config.val_windows else None,
+            unknown=config.unknown, vocab_kind=config.vocab,
+        )
+    for note in corpus.notes:
+        reporter.note(note)
+    # the texts move to the device once: every batch is then a slice there, with no copy
+    # from the host per step
+    train_ids, val_ids = corpus.train_ids.to(device), corpus.val_ids.to(device)
+    batches = make_batches(train_ids, config.sampling, config.batch_size * world_size(), config.seq_len,
+                           config.seed, config.stream_offsets)
+    if not batches.carries_state and len(val_ids) <= config.seq_len:
+        raise CharrnnError(f"the validation text is shorter than one window of {config.seq_len + 1} characters")
+    return corpus, train_ids, val_ids, batches
+
+
+def restore(run: Run, resumed: Resumed) -> None:
+    """Weights, optimizer, progress, random streams and carried state as the checkpoint
+    saved them. With another global batch (other streams, or windows per batch) training
+    goes on from the same point of the epoch, the carried state starting from zero."""
+    ckpt, config = resumed.ckpt, run.config
+    try:
+        run.model.load_state_dict(ckpt["model"])
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+        run.progress = Progress.from_checkpoint(ckpt["progress"])
+        streams.restore(ckpt["rng"], run.device, config.seed, run.progress.step)
+        saved_batch = ckpt["config"]["batch_size"] * ckpt["progress"].get("world_size", 1)
+        if saved_batch == run.global_batch:
+            run.carried = map_state(lambda t: t[run.rows].to(run.device), ckpt["state"])
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CharrnnError(f"cannot resume from {resumed.path}: its training state is damaged or does not fit: "
+                           f"{reason}") from None
+    if saved_batch != run.global_batch:
+        saved_batches = make_batches(run.train_ids, config.sampling, saved_batch, config.seq_len, config.seed,
+                                     config.stream_offsets)
+        run.progress.index = run.progress.index * run.batches.batches_per_epoch // saved_batches.batches_per_epoch
+        processes = f"{world_size()} process" + ("es" if world_size() > 1 else "")
+        run.reporter.note(f"the global batch is now {run.global_batch} sequences (--batch-size {config.batch_size} x "
+                          f"{processes}), not {saved_batch}: training goes on from the same point of the "
+                          "epoch" + (", with a zero hidden state" if run.batches.carries_state else ""))
+
+
+def plan_steps(run: Run, resumed: bool) -> tuple[dict[str, int], float, budget.Plan | None]:
+    """The steps each limit allows (--max-steps, --epochs, --max-time), the time budget in
+    seconds (inf: none) and the plan measured for it now: on a new run or a new --max-time
+    (otherwise the run's progress keeps the plan it made)."""
+    config, progress = run.config, run.progress
+    limits = step_limits(config, run.batches.batches_per_epoch)
+    max_time, time_plan = parse_duration(config.max_time) if config.max_time else math.inf, None
+    if config.max_time and progress.planned_for != max_time:  # a new run, or a new --max-time
+        time_plan = plan_time(run, max_time - progress.elapsed)
+        # a new run trains at least one step
+        progress.planned_steps = progress.step + max(time_plan.steps, 0 if resumed else 1)
+        progress.planned_for = max_time
+    if config.max_time:
+        limits["--max-time"] = progress.planned_steps
+    return limits, max_time, time_plan
+
+
+def plan_time(run: Run, seconds: float) -> budget.Plan:
+    """Time a training step (with an optimizer of its own, whose moments, twice the
+    model's size, are freed on return) and an evaluation; plan the steps that fit."""
+
+    def trial_step(i: int) -> None:
+        X, Y = run.batches.batch(0, 0)
+        run.train_step(X[run.rows], Y[run.rows], None, divisor=Y.numel() / world_size())
+        trial_optimizer.step()
+
+    trial_optimizer = make_optimizer(run.config, run.params)
+    with cuda_precision(run.device, run.config.tf32):
+        return budget.plan(seconds, run.config.eval_every, trial_step, run.validation_sums, run.params, run.device)
+
+
+@dataclass
+class Progress:
+    """Where a run stands. Every checkpoint holds it (as a dict), so that a resumed run
+    continues its counters, its place in the data, --patience, the plateau schedule and
+    the --max-time plan exactly."""
+
+    step: int = 0
+    epoch: int = 0
+    index: int = 0  # the next batch of the epoch
+    chars_seen: int = 0
+    elapsed: float = 0.0  # seconds of training, over every session of the run
+    best_val_loss: float = math.inf
+    last_val_loss: float = math.inf
+    evals_since_best: int = 0  # --patience and the plateau schedule count these ...
+    lr_scale: float = 1.0  # ... and the plateau schedule lowers this (charrnn.schedule)
+    world_size: int = 1  # the processes that trained it
+    planned_steps: int | None = None  # --max-time's plan: the steps that fit ...
+    planned_for: float | None = None  # ... in this many seconds
+
+    @classmethod
+    def from_checkpoint(cls, saved: dict) -> Progress:
+        """A checkpoint's progress (an older one's lacks the later fields: their defaults),
+        now trained by this run's processes."""
+        known = {f.name for f in fields(cls)} - {"world_size"}
+        return cls(**{name: value for name, value in saved.items() if name in known}, world_size=world_size())
+
+
+@dataclass
+class Resumed:
+    """The checkpoint a resumed run goes on from, and the run directory it is in."""
+
+    path: Path
+    directory: Path
+    ckpt: dict
+
+    @classmethod
+    def open(cls, resume: str | Path) -> Resumed:
+        path = resolve_checkpoint(resume, order=LAST_FIRST)
+        directory = path.parent.resolve()  # runs/latest names the run itself
+        ckpt = load_checkpoint(path)
+        cpu_matmul.adopt_gemm_choices(ckpt.get("gemm", []))  # compute as the run did before
+        if rank() == 0:
+            check_writable(directory)
+        return cls(path, directory, ckpt)
+
+
+@dataclass
+class Run:
+    """A run being trained: what set_up makes, and what the loop's phases share."""
+
+    config: TrainConfig
+    reporter: Reporter
+    device: torch.device
+    directory: Path
+    corpus: Corpus  # its vocabulary, and where it came from
+    train_ids: torch.Tensor  # the texts, on the device
+    val_ids: torch.Tensor
+    batches: StreamBatches | WindowBatches  # over train_ids
+    model_config: ModelConfig
+    model: torch.nn.Module
+    params: list[torch.Tensor]
+    optimizer: torch.optim.Optimizer
+    progress: Progress
+    carried: object = None  # the hidden state carried into the next batch (None: zero)
+    train_step: TrainStep | None = None
+    total_steps: int = 0
+    started: float = 0.0  # time.perf_counter() at which progress.elapsed was 0
+
+    @property
+    def global_batch(self) -> int:
+        return self.config.batch_size * world_size()
+
+    @property
+    def rows(self) -> slice:
+        """This process's rows of the global batch."""
+        return slice(rank() * self.config.batch_size, (rank() + 1) * self.config.batch_size)
+
+    @property
+    def eval_layout(self) -> dict:
+        """How the validation loss is computed: recorded in every checkpoint, so that
+        `charrnn eval` computes it the same way."""
+        return {"batch_size": self.global_batch, "seq_len": self.config.seq_len,
+                "carry_state": self.batches.carries_state}
+
+    def validation_sums(self) -> tuple[float, int]:
+        """This process's share of the validation loss: (sum, characters) of its streams."""
+        return evaluate(self.model, self.val_ids, **self.eval_layout, device=self.device,
+                        shard=(rank(), world_size()))
