@@ -74,6 +74,8 @@ def set_up(config: TrainConfig, reporter: Reporter, resume: str | Path | None) -
     if run.progress.step >= run.total_steps:
         raise nothing_left(directory, run.progress.step, limits, config)
     device_text = f"{world_size()} processes ({device.type})" if world_size() > 1 else str(device)
+    if amp:
+        device_text += " with bfloat16 matmuls" if device.type == "cpu" else " with bfloat16 autocast"
     reporter.start({"run": str(directory), "device": device_text, "parameters": num_parameters(model),
                     "vocab_size": len(corpus.vocab), "train_chars": len(train_ids), "val_chars": len(val_ids),
                     "total_steps": run.total_steps, "max_time": max_time, "time_plan": time_plan,
