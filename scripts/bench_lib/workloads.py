@@ -14,7 +14,7 @@ from torch import nn
 from bench_lib.internals import charrnn_internals
 from bench_lib.timing import Clock, med, paired_rounds
 from charrnn.model import ModelConfig, build_model
-from charrnn.train import TrainStep
+from charrnn.train_step import TrainStep
 
 CELLS = ("rnn", "gru", "lstm")
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
@@ -229,7 +229,7 @@ def read_val_ids(path: Path):
 
 
 def bench_eval(H, B, T, ids, vocab_size, device, clock, repeats, peak, cells=CELLS) -> list[dict]:
-    from charrnn.train import evaluate
+    from charrnn.evaluation import evaluate
 
     models = {}
     for cell in cells:
