@@ -60,13 +60,7 @@ def load_corpus(
     the training text lacks are an error that names them, or with `unknown="skip"` are
     dropped, with a note saying how many. `vocab_kind="bytes"` reads the files as bytes,
     for a vocabulary of the 256 byte values."""
-    if path and dataset:
-        raise CharrnnError("give a corpus file or --dataset, not both")
-    if val_file and val_dir:
-        raise CharrnnError("give --val-file or --val-dir, not both")
-    if val_dir and not path:
-        raise CharrnnError("--val-dir goes with a CORPUS of files, not with --dataset or the built-in corpus")
-    check_unknown(unknown)
+    check_corpus_options(path, dataset, val_file, val_dir, unknown)
     by_bytes = check_vocab_kind(vocab_kind, normalize_how) == "bytes"
     documents = is_documents(path, val_dir)
     doc_sep = separator(doc_sep, vocab_kind)
@@ -114,6 +108,17 @@ def load_corpus(
     # Last, and in place: the training ids take the place of the text's own.
     train_ids, _ = vocab.ids_of(text, *train_span, what="the training text", in_place=True)
     return Corpus(train_ids, val_ids, vocab, source, notes)
+
+
+def check_corpus_options(path, dataset, val_file, val_dir, unknown: str) -> None:
+    """The corpus options that exclude each other, and --unknown's value."""
+    if path and dataset:
+        raise CharrnnError("give a corpus file or --dataset, not both")
+    if val_file and val_dir:
+        raise CharrnnError("give --val-file or --val-dir, not both")
+    if val_dir and not path:
+        raise CharrnnError("--val-dir goes with a CORPUS of files, not with --dataset or the built-in corpus")
+    check_unknown(unknown)
 
 
 def corpus_vocab(text: Text, train_span: tuple[int, int], normalize_how: str) -> Vocab:

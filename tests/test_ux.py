@@ -112,7 +112,8 @@ def test_every_training_setting_given_on_the_command_line_reaches_train(tmp_path
     other = {"corpus": str(tmp_path / "c.txt"), "dataset": "timemachine", "val_file": str(tmp_path / "v.txt"),
              "normalize": "letters", "vocab": "bytes", "sampling": "random", "stream_offsets": "fixed",
              "unknown": "skip", "cell": "gru", "init": "book", "optimizer": "sgd", "lr_schedule": "plateau",
-             "max_time": "90s", "device": "cpu", "amp": "bf16", "out": str(tmp_path / "run"), "sample_prefix": "The"}
+             "max_time": "90s", "device": "cpu", "amp": "bf16", "out": str(tmp_path / "run"), "sample_prefix": "The",
+             "val_dir": str(tmp_path / "val"), "doc_sep": "<end>"}
     params = {param.name: param for param in get_command(app).commands["train"].params}
     defaults, expected, args = TrainConfig(), {}, []
     for field in fields(TrainConfig):
