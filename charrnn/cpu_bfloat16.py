@@ -19,7 +19,7 @@ import time
 
 import torch
 
-__all__ = ["matmul_dtype", "active_dtype", "autocast_dtype", "autocast_enabled", "operand_dtype", "addmm",
+__all__ = ["matmul_dtype", "active_dtype", "autocast_dtype", "autocast_enabled", "operand_dtype", "addmm", "add_product",
            "in_forward_precision", "bfloat16_pays"]
 
 BFLOAT16_MIN_GAIN = 1.5  # --amp auto takes bfloat16 where its GEMM is this much faster
@@ -70,7 +70,11 @@ def operand_dtype(*tensors: torch.Tensor) -> torch.dtype | None:
 def addmm(low: torch.dtype, a: torch.Tensor, b: torch.Tensor, add=None, out=None) -> torch.Tensor:
     """``add + a @ b`` with the product's operands in ``low``; the result in float32 (into
     ``out`` when given)."""
-    product = torch.mm(a.to(low), b.to(low))
+    return add_product(torch.mm(a.to(low), b.to(low)), add, out)
+
+
+def add_product(product: torch.Tensor, add=None, out=None) -> torch.Tensor:
+    """``add + product`` for a low-precision product, in float32 (into ``out`` when given)."""
     if add is None:
         return product.float() if out is None else out.copy_(product)
     return torch.add(add, product) if out is None else torch.add(add, product, out=out)

@@ -77,6 +77,12 @@ def use_onednn(shape: tuple[int, int, int], *tensors: torch.Tensor, packed: bool
     return _gemm_backend == "onednn" or _onednn_faster(M, K, N, packed)
 
 
+def _packed_low_usable(low: torch.dtype) -> bool:
+    """Whether a weight of dtype ``low`` (bfloat16) can be packed once for oneDNN."""
+    return (low == torch.bfloat16 and _gemm_backend != "blas" and torch.backends.mkldnn.enabled and onednn_usable()
+            and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def gemm_choices() -> list[list]:
     """The backend chosen for each matmul shape timed so far, as plain lists (for a
     checkpoint): [M, K, N, packed, threads, whether oneDNN]."""
@@ -124,20 +130,26 @@ class Matmul:
     reads ("packed"; a plain weight is reordered inside every call), which puts it ahead of
     MKL on smaller products (a single row, a matrix-vector product, stays with BLAS). Else
     torch.mm/addmm, into ``out`` when given (``add`` may alias ``out``); oneDNN returns a new
-    tensor and ignores ``out``. Under bfloat16 operands, W is cast once here."""
+    tensor and ignores ``out``. Under bfloat16 operands, W is cast once here, and packed for
+    oneDNN unless BLAS was chosen (torch.mm's bfloat16 product is oneDNN's, reordering W
+    inside every call)."""
 
     def __init__(self, W: torch.Tensor, rows: int, *others: torch.Tensor):
         K, N = W.shape
         self.low = cpu_bfloat16.operand_dtype(W, *others)
         self.onednn = self.low is None and rows > 1 and use_onednn((rows, K, N), W, *others, packed=True)
-        if self.low is not None:
-            self.W = W.to(self.low)  # cast once per scan, not once per step
+        if self.low is not None:  # cast (and packed, where oneDNN takes it) once per scan, not once per step
+            self.onednn = _packed_low_usable(self.low)
+            W_low = W.to(self.low)
+            self.W = torch.ops.mkldnn._reorder_linear_weight(W_low.t().contiguous(), rows) if self.onednn else W_low
         elif self.onednn:
             self.W = torch.ops.mkldnn._reorder_linear_weight(W.t().contiguous(), rows)
         else:
             self.W = gemm_operand(W)
 
     def __call__(self, a: torch.Tensor, add: torch.Tensor | None = None, out=None) -> torch.Tensor:
+        if self.low is not None and self.onednn:
+            return cpu_bfloat16.add_product(_onednn_linear(a.to(self.low), self.W, None), add, out)
         if self.low is not None:
             return cpu_bfloat16.addmm(self.low, a, self.W, add, out)
         if self.onednn:

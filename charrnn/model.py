@@ -55,7 +55,7 @@ class ScratchCell(nn.Module):
         their input, so the gradient flows back to W_hh through the mask."""
         if not (self.training and self.weight_drop):
             return self.W_hh
-        return F.dropout(self.W_hh, self.weight_drop, training=True)
+        return dropout(self.W_hh, self.weight_drop)
 
     def input_bias(self) -> torch.Tensor:
         raise NotImplementedError
@@ -191,6 +191,20 @@ class LSTMScratch(ScratchCell):
 CELL_CLASSES = {"rnn": RNNScratch, "gru": GRUScratch, "lstm": LSTMScratch}
 
 
+def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+    """F.dropout(x, p) in training. On a CPU the mask is drawn with torch.rand: F.dropout's
+    Bernoulli sampling there takes longer than the LSTM step's elementwise work
+    (docs/performance.md); CUDA's fused dropout is kept."""
+    if x.device.type != "cpu":
+        return F.dropout(x, p, training=True)
+    return x * keep_mask(torch.empty_like(x), p)
+
+
+def keep_mask(buffer: torch.Tensor, p: float) -> torch.Tensor:
+    """`buffer` filled with a dropout mask: 0 with probability p, else 1/(1-p)."""
+    return buffer.uniform_().ge_(p).div_(1 - p)
+
+
 class StackedScratch(nn.Module):
     """Deep RNN: layer l's outputs are layer l+1's inputs; dropout is applied to every
     layer's outputs (so between layers, and before the output head), never to the state
@@ -209,9 +223,8 @@ class StackedScratch(nn.Module):
         if not (self.training and self.p):
             return outputs
         if not self.locked:
-            return F.dropout(outputs, self.p, training=True)
-        mask = outputs.new_empty(1, *outputs.shape[1:]).bernoulli_(1 - self.p) / (1 - self.p)
-        return outputs * mask
+            return dropout(outputs, self.p)
+        return outputs * keep_mask(outputs.new_empty(1, *outputs.shape[1:]), self.p)
 
     def _run(self, xp, state, reference=False):
         state = [None] * len(self.cells) if state is None else list(state)

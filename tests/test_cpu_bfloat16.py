@@ -93,6 +93,26 @@ def test_linear_under_cpu_autocast_is_float32_and_close():
     assert x.grad.dtype == W.grad.dtype == torch.float32
 
 
+def test_a_bfloat16_weight_is_packed_once_for_onednn_unless_blas_is_pinned():
+    if not cpu_matmul._packed_low_usable(torch.bfloat16):
+        pytest.skip("this torch build's oneDNN has no bfloat16 matmul on this CPU")
+    g = torch.Generator().manual_seed(4)
+    a, W, add = torch.randn(8, 64, generator=g), torch.randn(64, 96, generator=g), torch.randn(8, 96, generator=g)
+    want = add + torch.mm(a.bfloat16(), W.bfloat16()).float()
+    with cpu_bfloat16.matmul_dtype(torch.bfloat16):
+        packed = cpu_matmul.Matmul(W, 8)
+        got = packed(a, add)
+        previous = cpu_matmul.set_gemm_backend("blas")
+        try:
+            plain = cpu_matmul.Matmul(W, 8)
+        finally:
+            cpu_matmul.set_gemm_backend(previous)
+    assert packed.onednn and not plain.onednn and plain.W.dtype == torch.bfloat16
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=0.01, atol=0.05)  # the same bfloat16 product, rounded alike
+    torch.testing.assert_close(plain(a, add), want, rtol=0.01, atol=0.05)
+
+
 def test_bfloat16_pays_is_false_off_the_cpu():
     assert cpu_bfloat16.bfloat16_pays(torch.device("meta")) is False
     assert isinstance(cpu_bfloat16.bfloat16_pays(torch.device("cpu")), bool)
