@@ -8,7 +8,9 @@ and prints the training speed of each (characters of the global batch per second
 training, evaluation left out) and their ratio, with the load average before and after:
 other work on the machine skews both numbers. Takes about a minute at the defaults on 2 cores.
 
-    python scripts/bench_ddp.py [--processes 2 --hidden 256 --batch-size 32 --seq-len 64 --steps 120]
+    python scripts/bench_ddp.py [--processes 2 --hidden 256 --batch-size 32 --seq-len 64 --steps 120] [train options]
+
+Options it does not know go to both runs of `charrnn train` (e.g. --amp bf16 --dropout 0.3).
 """
 
 from __future__ import annotations
@@ -45,15 +47,16 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="the global batch")
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--steps", type=int, default=120)
-    args = parser.parse_args()
+    args, train_options = parser.parse_known_args()
     n = args.processes
     if args.batch_size % n:
         parser.error("--batch-size must be a multiple of --processes")
     train = ["charrnn", "train", "--cell", args.cell, "--hidden", str(args.hidden), "--seq-len", str(args.seq_len),
-             "--max-steps", str(args.steps), "--eval-every", str(args.steps + 1), "--device", "cpu", "--quiet"]
+             "--max-steps", str(args.steps), "--eval-every", str(args.steps + 1), "--device", "cpu", "--quiet",
+             *train_options]
 
     print(f"{args.cell.upper()} hidden {args.hidden}, global batch {args.batch_size} x {args.seq_len} characters, "
-          f"{args.steps} steps; load average {load()} on {os.cpu_count()} cores")
+          f"{args.steps} steps {' '.join(train_options)}; load average {load()} on {os.cpu_count()} cores")
     with tempfile.TemporaryDirectory() as tmp:
         one = chars_per_s([sys.executable, "-m", *train, "--batch-size", str(args.batch_size)], n, Path(tmp) / "one")
         print(f"  1 process  x {n} threads: {one:9,.0f} chars/s")
