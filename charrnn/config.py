@@ -78,7 +78,7 @@ class TrainConfig:
     forget_bias: float = 0.0  # LSTM: the forget gate's bias starts here
     # optimisation
     optimizer: str = "adam"
-    lr: float = 2e-3
+    lr: float = 5e-3  # chosen on the quick start's minute with the default model (docs/presets.md)
     lr_schedule: str = "cosine"
     warmup_steps: int = 0
     min_lr_fraction: float = 0.05  # cosine decays to lr * min_lr_fraction

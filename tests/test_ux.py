@@ -73,7 +73,7 @@ def run(corpus, tmp_path_factory) -> Path:
 
 def test_help_shows_the_defaults_written_in_help_texts():
     result = invoke("train", "--help", env={"COLUMNS": "200"})
-    assert "[default: 0.002]" in result.output  # rich markup used to swallow these
+    assert f"[default: {TrainConfig().lr}]" in result.output  # rich markup used to swallow these
     assert "runs/YYYYmmdd-HHMMSS" in result.output
 
 
@@ -143,12 +143,12 @@ def test_an_option_left_at_its_default_leaves_the_presets_value(tmp_path, corpus
     preset = tmp_path / "p.toml"
     preset.write_text('hidden = 12\nlr = 0.01\n')
     out = tmp_path / "run"
-    result = invoke("train", corpus, "--config", preset, "--lr", "0.002", "--max-steps", 1, "--batch-size", 2,
+    result = invoke("train", corpus, "--config", preset, "--lr", str(TrainConfig().lr), "--max-steps", 1, "--batch-size", 2,
                     "--seq-len", 8, "--eval-every", 1, "--out", out, "--quiet")
     assert result.exit_code == 0, result.output
     written = (out / "config.toml").read_text()
     assert "hidden = 12\n" in written  # from the preset: --hidden was not given
-    assert "lr = 0.002\n" in written  # given, although it equals the default: it replaces the preset's
+    assert f"lr = {TrainConfig().lr}\n" in written  # given, although it equals the default: it replaces the preset's
 
 
 def test_the_cli_module_loads_neither_torch_nor_matplotlib():
