@@ -137,15 +137,15 @@ class Matmul:
     def __init__(self, W: torch.Tensor, rows: int, *others: torch.Tensor):
         K, N = W.shape
         self.low = cpu_bfloat16.operand_dtype(W, *others)
-        self.onednn = self.low is None and rows > 1 and use_onednn((rows, K, N), W, *others, packed=True)
-        if self.low is not None:  # cast (and packed, where oneDNN takes it) once per scan, not once per step
+        if self.low is not None:  # cast (and packed) once per scan, not once per step
             self.onednn = _packed_low_usable(self.low)
-            W_low = W.to(self.low)
-            self.W = torch.ops.mkldnn._reorder_linear_weight(W_low.t().contiguous(), rows) if self.onednn else W_low
-        elif self.onednn:
+            W = W.to(self.low)
+        else:
+            self.onednn = rows > 1 and use_onednn((rows, K, N), W, *others, packed=True)
+        if self.onednn:
             self.W = torch.ops.mkldnn._reorder_linear_weight(W.t().contiguous(), rows)
         else:
-            self.W = gemm_operand(W)
+            self.W = W if self.low is not None else gemm_operand(W)
 
     def __call__(self, a: torch.Tensor, add: torch.Tensor | None = None, out=None) -> torch.Tensor:
         if self.low is not None and self.onednn:

@@ -192,9 +192,9 @@ CELL_CLASSES = {"rnn": RNNScratch, "gru": GRUScratch, "lstm": LSTMScratch}
 
 
 def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
-    """F.dropout(x, p) in training. On a CPU the mask is drawn with torch.rand: F.dropout's
-    Bernoulli sampling there takes longer than the LSTM step's elementwise work
-    (docs/performance.md); CUDA's fused dropout is kept."""
+    """F.dropout(x, p) in training. On a CPU the mask is drawn with torch.rand, several times
+    faster there than F.dropout's Bernoulli sampling (docs/performance.md); CUDA's fused
+    dropout is kept."""
     if x.device.type != "cpu":
         return F.dropout(x, p, training=True)
     return x * keep_mask(torch.empty_like(x), p)
