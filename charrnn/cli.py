@@ -169,17 +169,19 @@ def train(
             values.pop("dataset", None)  # a corpus on the command line replaces the preset's dataset
     values.update(given)
     settings = TrainConfig.from_dict(values, str(config) if config else "config")
+    # Rank 0's writing stays inside the group, which all processes leave together: torchrun
+    # stops every process as soon as one exits with an error code (130 after a signal).
     with process_group(settings.device):  # under torchrun; nothing otherwise
         summary = run_training(settings, TerminalReporter(quiet=quiet), resume=resume)
         is_rank_zero = rank() == 0  # only rank 0 prints and writes
-        processes = world_size()
-    if is_rank_zero:
-        write_curve(Path(summary["run"]), quiet)
-    if summary["interrupted"]:
         if is_rank_zero:
+            write_curve(Path(summary["run"]), quiet)
+        if summary["interrupted"] and is_rank_zero:
+            processes = world_size()
             launcher = "charrnn" if processes == 1 else f"torchrun --nproc_per_node={processes} -m charrnn"
             typer.echo(f"stopped by {summary['interrupted']} at step {summary['steps']}; saved "
                        f"{summary['run']}/last.pt. Resume with:\n  {launcher} train --resume {summary['run']}", err=True)
+    if summary["interrupted"]:
         raise typer.Exit(130)
     if settings.sample_prefix and is_rank_zero:
         from charrnn.byte_vocab import shown

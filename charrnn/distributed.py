@@ -45,6 +45,7 @@ def process_group(device: str = "auto"):
     # so they never wait for the GPU
     dist.init_process_group("cpu:gloo,cuda:nccl" if on_cuda else "gloo")
     yield  # after an error, leave the group as it is: its peers may be inside a collective
+    dist.barrier()  # leave together: no process exits while another still writes
     dist.destroy_process_group()
     # gloo's worker threads free the last gradient all-reduces of DDP, which hold a Python
     # object from backward(), when they get the GIL; an interpreter that shuts down before

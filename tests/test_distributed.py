@@ -225,8 +225,13 @@ def worker(out: Path, args: list[str]) -> None:
     except SystemExit as e:
         code = e.code or 0
     torch.save({"model": models[-1].state_dict(), "steps": summaries[-1]["steps"], "exit_code": code,
-                "rng": torch.get_rng_state()}, out / f"rank{rank}.pt")
+                "rng": torch.get_rng_state()}, out / f"rank{rank}.pt.partial")
+    (out / f"rank{rank}.pt.partial").rename(out / f"rank{rank}.pt")  # whole, or not there
     (out / f"rank{rank}.pid").unlink()
+    # torchrun stops the other workers when one exits with an error code: wait for their dumps
+    deadline = time.monotonic() + 30
+    while len(list(out.glob("rank*.pt"))) < int(os.environ["WORLD_SIZE"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
     sys.exit(code)
 
 
