@@ -37,6 +37,7 @@ class ModelConfig:
     forget_bias: float = 0.0  # LSTM: the forget gate's bias starts here (1 keeps memory early on)
     weight_drop: float = 0.0  # DropConnect on W_hh: one mask per batch, in training only
     locked_dropout: bool = False  # dropout masks shared by every time step of a sequence
+    embedding: int = 0  # > 0: the first layer's input table factorised as E (vocab, embedding) @ W_xh
 
 
 # The annotations of TrainConfig's fields (strings, by `from __future__ import annotations`)
@@ -70,6 +71,7 @@ class TrainConfig:
     cell: str = "lstm"
     hidden: int = 256
     layers: int = 1
+    embedding: int = 0  # > 0: a factorised input table, E (vocab, embedding) @ W_xh (charrnn.model)
     dropout: float = 0.0
     locked_dropout: bool = False  # one dropout mask per sequence instead of per step
     weight_drop: float = 0.0  # DropConnect on the recurrent matrices W_hh
@@ -127,7 +129,7 @@ class TrainConfig:
         if self.plateau_patience < 1:
             raise CharrnnError(f"--plateau-patience must be at least 1, got {self.plateau_patience}")
         for name in ("max_steps", "epochs", "warmup_steps", "train_windows", "val_windows", "sample_length",
-                     "patience", "threads"):
+                     "patience", "threads", "embedding"):
             if getattr(self, name) < 0:
                 raise CharrnnError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
         choices = {"cell": CELLS, "optimizer": OPTIMIZERS, "lr_schedule": SCHEDULES,
@@ -156,7 +158,7 @@ class TrainConfig:
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         return ModelConfig(vocab_size, self.cell, self.hidden, self.layers, self.dropout, self.init_sigma, self.init,
-                           self.forget_bias, self.weight_drop, self.locked_dropout)
+                           self.forget_bias, self.weight_drop, self.locked_dropout, self.embedding)
 
 
 def parse_duration(text: str) -> float:

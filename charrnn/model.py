@@ -4,11 +4,11 @@ Dive into Deep Learning ("RNN from scratch", "GRU", "LSTM", "deep RNN").
 Every cell follows one shape:
 
 - `project(inputs)`: the input side of every step at once, `X @ W_xh + b` for inputs of
-  shape (num_steps, batch, num_inputs). The language model's first layer instead calls
-  `gathered(tokens)`, which gives the same numbers as `one_hot(tokens) @ W_xh + b` by reading
-  rows of `W_xh` (a one-hot product only selects a row).
+  shape (num_steps, batch, num_inputs). The language model's first layer instead reads
+  rows of its input table (StackedScratch.gathered): the same numbers as
+  `one_hot(tokens) @ W_xh + b`, since a one-hot product only selects a row.
 - `recur(xp, state)`: the loop over time; only the recurrent product `H @ W_hh` is left in
-  it. For the first layer, xp is `gathered(tokens)`: the gather happens step by step. It is
+  it. For the first layer, xp is those gathered rows: the gather happens step by step. It is
   the cell's scan (charrnn/rnn_cell.py, gru_cell.py, lstm_cell.py): one autograd Function
   with a hand-written backward pass through time, one matmul per step going back, and each
   weight gradient as one large matmul over all steps afterwards.
@@ -63,13 +63,6 @@ class ScratchCell(nn.Module):
     def project(self, inputs: torch.Tensor) -> torch.Tensor:
         """`inputs @ W_xh + b` for all steps in one matmul: (T, B, in) -> (T, B, gates*H)."""
         return linear(inputs, self.W_xh, self.input_bias())
-
-    def gathered(self, tokens: torch.Tensor) -> Gathered:
-        """`one_hot(tokens) @ W_xh + b` as a row gather, (T, B) int -> (T, B, gates*H), for
-        `recur` to gather step by step (see charrnn.scan.Gathered). The bias is added to the
-        (vocabulary-sized) table rather than to every gathered row: the same numbers, and its
-        gradient is a sum over the table's rows instead of over all T*B of them."""
-        return Gathered(self.W_xh + self.input_bias(), tokens)
 
     def zero_state(self, batch_size: int, like: torch.Tensor):
         return like.new_zeros(batch_size, self.num_hiddens)
@@ -210,13 +203,22 @@ class StackedScratch(nn.Module):
     layer's outputs (so between layers, and before the output head), never to the state
     carried from step to step. With `locked` a sequence keeps one mask for all its time
     steps (variational dropout, Gal and Ghahramani 2016); otherwise every step draws its
-    own. State: a list with one entry per layer."""
+    own. State: a list with one entry per layer.
 
-    def __init__(self, cells: list[ScratchCell], dropout: float = 0.0, locked: bool = False):
+    With `vocab_size`, the first cell's inputs are an embedding of one-hot characters:
+    `one_hot(X) @ E`, E (vocab_size, K) with K the cell's num_inputs. The one-hot input stays
+    the interface, and the input table the model reads rows of is `E @ W_xh + b`: W_xh
+    factorised, as nn.Embedding before torch.nn.LSTM has it. Under Adam, which moves each
+    entry of a one-hot W_xh by about lr per step, the factors learn faster (docs/presets.md)."""
+
+    def __init__(self, cells: list[ScratchCell], dropout: float = 0.0, locked: bool = False,
+                 vocab_size: int | None = None, sigma: float = 0.01):
         super().__init__()
         self.cells = nn.ModuleList(cells)
         self.p, self.locked = dropout, locked
-        self.num_inputs, self.num_hiddens = cells[0].num_inputs, cells[-1].num_hiddens
+        self.E = None if vocab_size is None else nn.Parameter(torch.randn(vocab_size, cells[0].num_inputs) * sigma)
+        self.num_inputs = cells[0].num_inputs if vocab_size is None else vocab_size
+        self.num_hiddens = cells[-1].num_hiddens
 
     def dropout(self, outputs: torch.Tensor) -> torch.Tensor:
         """outputs (num_steps, batch, H), masked in training."""
@@ -236,10 +238,23 @@ class StackedScratch(nn.Module):
 
     def forward(self, inputs, state=None, reference=False):
         """inputs (num_steps, batch, num_inputs); `reference` runs every layer's `loop`."""
-        return self._run(self.cells[0].project(inputs), state, reference)
+        return self._run(self.cells[0].project(inputs if self.E is None else inputs @ self.E), state, reference)
 
     def forward_tokens(self, tokens, state=None):
-        return self._run(self.cells[0].gathered(tokens), state)
+        return self._run(self.gathered(tokens), state)
+
+    def input_table(self) -> torch.Tensor:
+        """(num_inputs, gates*H): the first layer's input side for each one-hot input,
+        `W_xh + b`, or `E @ W_xh + b` with an embedding."""
+        first = self.cells[0]
+        return (first.W_xh if self.E is None else self.E @ first.W_xh) + first.input_bias()
+
+    def gathered(self, tokens: torch.Tensor) -> Gathered:
+        """`one_hot(tokens) @ [E @] W_xh + b` as a row gather, (T, B) int -> (T, B, gates*H),
+        for the first cell's `recur` to gather step by step (see charrnn.scan.Gathered). The
+        bias is added to the (vocabulary-sized) table rather than to every gathered row: the
+        same numbers, and its gradient is a sum over the table's rows instead of over all T*B."""
+        return Gathered(self.input_table(), tokens)
 
     def zero_state(self, batch_size, like):
         return [cell.zero_state(batch_size, like) for cell in self.cells]
@@ -289,11 +304,13 @@ def build_model(config: ModelConfig) -> RNNLMScratch:
     if config.init not in INITS:
         raise ValueError(f"unknown init {config.init!r}; choose one of {', '.join(INITS)}")
     cell_class, sigma = CELL_CLASSES[config.cell], config.init_sigma
-    sizes = [config.vocab_size] + [config.hidden] * config.layers
+    sizes = [config.embedding or config.vocab_size] + [config.hidden] * config.layers
     cells = [cell_class(n_in, n_out, sigma) for n_in, n_out in zip(sizes, sizes[1:])]
     for cell in cells:
         cell.weight_drop = config.weight_drop
-    model = RNNLMScratch(StackedScratch(cells, config.dropout, config.locked_dropout), config.vocab_size, sigma)
+    stack = StackedScratch(cells, config.dropout, config.locked_dropout,
+                           vocab_size=config.vocab_size if config.embedding else None, sigma=sigma)
+    model = RNNLMScratch(stack, config.vocab_size, sigma)
     init_weights(model, config.init, config.forget_bias)
     return model
 
@@ -308,15 +325,19 @@ def init_weights(model: RNNLMScratch, scheme: str, forget_bias: float = 0.0) -> 
       input table as nn.Embedding starts, N(0, 1). A one-hot input selects one row of that
       table, so the row is all the input there is: at the book's small sigma the gates
       barely hear the character, and Adam, which moves each entry by about lr a step,
-      needs hundreds of steps to make them listen (docs/presets.md measures this).
+      needs hundreds of steps to make them listen (docs/presets.md measures this). With an
+      embedding E, E starts as nn.Embedding, N(0, 1), and the first W_xh as torch.nn.LSTM's
+      input matrix, uniform in +-1/sqrt(H).
     - orthogonal: as torch, but each H x H gate block of W_hh is a random orthogonal matrix
       (its gain is 1 in every direction, so the state neither explodes nor fades at first).
 
     With `forget_bias` the LSTM's forget-gate bias starts at that value, whatever the scheme."""
     if scheme != "book":
+        if model.rnn.E is not None:
+            model.rnn.E.normal_(0, 1)
         for layer, cell in enumerate(model.rnn.cells):
             bound = 1 / math.sqrt(cell.num_hiddens)
-            if layer == 0:
+            if layer == 0 and model.rnn.E is None:
                 cell.W_xh.normal_(0, 1)
             else:
                 cell.W_xh.uniform_(-bound, bound)

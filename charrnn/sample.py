@@ -60,7 +60,8 @@ def gumbel_noise(steps: int, batch: int, vocab: int, generator, device) -> torch
 
 class Sampler:
     """One step of generation with as little per-step work as the model allows: the first
-    layer's input side for every character (`one_hot(id) @ W_xh + b`) is read from a table
+    layer's input side for every character (`one_hot(id) @ W_xh + b`, or with an embedding
+    `one_hot(id) @ E @ W_xh + b`) is read from a table
     made once, each cell's step is its cell file's `step` (the cells' equations) with CPU
     float32's fast tanh, and the matmuls are charrnn.cpu_matmul.Matmul's (oneDNN with the
     weights packed once, for batches large enough to gain from it; BLAS for a single
@@ -75,8 +76,7 @@ class Sampler:
 
     def __init__(self, model: RNNLMScratch):
         self.cells = model.rnn.cells
-        first = self.cells[0]
-        self.table = first.W_xh + first.input_bias()
+        self.table = model.rnn.input_table()
         self.W_hq, self.b_q = model.W_hq, model.b_q
         self._steps, self._rows = None, None
         self.graphs = self.table.device.type in self.GRAPH_DEVICES

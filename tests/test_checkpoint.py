@@ -71,7 +71,7 @@ def test_round_trip_through_training(trained_and_model):
         assert torch.equal(model(X)[0], trained(X)[0])
     assert ckpt["model_config"] == {"vocab_size": len(vocab), "cell": "gru", "hidden": 8, "layers": 2,
                                     "dropout": 0.0, "init_sigma": 0.01, "init": "orthogonal", "forget_bias": 0.0,
-                                    "weight_drop": 0.0, "locked_dropout": False}
+                                    "weight_drop": 0.0, "locked_dropout": False, "embedding": 0}
     assert ckpt["progress"]["step"] == 3
 
 

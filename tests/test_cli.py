@@ -231,6 +231,20 @@ def test_eval_on_the_validation_split(cli, trained_run):
     assert result["loss"] == pytest.approx(expected, rel=1e-6)
 
 
+def test_a_model_with_an_embedding_trains_resumes_evaluates_and_generates(cli, corpus_file, tmp_path):
+    run = tmp_path / "run"
+    cli("train", corpus_file, "--embedding", "4", "--max-steps", "2", "--eval-every", "2", "--out", run,
+        *TINY).assert_ok()
+    cli("train", "--resume", run, "--max-steps", "4", "-q").assert_ok()
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["model_config"]["embedding"] == 4 and ckpt["model"]["rnn.E"].shape[1] == 4
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
+    result = json.loads(cli("eval", "--checkpoint", run / "last.pt", "--json").assert_ok().stdout)
+    assert result["loss"] == pytest.approx(logged["val_loss"], rel=1e-6)
+    assert len(cli("generate", "--checkpoint", run, "--length", "20", "--seed", "1").assert_ok().stdout) > 20
+    cli("train", corpus_file, "--embedding", "-1", *TINY).assert_one_line_error("--embedding", "negative")
+
+
 def test_eval_on_a_file(cli, trained_run, tmp_path):
     text = make_text(900, seed=11)
     (tmp_path / "other.txt").write_text(text)

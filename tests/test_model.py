@@ -249,6 +249,17 @@ def test_torch_init_starts_as_torch_nn_does(cell):
         assert torch.all(first.b_h[64:128] == 1) and torch.all(first.b_h[:64] == 0)  # the forget gate only
 
 
+def test_an_embedding_starts_as_nn_embedding_before_torch_nn_lstm():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(60, "lstm", 64, 1, init="torch", embedding=32))
+    E, W_xh = model.rnn.E, model.rnn.cells[0].W_xh
+    assert E.shape == (60, 32) and W_xh.shape == (32, 256) and model.rnn.num_inputs == 60
+    assert 0.9 < E.std().item() < 1.1
+    assert W_xh.abs().max().item() <= 1 / 8 and W_xh.std().item() > 0.8 / 8 / 3 ** 0.5
+    book = build_model(ModelConfig(60, "lstm", 64, 1, init="book", init_sigma=0.02, embedding=32))
+    assert 0.015 < book.rnn.E.std().item() < 0.025  # the book's scheme: every weight N(0, sigma^2)
+
+
 def test_orthogonal_init_makes_every_recurrent_gate_block_orthogonal():
     model = build_model(ModelConfig(10, "gru", 16, 1, init="orthogonal"))
     for block in model.rnn.cells[0].W_hh.detach().split(16, dim=1):
@@ -323,16 +334,19 @@ def test_build_model_rejects_unknown_cells():
 # ---------------------------------------------------------------- fast path == literal path
 
 
-def double_model(cell, layers, vocab=11, hidden=8, seed=0):
+def double_model(cell, layers, vocab=11, hidden=8, seed=0, embedding=0):
     torch.manual_seed(seed)
-    return build_model(ModelConfig(vocab, cell, hidden, layers, 0.0, init_sigma=0.4)).double()
+    return build_model(ModelConfig(vocab, cell, hidden, layers, 0.0, init_sigma=0.4, embedding=embedding)).double()
 
 
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
-@pytest.mark.parametrize("layers", [1, 2])
-def test_forward_equals_book_one_hot_path(cell, layers):
+@pytest.mark.parametrize("layers,embedding", [(1, 0), (2, 0), (1, 5), (2, 5)])
+def test_forward_equals_book_one_hot_path(cell, layers, embedding):
+    """The rows gathered from the input table (E @ W_xh + b with an embedding) and the
+    book's one-hot products (one_hot(X) @ E, then @ W_xh) give the same logits, states
+    and gradients, E's included."""
     vocab = 11
-    fast, literal = double_model(cell, layers), double_model(cell, layers)
+    fast, literal = (double_model(cell, layers, embedding=embedding) for _ in range(2))
     literal.load_state_dict(fast.state_dict())
     g = torch.Generator().manual_seed(5)
     X1 = torch.randint(0, vocab, (3, 6), generator=g)
@@ -449,13 +463,14 @@ def test_generate_leaves_the_thread_count_alone_between_steps():
 
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
 @pytest.mark.parametrize("samples", [1, 16])
-def test_sampler_steps_match_the_forward_in_float32(cell, samples):
+@pytest.mark.parametrize("embedding", [0, 24])
+def test_sampler_steps_match_the_forward_in_float32(cell, samples, embedding):
     """The Sampler's fast steps (at this size: packed oneDNN matmuls where available, tanh
     through sigmoid for 16 sequences) give the logits the whole-sequence forward gives."""
     from charrnn.sample import Sampler
 
     torch.manual_seed(0)
-    model = build_model(ModelConfig(40, cell, 256, 2, 0.0, init_sigma=0.1)).eval()
+    model = build_model(ModelConfig(40, cell, 256, 2, 0.0, init_sigma=0.1, embedding=embedding)).eval()
     ids = torch.randint(0, 40, (samples, 12))
     ids[:, 0] = ids[0, 0]  # warm_up gives every row the same prefix
     with torch.no_grad():

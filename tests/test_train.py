@@ -207,6 +207,7 @@ def test_reporter_sees_start_evaluations_and_finish(tmp_path):
     (dict(layers=2, dropout=0.2, max_steps=5, lr_schedule="constant"), 2),
     # 16 batches an epoch: the resume falls inside the second epoch, whose stream offset it must redraw
     (dict(dropout=0.3, locked_dropout=True, weight_drop=0.3, max_steps=40, lr_schedule="constant"), 19),
+    (dict(embedding=3, max_steps=5, lr_schedule="constant"), 2),
 ])
 def test_exact_resume_equals_an_uninterrupted_run(tmp_path, common, split_at):
     (tmp_path / "c.txt").write_text(make_text(600))
