@@ -105,7 +105,7 @@ def train(
     cell: Annotated[str, Opt(help="rnn, gru or lstm.")] = D.cell,
     hidden: Annotated[int, Opt(help="Hidden units per layer.")] = D.hidden,
     layers: Annotated[int, Opt(help="Stacked recurrent layers.")] = D.layers,
-    embedding: Annotated[int, Opt(help="0: one-hot characters times the input table W_xh (the book's). K > 0: that table factorised, E (vocabulary x K) @ W_xh, as nn.Embedding before nn.LSTM; it learns faster under Adam.")] = D.embedding,
+    embedding: Annotated[int, Opt(help="0: one-hot characters times the input table W_xh (the book's). K > 0: that table factorised, E (vocabulary x K) @ W_xh, as nn.Embedding before nn.LSTM; Adam trains it better over a long run.")] = D.embedding,
     dropout: Annotated[float, Opt(help="Dropout on each layer's outputs (never on the carried state).")] = D.dropout,
     locked_dropout: Annotated[bool, Opt("--locked-dropout/--no-locked-dropout", help="One dropout mask per sequence for all its steps (variational dropout) instead of one per step.")] = D.locked_dropout,
     weight_drop: Annotated[float, Opt(help="DropConnect on the recurrent matrices W_hh: this fraction of entries zeroed, one mask per batch (AWD-LSTM).")] = D.weight_drop,

@@ -209,7 +209,8 @@ class StackedScratch(nn.Module):
     `one_hot(X) @ E`, E (vocab_size, K) with K the cell's num_inputs. The one-hot input stays
     the interface, and the input table the model reads rows of is `E @ W_xh + b`: W_xh
     factorised, as nn.Embedding before torch.nn.LSTM has it. Under Adam, which moves each
-    entry of a one-hot W_xh by about lr per step, the factors learn faster (docs/presets.md)."""
+    entry of a one-hot W_xh by about lr per step, the factors train better over a long run
+    (docs/presets.md)."""
 
     def __init__(self, cells: list[ScratchCell], dropout: float = 0.0, locked: bool = False,
                  vocab_size: int | None = None, sigma: float = 0.01):
