@@ -177,11 +177,11 @@ def train(
         is_rank_zero = rank() == 0  # only rank 0 prints and writes
         if is_rank_zero:
             write_curve(Path(summary["run"]), quiet)
-        if summary["interrupted"] and is_rank_zero:
-            processes = world_size()
-            launcher = "charrnn" if processes == 1 else f"torchrun --nproc_per_node={processes} -m charrnn"
-            typer.echo(f"stopped by {summary['interrupted']} at step {summary['steps']}; saved "
-                       f"{summary['run']}/last.pt. Resume with:\n  {launcher} train --resume {summary['run']}", err=True)
+            if summary["interrupted"]:
+                processes = world_size()
+                launcher = "charrnn" if processes == 1 else f"torchrun --nproc_per_node={processes} -m charrnn"
+                typer.echo(f"stopped by {summary['interrupted']} at step {summary['steps']}; saved {summary['run']}"
+                           f"/last.pt. Resume with:\n  {launcher} train --resume {summary['run']}", err=True)
     if summary["interrupted"]:
         raise typer.Exit(130)
     if settings.sample_prefix and is_rank_zero:

@@ -60,9 +60,9 @@ def gumbel_noise(steps: int, batch: int, vocab: int, generator, device) -> torch
 
 class Sampler:
     """One step of generation with as little per-step work as the model allows: the first
-    layer's input side for every character (`one_hot(id) @ W_xh + b`, or with an embedding
-    `one_hot(id) @ E @ W_xh + b`) is read from a table
-    made once, each cell's step is its cell file's `step` (the cells' equations) with CPU
+    layer's input side for every character (`one_hot(id) @ W_xh + b`, with an embedding
+    `one_hot(id) @ E @ W_xh + b`) is read from a table made once (StackedScratch.input_table),
+    each cell's step is its cell file's `step` (the cells' equations) with CPU
     float32's fast tanh, and the matmuls are charrnn.cpu_matmul.Matmul's (oneDNN with the
     weights packed once, for batches large enough to gain from it; BLAS for a single
     sequence, a matrix-vector product).
