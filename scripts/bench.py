@@ -86,6 +86,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from bench_lib import AVX2_CAP  # noqa: E402
 from bench_lib.internals import charrnn_internals  # noqa: E402
 from bench_lib.memory import memory_probe_main  # noqa: E402
 from bench_lib.pages import markers, missing_markers, write_sections  # noqa: E402
@@ -97,7 +98,6 @@ DEFAULT_SIZES = ((256, 32, 64), (512, 64, 128), (1024, 64, 128))
 CUDA_SIZES = DEFAULT_SIZES + ((1024, 256, 128),)
 DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 ISAS = ("native", "avx2")
-AVX2_CAP = {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
 
 
 def main(argv=None):

@@ -7,3 +7,7 @@
     report.py     each part of a section measured and printed as a Markdown table
     pages.py      the tables written into a docs page between marker comments
 """
+
+# The environment that caps oneDNN, MKL and PyTorch's own kernels at AVX2 when set before torch
+# is imported (the bench's AVX2 section; scripts/paired.py --avx2).
+AVX2_CAP = {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
