@@ -101,7 +101,8 @@ def plot(ours: list[tuple], theirs: list[tuple], path: Path, title: str) -> None
     fig, ax = plt.subplots(figsize=(7, 4))
     for curve, label in ((ours, "charrnn"), (theirs, "reference")):
         ax.plot([s for s, _, _ in curve], [loss for _, _, loss in curve], marker="o", markersize=3, label=label)
-    ax.set(xlabel="wall time (s)", ylabel="validation loss (nats/char)", title=title)
+    ax.set(xlabel="wall time (s)", ylabel="validation loss (nats/char)")
+    ax.set_title(title, fontsize=10)
     ax.set_ylim(top=min(2.2, max(loss for _, _, loss in ours + theirs)))
     ax.grid(alpha=0.3)
     ax.legend()
