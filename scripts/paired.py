@@ -35,6 +35,8 @@ def main(argv=None):
     out = Path("runs/paired") / ((args.preset.stem if args.preset else "run") + ("-avx2" if args.avx2 else ""))
     reference_json = args.reference_json or out / "reference.json"
     run = args.run or out / "charrnn"
+    if args.run is None and run.exists():  # found now, not after the reference's 15 minutes
+        sys.exit(f"{run} already holds a run: move it away, or compare it with --run {run}")
     if args.reference_json is None:
         out.mkdir(parents=True, exist_ok=True)
         subprocess.run([sys.executable, str(args.reference), *shlex.split(args.reference_args),
@@ -45,6 +47,8 @@ def main(argv=None):
     ours = [(r["elapsed"], r["step"], r["val_loss"]) for r in map(json.loads, (run / "metrics.jsonl").open())
             if "val_loss" in r]
     theirs = [(r["wall_s"], r["steps"], r["val_loss"]) for r in json.loads(reference_json.read_text())["log"]]
+    if not ours or not theirs:
+        sys.exit(f"no validation loss to compare in {run if not ours else reference_json}")
     print(table(ours, theirs))
     if args.plot:
         plot(ours, theirs, args.plot, title=args.title or f"{run} against {reference_json}")

@@ -56,3 +56,10 @@ def test_one_source_for_each_side(argv):
     with pytest.raises(SystemExit) as stopped:
         paired.parse_args(argv)
     assert stopped.value.code == 2
+
+
+def test_an_existing_run_directory_stops_it_before_the_reference_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "paired" / "tiny" / "charrnn").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="runs/paired/tiny/charrnn already holds a run"):
+        paired.main(["configs/tiny.toml", "--reference", str(tmp_path / "absent.py")])
