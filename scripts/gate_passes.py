@@ -22,6 +22,8 @@ def main():
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--steps", type=int, default=400, help="timed steps per row (after 50 untimed)")
     args = parser.parse_args()
+    if min(args.batch, args.hidden, args.steps, *args.threads) < 1:
+        parser.error("--batch, --hidden, --steps and --threads take positive integers")
     B, H = args.batch, args.hidden
     print(f"batch {B}, hidden {H}; µs per step, medians of 3 runs of {args.steps} steps\n")
     print("| threads | W_hh (H x G) | W_hh MB | the 3 operations alone | after the product | the product |")
