@@ -1,3 +1,3 @@
-from charrnn.cli import app
+from charrnn.cli.main import app
 
 app(prog_name="charrnn")

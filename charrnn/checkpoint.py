@@ -11,16 +11,16 @@ a hostile file cannot run code from it. Keys:
     model         the model's state_dict
     optimizer     the optimizer's state_dict
     config        the TrainConfig the run was started with, as a dict
-    progress      charrnn.run.Progress: step, epoch, index (position in the data),
+    progress      charrnn.training.run.Progress: step, epoch, index (position in the data),
                   chars_seen, elapsed, best_val_loss, last_val_loss, evals_since_best and
                   lr_scale (patience and the plateau schedule), world_size (processes
                   that trained it), planned_steps and planned_for (--max-time's plan)
     corpus        where the text came from: kind, path or name, sha256, split
     rng           processes: every process's generator states (cpu, and cuda when it
-                  trained on a GPU), rank by rank, for exact resume (charrnn.streams)
+                  trained on a GPU), rank by rank, for exact resume (charrnn.training.streams)
     state         the hidden state carried into the next batch (list per layer)
     evaluation    the layout of the logged validation loss: batch_size, seq_len,
-                  carry_state (charrnn.evaluation.recorded_layout; older files lack it)
+                  carry_state (charrnn.scoring.evaluation.recorded_layout; older files lack it)
 
 Writes are atomic: a temporary file in the same directory, flushed and fsynced, then
 renamed over the target, so a crash never leaves a half-written checkpoint in its place.
@@ -168,9 +168,9 @@ def resolve_checkpoint(where: str | Path | None, runs_dir: str | Path = "runs", 
 def load_model(where, device_name: str = "auto"):
     """(model, vocab, checkpoint) from a checkpoint file or run directory (None: runs/latest),
     the model in eval mode on the device named (auto, cpu or cuda)."""
-    from charrnn.vocab import Vocab
+    from charrnn.corpus.vocab import Vocab
     from charrnn.model import ModelConfig, build_model
-    from charrnn.train_step import pick_device
+    from charrnn.kernels.device import pick_device
 
     device = pick_device(device_name)
     ckpt = load_checkpoint(resolve_checkpoint(where), map_location=device)

@@ -20,7 +20,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "plateau")
 DEVICES = ("auto", "cpu", "cuda")
 UNKNOWN_CHOICES = ("error", "skip")  # what to do with validation characters outside the vocabulary
-VOCAB_KINDS = ("chars", "bytes")  # a character vocabulary, or the 256 byte values (charrnn.byte_vocab)
+VOCAB_KINDS = ("chars", "bytes")  # a character vocabulary, or the 256 byte values (charrnn.corpus.byte_vocab)
 
 
 @dataclass
@@ -52,7 +52,7 @@ class TrainConfig:
     the command line overrides the preset, which overrides these defaults."""
 
     # data
-    # a UTF-8 file, or a list of paths (files, folders, globs) read as documents (charrnn.sources);
+    # a UTF-8 file, or a list of paths (files, folders, globs) read as documents (charrnn.corpus.sources);
     # with no corpus and no dataset: the built-in corpus
     corpus: str | list[str] | None = None
     dataset: str | None = None  # timemachine | tinyshakespeare (downloaded once, cached)
@@ -60,7 +60,7 @@ class TrainConfig:
     val_dir: str | None = None  # validation documents: a folder or a glob
     val_fraction: float = 0.1
     normalize: str = "none"  # none | letters (the d2l book's preprocessing)
-    vocab: str = "chars"  # chars | bytes (the 256 byte values: any file; see charrnn.byte_vocab)
+    vocab: str = "chars"  # chars | bytes (the 256 byte values: any file; see charrnn.corpus.byte_vocab)
     sampling: str = "sequential"  # sequential (carried state) | random (d2l windows, zero state)
     stream_offsets: str = "random"  # sequential: a new start offset every epoch (random) or none (fixed)
     train_windows: int = 0  # with both windows > 0: the d2l split by windows instead of val_fraction

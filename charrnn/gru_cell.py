@@ -10,7 +10,7 @@ With ``hh = H_{t-1} @ W_hh + b_hh`` and both ``xp[t]`` and ``hh`` split into (r,
 (charrnn.model.GRUScratch.step), the sampler's step, and (through `fused_reference`) what the
 fused CUDA kernel is checked against. The scan (`gru_scan`) computes the same function over
 all T steps into preallocated buffers; on CUDA it runs the fused kernels instead
-(charrnn/cuda_fused.py). What the three scans share is in charrnn/scan.py.
+(charrnn/kernels/cuda_fused.py). What the three scans share is in charrnn/scan.py.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from charrnn import cpu_bfloat16, cpu_matmul, cuda_fused, fast_tanh
+from charrnn.kernels import cpu_bfloat16, cpu_matmul, cuda_fused, fast_tanh
 from charrnn.scan import (check_shapes, final_grad, float32_recurrence, input_grad, join_input, needs_grad,
                           split_input, weight_grad)
 

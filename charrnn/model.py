@@ -30,7 +30,7 @@ from torch import nn
 
 from charrnn import gru_cell, lstm_cell, rnn_cell
 from charrnn.config import CELLS, INITS, ModelConfig
-from charrnn.cpu_matmul import linear
+from charrnn.kernels.cpu_matmul import linear
 from charrnn.scan import Gathered
 
 

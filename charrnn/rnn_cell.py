@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from charrnn import cpu_bfloat16, cpu_matmul, fast_tanh
+from charrnn.kernels import cpu_bfloat16, cpu_matmul, fast_tanh
 from charrnn.scan import (check_shapes, final_grad, float32_recurrence, input_grad, join_input, needs_grad,
                           split_input, weight_grad)
 

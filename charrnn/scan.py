@@ -20,7 +20,7 @@ step's input rows are then gathered from ``table = W_xh + b`` just before the st
 When no input requires grad (or grad mode is off, e.g. under ``torch.no_grad`` or
 ``torch.inference_mode``) a plain forward loop runs that saves nothing and reuses per-step
 scratch buffers. Nothing in the loops syncs with the host, so this works on CUDA as well,
-where the GRU and LSTM steps run as PyTorch's fused cell kernels (charrnn/cuda_fused.py).
+where the GRU and LSTM steps run as PyTorch's fused cell kernels (charrnn/kernels/cuda_fused.py).
 Double backward is not supported (the backwards are ``once_differentiable``).
 """
 
@@ -30,7 +30,7 @@ import functools
 
 import torch
 
-from charrnn import cpu_bfloat16, cpu_matmul
+from charrnn.kernels import cpu_bfloat16, cpu_matmul
 
 __all__ = ["Gathered", "float32_recurrence", "needs_grad", "check_shapes", "split_input", "join_input",
            "input_grad", "weight_grad", "final_grad"]
@@ -80,7 +80,7 @@ def float32_recurrence(scan):
     error, and its in-place per-step arithmetic needs one dtype. Inputs that autocast made
     half precision (a deeper layer's xp from a bfloat16 projection) are cast up, which is
     differentiable; the matmuls still use TF32 where that is allowed, and on a CPU
-    autocasting to bfloat16 they take bfloat16 operands (charrnn/cpu_bfloat16.py)."""
+    autocasting to bfloat16 they take bfloat16 operands (charrnn/kernels/cpu_bfloat16.py)."""
 
     @functools.wraps(scan)
     def wrapper(*tensors):

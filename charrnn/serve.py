@@ -31,11 +31,11 @@ from starlette.routing import Route
 
 from charrnn.errors import CharrnnError
 from charrnn.model import RNNLMScratch
-from charrnn.neurons import ACTIVATION_SHADES, activation_level, parse_unit, unit_activations
-from charrnn.sample import GenerationStream
-from charrnn.surprisal import SHADES, checkpoint_info, mean_perplexity, shade_level, surprisal
-from charrnn.text import normalize
-from charrnn.vocab import Vocab
+from charrnn.inspection.neurons import ACTIVATION_SHADES, activation_level, parse_unit, unit_activations
+from charrnn.generation.sample import GenerationStream
+from charrnn.inspection.surprisal import SHADES, checkpoint_info, mean_perplexity, shade_level, surprisal
+from charrnn.corpus.text import normalize
+from charrnn.corpus.vocab import Vocab
 
 
 @dataclass

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from charrnn.train import Reporter, TrainConfig, train
+from charrnn.training.train import TrainConfig, train
+from charrnn.training.report import Reporter
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"

@@ -22,7 +22,7 @@ What is measured, and how:
   through torch.mm and (CPU) oneDNN, the backend charrnn's scans route to. "Peak" for a
   hidden size is the best of all of them.
 * Training: chars/s of a whole step (forward, cross-entropy, backward, clip by global norm
-  with charrnn.train_step.clip_gradients through charrnn.train_step.TrainStep, SGD step; the hidden
+  with charrnn.training.train_step.clip_gradients through charrnn.training.train_step.TrainStep, SGD step; the hidden
   state is carried, detached, from step to step as in training) for charrnn's model
   (charrnn.model.build_model, its real forward) and for the PyTorch modules, each at
   (hidden, batch, seq) from --sizes. On CUDA, charrnn's step is replayed as a CUDA graph
@@ -48,13 +48,13 @@ What is measured, and how:
       training = 3 x forward                 (backward = 2 x forward)
   where I G counts only where the input projection is a matmul: I = V for the PyTorch
   modules, 0 for charrnn's first layer (a row gather). Eval counts the forward only.
-* Sampling: chars/s through charrnn.sample.generate at hidden 512 (a random model of 65
+* Sampling: chars/s through charrnn.generation.sample.generate at hidden 512 (a random model of 65
   characters): 1 sequence with torch.set_num_threads(1) as the CLI does, and 16 sequences
   with 1 and with 2 threads (the better is reported, and which). Beside the 1-sequence
   figure, its bound: the chars/s if a step were only its recurrent (1 x H) @ (H x G)
   matrix-vector product through charrnn's backend, W_hh read from whichever cache holds
   it, timed in the same rounds; and the sampling rate as a share of that bound.
-* Eval: chars/s of charrnn.evaluation.evaluate (carried state) over the validation split of
+* Eval: chars/s of charrnn.scoring.evaluation.evaluate (carried state) over the validation split of
   tinyshakespeare (the last 10% of ../shared/data/tinyshakespeare.txt, or --data), hidden
   512, GFLOP/s and fraction of the peak.
 * Memory (CPU): the growth of the resident set during the first two training steps, each

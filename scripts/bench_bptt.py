@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import torch  # noqa: E402
 
 from charrnn import cpu_matmul  # noqa: E402
-from charrnn.allocator import tune_allocator  # noqa: E402
+from charrnn.kernels.allocator import tune_allocator  # noqa: E402
 from charrnn.model import CELL_CLASSES  # noqa: E402
 
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}

@@ -25,10 +25,10 @@ from pathlib import Path
 import torch
 
 from charrnn.checkpoint import load_model
-from charrnn.data import reload_corpus
-from charrnn.dynamic import STATS_CHARS, DynamicSettings, dynamic_evaluate, gradient_rms
-from charrnn.evaluation import evaluate, recorded_layout
-from charrnn.text import read_text
+from charrnn.corpus.data import reload_corpus
+from charrnn.scoring.dynamic import STATS_CHARS, DynamicSettings, dynamic_evaluate, gradient_rms
+from charrnn.scoring.evaluation import evaluate, recorded_layout
+from charrnn.corpus.text import read_text
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "dynamic-evaluation.md"

@@ -27,7 +27,7 @@ CHILD = """
 import resource, sys
 import torch
 torch.set_num_threads(1)
-from charrnn.train import TrainConfig, train
+from charrnn.training.train import TrainConfig, train
 what, corpus, run = sys.argv[1:4]
 settings = dict(corpus=corpus, out=run, hidden=32, batch_size=32, seq_len=64, eval_every=5,
                 val_fraction=0.001, device="cpu")
@@ -42,7 +42,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # Linux report
 def corpus_bytes(size: int, start: int = 0) -> bytes:
     """`size` bytes of the built-in corpus from `start` on (repeated as needed), cut so
     that they are whole UTF-8 characters."""
-    from charrnn.text import builtin_text
+    from charrnn.corpus.text import builtin_text
 
     block = builtin_text().encode()
     start %= len(block)

@@ -21,10 +21,11 @@ import torch
 
 from charrnn.checkpoint import load_checkpoint
 from charrnn.config import read_preset
-from charrnn.vocab import Vocab
+from charrnn.corpus.vocab import Vocab
 from charrnn.model import ModelConfig, build_model
-from charrnn.sample import generate
-from charrnn.train import Reporter, TrainConfig, train
+from charrnn.generation.sample import generate
+from charrnn.training.train import TrainConfig, train
+from charrnn.training.report import Reporter
 
 ROOT = Path(__file__).resolve().parents[1]
 

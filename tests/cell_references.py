@@ -5,7 +5,7 @@ CPU. Used by test_cells.py, test_cpu_matmul.py, test_cuda_fused.py and test_cuda
 
 import torch
 
-from charrnn import cuda_fused
+from charrnn.kernels import cuda_fused
 from charrnn.gru_cell import gru_scan
 from charrnn.lstm_cell import lstm_scan
 from charrnn.rnn_cell import rnn_scan

@@ -112,7 +112,7 @@ def _make_runner():
 @pytest.fixture(scope="session")
 def cli():
     """cli(*args) runs `charrnn ARGS` in-process and returns a CliResult."""
-    from charrnn.cli import app
+    from charrnn.cli.main import app
 
     runner = _make_runner()
 

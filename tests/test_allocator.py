@@ -1,4 +1,4 @@
-"""charrnn/allocator.py: glibc's malloc tuned once, harmlessly."""
+"""charrnn/kernels/allocator.py: glibc's malloc tuned once, harmlessly."""
 
 import os
 import subprocess
@@ -9,7 +9,7 @@ def test_tune_allocator_is_idempotent_and_harmless():
     """In a child process, since it changes malloc settings process-wide."""
     code = (
         "import platform, sys, torch\n"
-        "from charrnn.allocator import tune_allocator\n"
+        "from charrnn.kernels.allocator import tune_allocator\n"
         "from charrnn.lstm_cell import lstm_scan\n"
         "first = tune_allocator()\n"
         "assert isinstance(first, bool) and tune_allocator() is first\n"

@@ -13,12 +13,13 @@ import pytest
 import torch
 from rich.console import Console
 
-from charrnn.budget import steps_that_fit
+from charrnn.training.budget import steps_that_fit
 from charrnn.checkpoint import load_checkpoint
-from charrnn.report import TerminalReporter
+from charrnn.training.report import TerminalReporter
 from charrnn.config import TrainConfig
-from charrnn.schedule import lr_at
-from charrnn.train import Reporter, train
+from charrnn.training.schedule import lr_at
+from charrnn.training.train import train
+from charrnn.training.report import Reporter
 
 from conftest import TINY, make_text
 

@@ -9,9 +9,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from charrnn.byte_vocab import decoded_steps, shown
+from charrnn.corpus.byte_vocab import decoded_steps, shown
 from charrnn.checkpoint import load_checkpoint
-from charrnn.cli import app
+from charrnn.cli.main import app
 
 from conftest import TINY, make_text
 

@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
-import charrnn.run as run_module
+import charrnn.training.run as run_module
 from charrnn.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint, load_model, resolve_checkpoint, save_checkpoint
 from charrnn.config import TrainConfig
-from charrnn.data import load_corpus
+from charrnn.corpus.data import load_corpus
 from charrnn.errors import CharrnnError
 from charrnn.model import ModelConfig, build_model
-from charrnn.train import train
-from charrnn.vocab import Vocab
+from charrnn.training.train import train
+from charrnn.corpus.vocab import Vocab
 
 from conftest import make_text
 
@@ -44,7 +44,7 @@ def only_plain_values(value) -> bool:
 
 @pytest.fixture
 def trained_and_model(tmp_path, monkeypatch):
-    """Train 3 steps through charrnn.train.train and keep the very model object it trained."""
+    """Train 3 steps through charrnn.training.train.train and keep the very model object it trained."""
     built = []
     real_build = run_module.build_model
     monkeypatch.setattr(run_module, "build_model", lambda config: built.append(real_build(config)) or built[-1])

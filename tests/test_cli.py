@@ -1,4 +1,4 @@
-"""The command line end to end (typer's CliRunner on charrnn.cli.app): train, generate,
+"""The command line end to end (typer's CliRunner on charrnn.cli.main.app): train, generate,
 eval, run directories, presets, datasets, and one-line errors for every bad input."""
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-import charrnn.run_dir
+import charrnn.training.run_dir
 from charrnn.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint, load_model
 from charrnn.config import TrainConfig
-from charrnn.data import load_corpus
-from charrnn.datasets import DATASETS
-from charrnn.evaluation import evaluate
-from charrnn.sample import generate
+from charrnn.corpus.data import load_corpus
+from charrnn.corpus.datasets import DATASETS
+from charrnn.scoring.evaluation import evaluate
+from charrnn.generation.sample import generate
 
 from conftest import TINY, make_text
 
@@ -100,7 +100,7 @@ def test_runs_started_in_the_same_second_get_their_own_directories(cli, corpus_f
         def now(cls, tz=None):
             return datetime(2030, 1, 2, 3, 4, 5)
 
-    monkeypatch.setattr(charrnn.run_dir, "datetime", FrozenClock)
+    monkeypatch.setattr(charrnn.training.run_dir, "datetime", FrozenClock)
     monkeypatch.chdir(tmp_path)
     for _ in range(3):
         cli("train", corpus_file, "--max-steps", "1", *TINY).assert_ok()

@@ -1,4 +1,4 @@
-"""charrnn/cpu_bfloat16.py, training with --amp bf16 on a CPU: the scans' and linear()'s matmuls
+"""charrnn/kernels/cpu_bfloat16.py, training with --amp bf16 on a CPU: the scans' and linear()'s matmuls
 take bfloat16 operands, everything else (state, gates, weights, gradients' sums) stays float32."""
 
 import tomllib
@@ -6,7 +6,7 @@ import tomllib
 import pytest
 import torch
 
-from charrnn import cpu_bfloat16, cpu_matmul
+from charrnn.kernels import cpu_bfloat16, cpu_matmul
 from charrnn.gru_cell import gru_scan
 from charrnn.lstm_cell import lstm_scan
 from charrnn.rnn_cell import rnn_scan

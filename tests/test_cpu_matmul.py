@@ -1,11 +1,11 @@
-"""charrnn/cpu_matmul.py: the scans and `linear` on each CPU matmul backend (BLAS, oneDNN)
+"""charrnn/kernels/cpu_matmul.py: the scans and `linear` on each CPU matmul backend (BLAS, oneDNN)
 against float64 references; each float32 shape big enough is timed once through torch.mm and
 oneDNN and goes to the faster; a run records the choices and adopts them when resumed."""
 
 import pytest
 import torch
 
-from charrnn import cpu_matmul, fast_tanh
+from charrnn.kernels import cpu_matmul, fast_tanh
 from charrnn.checkpoint import load_checkpoint
 
 from cell_references import CELLS, DT, loss_of, loss_weights, make_inputs

@@ -9,14 +9,14 @@ import math
 import pytest
 import torch
 
-from charrnn import cuda_fused
+from charrnn.kernels import cuda_fused
 from charrnn.config import TrainConfig
-from charrnn.evaluation import evaluate
-from charrnn.vocab import Vocab
+from charrnn.scoring.evaluation import evaluate
+from charrnn.corpus.vocab import Vocab
 from charrnn.model import ModelConfig, build_model
-from charrnn.sample import generate
-from charrnn.train import train
-from charrnn.train_step import TrainStep
+from charrnn.generation.sample import generate
+from charrnn.training.train import train
+from charrnn.training.train_step import TrainStep
 
 from conftest import make_text
 from cell_references import CELLS, loss_of, loss_weights, make_inputs
@@ -147,7 +147,7 @@ def test_evaluate_and_generate_on_cuda_match_the_cpu():
 
 @pytest.mark.parametrize("cell", CELLS)
 def test_sampling_replayed_as_a_cuda_graph_matches_eager_sampling(cell, monkeypatch):
-    from charrnn.sample import Sampler
+    from charrnn.generation.sample import Sampler
 
     vocab = Vocab("abcdefgh ")
     torch.manual_seed(0)

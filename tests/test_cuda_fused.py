@@ -1,4 +1,4 @@
-"""charrnn/cuda_fused.py on a CPU, with the kernels' references (the cells' own equations)
+"""charrnn/kernels/cuda_fused.py on a CPU, with the kernels' references (the cells' own equations)
 standing in for the CUDA kernels: the scans' fused path takes one kernel call per step each
 way, gives the plain path's results through the whole model, and kernels failing their
 self-test are not used. (tests/test_cuda.py runs the real kernels on a GPU.)"""
@@ -6,7 +6,7 @@ self-test are not used. (tests/test_cuda.py runs the real kernels on a GPU.)"""
 import pytest
 import torch
 
-from charrnn import cuda_fused
+from charrnn.kernels import cuda_fused
 from charrnn.lstm_cell import lstm_scan
 
 from cell_references import CELLS, loss_of, loss_weights, make_inputs, ref_lstm, use_fused_cells_on_cpu

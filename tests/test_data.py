@@ -8,11 +8,11 @@ import re
 import pytest
 import torch
 
-from charrnn.batches import StreamBatches, WindowBatches, make_batches
-from charrnn.data import load_corpus, reload_corpus
+from charrnn.corpus.batches import StreamBatches, WindowBatches, make_batches
+from charrnn.corpus.data import load_corpus, reload_corpus
 from charrnn.errors import CharrnnError
-from charrnn.text import builtin_text, normalize, read_text
-from charrnn.vocab import Vocab
+from charrnn.corpus.text import builtin_text, normalize, read_text
+from charrnn.corpus.vocab import Vocab
 
 from conftest import make_text
 

@@ -1,4 +1,4 @@
-"""charrnn.datasets against a real local HTTP server serving ../shared/data."""
+"""charrnn.corpus.datasets against a real local HTTP server serving ../shared/data."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from conftest import Server
 
-from charrnn import datasets
-from charrnn.datasets import DATASETS, cache_dir, dataset_path, sha256_file
+from charrnn.corpus import datasets
+from charrnn.corpus.datasets import DATASETS, cache_dir, dataset_path, sha256_file
 from charrnn.errors import CharrnnError
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -194,7 +194,7 @@ def test_module_does_not_import_torch():
     import subprocess
     import sys
 
-    code = "import sys, charrnn.datasets; sys.exit('torch' in sys.modules)"
+    code = "import sys, charrnn.corpus.datasets; sys.exit('torch' in sys.modules)"
     root = Path(datasets.__file__).resolve().parents[1]
     assert subprocess.run([sys.executable, "-c", code], cwd=root).returncode == 0
 

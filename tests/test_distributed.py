@@ -66,7 +66,7 @@ def train_here(*args: str) -> None:
     """`charrnn train ARGS` in this process (no process group)."""
     from typer.testing import CliRunner
 
-    from charrnn.cli import app
+    from charrnn.cli.main import app
 
     result = CliRunner().invoke(app, ["train", *args])
     assert result.exit_code == 0, result.output
@@ -176,7 +176,7 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path, corpus):
 
 def test_shares_of_an_evaluation_add_up_to_the_whole():
     from charrnn.model import ModelConfig, build_model
-    from charrnn.evaluation import evaluate
+    from charrnn.scoring.evaluation import evaluate
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(vocab_size=5, cell="gru", hidden=8))
@@ -192,7 +192,7 @@ def test_shares_of_an_evaluation_add_up_to_the_whole():
 def test_resume_with_another_global_batch_starts_the_streams_afresh(tmp_path, corpus):
     from typer.testing import CliRunner
 
-    from charrnn.cli import app
+    from charrnn.cli.main import app
 
     train_here(str(corpus), *TINY, "--batch-size", "4", "--max-steps", "10", "--out", str(tmp_path / "run"))
     before = checkpoint(tmp_path / "run" / "last.pt")["progress"]
@@ -209,16 +209,16 @@ def test_resume_with_another_global_batch_starts_the_streams_afresh(tmp_path, co
 def worker(out: Path, args: list[str]) -> None:
     """One torchrun process: `charrnn train ARGS`, then its parameters, step count, exit
     code and CPU generator state into OUT/rank<RANK>.pt."""
-    import charrnn.run
-    import charrnn.train
-    from charrnn.cli import app
+    import charrnn.training.run
+    import charrnn.training.train
+    from charrnn.cli.main import app
 
     rank = os.environ["RANK"]
     (out / f"rank{rank}.pid").write_text(str(os.getpid()))
     models, summaries = [], []
-    build_model, train = charrnn.run.build_model, charrnn.train.train
-    charrnn.run.build_model = lambda *a: models.append(build_model(*a)) or models[-1]
-    charrnn.train.train = lambda *a, **k: summaries.append(train(*a, **k)) or summaries[-1]
+    build_model, train = charrnn.training.run.build_model, charrnn.training.train.train
+    charrnn.training.run.build_model = lambda *a: models.append(build_model(*a)) or models[-1]
+    charrnn.training.train.train = lambda *a, **k: summaries.append(train(*a, **k)) or summaries[-1]
     try:
         app(["train", *args], prog_name="charrnn")
         code = 0

@@ -11,9 +11,9 @@ import random
 import pytest
 import torch
 
-from charrnn.vocab import Vocab
-from charrnn.dynamic import DynamicEvaluation, DynamicSettings, dynamic_evaluate, gradient_rms
-from charrnn.evaluation import evaluate
+from charrnn.corpus.vocab import Vocab
+from charrnn.scoring.dynamic import DynamicEvaluation, DynamicSettings, dynamic_evaluate, gradient_rms
+from charrnn.scoring.evaluation import evaluate
 from charrnn.model import ModelConfig, build_model
 
 from conftest import make_text

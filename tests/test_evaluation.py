@@ -11,13 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from charrnn import evaluation
+from charrnn.scoring import evaluation
 from charrnn.checkpoint import load_checkpoint, save_checkpoint
-from charrnn.vocab import Vocab
-from charrnn.evaluation import evaluate, recorded_layout
-from charrnn.surprisal import surprisal
+from charrnn.corpus.vocab import Vocab
+from charrnn.scoring.evaluation import evaluate, recorded_layout
+from charrnn.inspection.surprisal import surprisal
 from charrnn.model import ModelConfig, build_model
-from charrnn.sample import warm_up
+from charrnn.generation.sample import warm_up
 
 from conftest import TINY, make_text
 
@@ -61,7 +61,7 @@ def test_eval_options_override_the_recorded_layout(cli, trained_run):
 
 def trained_model_and_val(run):
     from charrnn.checkpoint import load_model
-    from charrnn.data import reload_corpus
+    from charrnn.corpus.data import reload_corpus
 
     model, _, ckpt = load_model(run, "cpu")
     return model, reload_corpus(ckpt["corpus"]).val_ids

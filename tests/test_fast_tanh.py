@@ -1,8 +1,8 @@
-"""charrnn/fast_tanh.py: tanh through sigmoid for CPU float32 blocks, torch.tanh elsewhere."""
+"""charrnn/kernels/fast_tanh.py: tanh through sigmoid for CPU float32 blocks, torch.tanh elsewhere."""
 
 import torch
 
-from charrnn import fast_tanh
+from charrnn.kernels import fast_tanh
 
 
 def test_fast_tanh_is_within_2e_7_of_tanh():

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from charrnn.checkpoint import load_model
-from charrnn.stops import StopScanner, parse_stops
+from charrnn.generation.stops import StopScanner, parse_stops
 
 PREFIX = "The time "
 
@@ -131,7 +131,7 @@ def test_beam_rejects_what_it_cannot_use(cli, trained_run, args, fragment):
 def test_each_interactive_answer_ends_at_a_stop_string(trained_run):
     from typer.testing import CliRunner
 
-    from charrnn.cli import app
+    from charrnn.cli.main import app
 
     def answers(*extra):
         args = ["generate", "--checkpoint", str(trained_run), "--interactive", "--greedy", "--length", "30", *extra]

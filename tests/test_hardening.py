@@ -19,16 +19,17 @@ import torch
 from typer.testing import CliRunner
 
 import charrnn.checkpoint
-import charrnn.sources
-import charrnn.text
-import charrnn.train
+import charrnn.corpus.sources
+import charrnn.corpus.text
+import charrnn.training.train
 from charrnn.checkpoint import FORMAT_VERSION, load_checkpoint
-from charrnn.cli import app
-from charrnn.data import load_corpus
+from charrnn.cli.main import app
+from charrnn.corpus.data import load_corpus
 from charrnn.errors import CharrnnError
-from charrnn.sample import generate
-from charrnn.text import Text, read_text
-from charrnn.train import Reporter, TrainConfig, train
+from charrnn.generation.sample import generate
+from charrnn.corpus.text import Text, read_text
+from charrnn.training.train import TrainConfig, train
+from charrnn.training.report import Reporter
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,7 +87,7 @@ def test_crlf_line_endings_are_kept_as_they_are(tmp_path):
 
 @pytest.mark.parametrize("chunk", [3, 1 << 18])
 def test_nul_and_invalid_bytes_name_their_offset_whatever_the_read_chunk(tmp_path, monkeypatch, chunk):
-    monkeypatch.setattr(charrnn.text, "READ_CHUNK", chunk)
+    monkeypatch.setattr(charrnn.corpus.text, "READ_CHUNK", chunk)
     with pytest.raises(CharrnnError, match="NUL byte at offset 13$"):
         read_text(write(tmp_path / "nul.txt", "héllo wörld\x00more".encode()))
     with pytest.raises(CharrnnError, match="byte 0xff at offset 13 is invalid$"):
@@ -175,7 +176,7 @@ def test_resume_reads_the_encoded_cache_instead_of_the_text(tmp_path, monkeypatc
     def no_reading(*args, **kwargs):
         raise AssertionError("the text was read again")
 
-    monkeypatch.setattr(charrnn.sources, "read_text", no_reading)
+    monkeypatch.setattr(charrnn.corpus.sources, "read_text", no_reading)
     assert train(tiny(tmp_path, corpus, max_steps=6), resume=tmp_path / "run")["steps"] == 6
 
 
@@ -285,7 +286,7 @@ def test_a_full_disk_at_a_save_stops_in_one_line_and_keeps_the_previous_checkpoi
 @pytest.mark.parametrize("wild_lr", [1e6, float("inf")])
 def test_a_diverging_run_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, wild_lr):
     corpus = write(tmp_path / "c.txt", TEXT)
-    monkeypatch.setattr(charrnn.train, "lr_at", lambda config, progress, step, *scale: 2e-3 if step < 4 else wild_lr)
+    monkeypatch.setattr(charrnn.training.train, "lr_at", lambda config, progress, step, *scale: 2e-3 if step < 4 else wild_lr)
     with pytest.raises(CharrnnError) as failure:
         train(tiny(tmp_path, corpus, max_steps=20, clip=1e30))
     message = str(failure.value)

@@ -26,7 +26,7 @@ def too_long(path: Path) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("path", sorted(PACKAGE.glob("*.py")), ids=lambda path: path.name)
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda path: str(path.relative_to(PACKAGE)))
 def test_modules_and_functions_fit_on_a_screen_or_a_few(path):
     found = too_long(path)
     assert not found, "\n".join(found)

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from charrnn.checkpoint import load_checkpoint
-from charrnn.vocab import Vocab
+from charrnn.corpus.vocab import Vocab
 
 from conftest import TINY, make_text
 

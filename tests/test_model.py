@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from charrnn.vocab import Vocab
+from charrnn.corpus.vocab import Vocab
 from charrnn.model import (
     GRUScratch,
     LSTMScratch,
@@ -20,7 +20,7 @@ from charrnn.model import (
     copy_state,
     detach_state,
 )
-from charrnn.sample import generate, warm_up
+from charrnn.generation.sample import generate, warm_up
 
 TOL = dict(rtol=1e-9, atol=1e-9)
 SCRATCH = {"rnn": RNNScratch, "gru": GRUScratch, "lstm": LSTMScratch}
@@ -467,7 +467,7 @@ def test_generate_leaves_the_thread_count_alone_between_steps():
 def test_sampler_steps_match_the_forward_in_float32(cell, samples, embedding):
     """The Sampler's fast steps (at this size: packed oneDNN matmuls where available, tanh
     through sigmoid for 16 sequences) give the logits the whole-sequence forward gives."""
-    from charrnn.sample import Sampler
+    from charrnn.generation.sample import Sampler
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(40, cell, 256, 2, 0.0, init_sigma=0.1, embedding=embedding)).eval()
@@ -507,7 +507,7 @@ def test_sampling_through_a_replayed_step_gives_the_same_text(cell, samples, mon
     """The Sampler's CUDA-graph path (ids and state copied in, logits and state read out of
     the graph's tensors), with a stand-in for the graph on the CPU, samples exactly what the
     eager steps sample."""
-    from charrnn.sample import Sampler
+    from charrnn.generation.sample import Sampler
 
     torch.manual_seed(0)
     vocab = Vocab("abcdefgh ")
@@ -530,7 +530,7 @@ def test_sampling_through_a_replayed_step_gives_the_same_text(cell, samples, mon
 
 
 def test_sampling_goes_on_eagerly_when_the_capture_fails(monkeypatch):
-    from charrnn.sample import Sampler
+    from charrnn.generation.sample import Sampler
 
     torch.manual_seed(0)
     vocab = Vocab("abcdefgh ")

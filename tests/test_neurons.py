@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from charrnn.model import ModelConfig, build_model
-from charrnn.neurons import Unit, best_units, correlations, record, text_properties
+from charrnn.inspection.neurons import Unit, best_units, correlations, record, text_properties
 
 
 def quoted_text(n_chars: int, seed: int = 0) -> str:

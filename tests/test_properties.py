@@ -13,14 +13,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-import charrnn.text
+import charrnn.corpus.text
 from charrnn.checkpoint import load_checkpoint, load_model, save_checkpoint
-from charrnn.cli import app
+from charrnn.cli.main import app
 from charrnn.errors import CharrnnError
 from charrnn.model import ModelConfig, build_model
-from charrnn.sample import generate
-from charrnn.text import Text, normalize, normalize_pieces, read_text
-from charrnn.vocab import Vocab
+from charrnn.generation.sample import generate
+from charrnn.corpus.text import Text, normalize, normalize_pieces, read_text
+from charrnn.corpus.vocab import Vocab
 
 torch.set_num_threads(1)
 SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -94,7 +94,7 @@ def test_reading_in_chunks_is_reading_at_once(tmp_path, monkeypatch, data, chunk
         return "".join(text.chars[i] for i in text.ids.tolist())
 
     whole = read()
-    monkeypatch.setattr(charrnn.text, "READ_CHUNK", chunk)
+    monkeypatch.setattr(charrnn.corpus.text, "READ_CHUNK", chunk)
     assert read() == whole
     if whole is not None:
         assert whole == data.decode("utf-8").removeprefix("\ufeff")

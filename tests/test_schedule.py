@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-import charrnn.run as run_module
+import charrnn.training.run as run_module
 from charrnn.checkpoint import load_checkpoint
 from charrnn.config import TrainConfig
-from charrnn.run import Progress
-from charrnn.schedule import after_evaluation, lr_at
+from charrnn.training.run import Progress
+from charrnn.training.schedule import after_evaluation, lr_at
 
 from conftest import TINY
 

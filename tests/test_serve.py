@@ -18,7 +18,7 @@ from starlette.testclient import TestClient  # noqa: E402
 
 from charrnn.checkpoint import load_model  # noqa: E402
 from charrnn.serve import Limits, create_app  # noqa: E402
-from charrnn.surprisal import surprisal  # noqa: E402
+from charrnn.inspection.surprisal import surprisal  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import charrnn.run as run_module
-from charrnn.batches import StreamBatches
+import charrnn.training.run as run_module
+from charrnn.corpus.batches import StreamBatches
 from charrnn.checkpoint import load_checkpoint
 from charrnn.config import TrainConfig
-from charrnn.data import load_corpus
-from charrnn.train import Reporter, train
+from charrnn.corpus.data import load_corpus
+from charrnn.training.train import train
+from charrnn.training.report import Reporter
 
 from conftest import make_text
 

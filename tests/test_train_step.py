@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from charrnn.model import ModelConfig, build_model, copy_state
-from charrnn.train_step import TrainStep, clip_gradients
+from charrnn.training.train_step import TrainStep, clip_gradients
 
 
 class StandInGraph:

@@ -24,9 +24,10 @@ from hypothesis import strategies as st
 from rich.console import Console
 from typer.testing import CliRunner
 
-from charrnn.cli import app
+from charrnn.cli.main import app
 from charrnn.config import TrainConfig
-from charrnn.train import Reporter, train
+from charrnn.training.train import train
+from charrnn.training.report import Reporter
 
 torch.set_num_threads(1)
 
@@ -82,7 +83,7 @@ def test_every_training_setting_is_an_option_whose_default_is_the_configs():
 
     from typer.main import get_command
 
-    from charrnn.cli import app
+    from charrnn.cli.main import app
 
     train_command = get_command(app).commands["train"]
     options = {param.name: param for param in train_command.params}
@@ -106,7 +107,7 @@ def test_every_training_setting_given_on_the_command_line_reaches_train(tmp_path
 
     from typer.main import get_command
 
-    import charrnn.train
+    import charrnn.training.train
 
     # a value other than the default, of the right kind, for every setting that is a string
     other = {"corpus": str(tmp_path / "c.txt"), "dataset": "timemachine", "val_file": str(tmp_path / "v.txt"),
@@ -133,7 +134,7 @@ def test_every_training_setting_given_on_the_command_line_reaches_train(tmp_path
     def handed(config, reporter, resume=None):
         raise Handed(config)
 
-    monkeypatch.setattr(charrnn.train, "train", handed)
+    monkeypatch.setattr(charrnn.training.train, "train", handed)
     result = CliRunner().invoke(app, ["train", *args])
     assert isinstance(result.exception, Handed), result.output
     assert asdict(result.exception.config) == expected
@@ -156,7 +157,7 @@ def test_the_cli_module_loads_neither_torch_nor_matplotlib():
 
     root = Path(__file__).resolve().parents[1]
     loaded = subprocess.run(
-        [sys.executable, "-c", "import sys, charrnn.cli; print('torch' in sys.modules, 'matplotlib' in sys.modules)"],
+        [sys.executable, "-c", "import sys, charrnn.cli.main; print('torch' in sys.modules, 'matplotlib' in sys.modules)"],
         capture_output=True, text=True, env={"PYTHONPATH": str(root)}, check=True).stdout.split()
     assert loaded == ["False", "False"]  # so that --help and argument errors stay fast
 
@@ -269,7 +270,7 @@ def render(renderable) -> str:
 
 
 def test_the_live_display_shows_validation_best_lr_and_eta():
-    from charrnn.report import TerminalReporter
+    from charrnn.training.report import TerminalReporter
 
     console = Console(file=io.StringIO(), force_terminal=True, width=220)
     reporter = TerminalReporter(console)
@@ -296,7 +297,7 @@ def test_the_live_display_shows_validation_best_lr_and_eta():
 
 
 def test_a_resumed_run_shows_its_best_so_far():
-    from charrnn.report import TerminalReporter
+    from charrnn.training.report import TerminalReporter
 
     reporter = TerminalReporter(Console(file=io.StringIO(), force_terminal=True, width=220))
     reporter.start({"run": "r", "device": "cpu", "parameters": 1, "vocab_size": 2, "train_chars": 9, "val_chars": 1,
@@ -310,7 +311,7 @@ class InterruptingReporter(Reporter):
     """Sends this process SIGINT (as Ctrl-C does) at the first progress report."""
 
     def __init__(self, console):
-        from charrnn.report import TerminalReporter
+        from charrnn.training.report import TerminalReporter
 
         self.terminal = TerminalReporter(console)
 
@@ -345,7 +346,7 @@ def test_plot_draws_several_runs_on_one_figure(run, corpus, tmp_path, monkeypatc
     other = tmp_path / "other"
     assert invoke("train", corpus, "--hidden", 8, "--batch-size", 4, "--seq-len", 16, "--cell", "gru",
                   "--max-steps", 12, "--eval-every", 4, "--out", other, "-q").exit_code == 0
-    from charrnn import plot
+    from charrnn.training import plot
 
     drawn = {}
     real_close = plot.pyplot().close
@@ -403,13 +404,13 @@ def nucleus_size(probs: torch.Tensor, top_p: float) -> int:
 
 
 def noise_for(logits: torch.Tensor, seed: int = 0) -> torch.Tensor:
-    from charrnn.sample import gumbel_noise
+    from charrnn.generation.sample import gumbel_noise
 
     return gumbel_noise(1, *logits.shape, torch.Generator().manual_seed(seed), "cpu")[0].to(logits.dtype)
 
 
 def test_top_p_samples_only_the_nucleus():
-    from charrnn.sample import choose
+    from charrnn.generation.sample import choose
 
     probs = torch.tensor([0.05, 0.5, 0.15, 0.3])
     logits = probs.log().expand(4000, -1)
@@ -428,7 +429,7 @@ def test_top_p_samples_only_the_nucleus():
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.floats(-5, 5), min_size=2, max_size=12), st.floats(0.01, 1.0))
 def test_top_p_never_samples_outside_the_nucleus(logit_values, top_p):
-    from charrnn.sample import choose
+    from charrnn.generation.sample import choose
 
     logits = torch.tensor(logit_values, dtype=torch.float64)
     probs = torch.softmax(logits, -1)
@@ -480,7 +481,7 @@ def test_generate_rejects_bad_settings_in_one_line(run, option, value):
 
 def test_interactive_prompt_continues_from_the_kept_state(run):
     from charrnn.checkpoint import load_model
-    from charrnn.sample import generate
+    from charrnn.generation.sample import generate
 
     result = invoke("generate", "--checkpoint", run, "--interactive", "--greedy", "--length", 12,
                     input="the \n\nso, \n")
@@ -499,7 +500,7 @@ def test_interactive_prompt_continues_from_the_kept_state(run):
 
 def test_interactive_prompt_reports_unknown_characters_and_goes_on(run):
     from charrnn.checkpoint import load_model
-    from charrnn.sample import generate
+    from charrnn.generation.sample import generate
 
     result = invoke("generate", "--checkpoint", run, "-i", "--length", 5, "--greedy", input="The\nthe\n")
     assert result.exit_code == 0
@@ -517,7 +518,7 @@ def test_interactive_takes_neither_json_nor_samples(run):
 
 def test_a_sampler_stopped_early_keeps_a_consistent_state(run):
     from charrnn.checkpoint import load_model
-    from charrnn.sample import GenerationStream, generate
+    from charrnn.generation.sample import GenerationStream, generate
 
     model, vocab, _ = load_model(run, "cpu")
     stream = GenerationStream(model, vocab, greedy=True)
@@ -565,8 +566,8 @@ def test_info_errors_are_one_line(tmp_path):
 
 def test_surprisal_is_the_loss_of_one_stream_in_bits(run, corpus):
     from charrnn.checkpoint import load_model
-    from charrnn.surprisal import surprisal
-    from charrnn.evaluation import evaluate
+    from charrnn.inspection.surprisal import surprisal
+    from charrnn.scoring.evaluation import evaluate
 
     model, vocab, _ = load_model(run, "cpu")
     text = corpus.read_text()[:700]
@@ -579,7 +580,7 @@ def test_surprisal_is_the_loss_of_one_stream_in_bits(run, corpus):
 
 
 def test_shading_follows_whole_bits_and_leaves_the_first_character_plain():
-    from charrnn.surprisal import SHADES, shaded_text
+    from charrnn.inspection.surprisal import SHADES, shaded_text
 
     text = "abcde"
     shaded = shaded_text(text, [0.2, 1.5, 3.9, math.inf])

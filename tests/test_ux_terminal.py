@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from charrnn.checkpoint import load_model
-from charrnn.sample import generate
-from charrnn.train import TrainConfig, train
+from charrnn.generation.sample import generate
+from charrnn.training.train import TrainConfig, train
 
 torch.set_num_threads(1)
 

@@ -6,7 +6,8 @@ from types import SimpleNamespace
 
 def charrnn_internals() -> SimpleNamespace:
     """charrnn's matmul backend and tuning, under the names the bench uses."""
-    from charrnn import allocator, cpu_matmul, cuda_fused, scan
+    from charrnn import scan
+    from charrnn.kernels import allocator, cpu_matmul, cuda_fused
 
     return SimpleNamespace(
         tune_allocator=allocator.tune_allocator,  # glibc malloc tuning, as `charrnn train` does

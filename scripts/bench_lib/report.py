@@ -13,7 +13,7 @@ from bench_lib.memory import measure_memory
 from bench_lib.timing import Clock, cpu_capability, med, paired_rounds
 from bench_lib.workloads import (bench_eval, bench_sampling, gemm_peak, implementations, make_matmul_step,
                                  make_train_step, read_val_ids, train_flops)
-from charrnn.train_step import TrainStep
+from charrnn.training.train_step import TrainStep
 
 
 @dataclass
@@ -158,7 +158,7 @@ def _graphs_table(rows) -> None:
 
 
 def sampling_part(setup: Setup, H: int) -> None:
-    print(f"#### Sampling (charrnn.sample.generate, hidden {H})\n")
+    print(f"#### Sampling (charrnn.generation.sample.generate, hidden {H})\n")
     print("| cell | 1 sequence, 1 thread: chars/s (best) | W_hh product alone: chars/s | 1 sequence / that bound "
           "| 16 sequences: chars/s (best), threads |")
     print("|---|---:|---:|---:|---:|")
@@ -180,7 +180,7 @@ def eval_part(setup: Setup, H: int, data: Path, peak: dict[int, float]) -> None:
     if setup.quick:
         ids = ids[: 20 * B * T + 1]
     hp = peak.get(H) or max(peak.values())
-    print(f"#### Evaluation (charrnn.evaluation.evaluate, hidden {H}, {B} streams of {T}; "
+    print(f"#### Evaluation (charrnn.scoring.evaluation.evaluate, hidden {H}, {B} streams of {T}; "
           f"{len(ids) - 1:,} characters of tinyshakespeare's validation split)\n")
     print("| cell | chars/s (best) | GFLOP/s | % of peak |")
     print("|---|---:|---:|---:|")

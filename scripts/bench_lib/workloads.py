@@ -14,7 +14,7 @@ from torch import nn
 from bench_lib.internals import charrnn_internals
 from bench_lib.timing import Clock, med, paired_rounds
 from charrnn.model import ModelConfig, build_model
-from charrnn.train_step import TrainStep
+from charrnn.training.train_step import TrainStep
 
 CELLS = ("rnn", "gru", "lstm")
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
@@ -89,7 +89,7 @@ def train_flops(impl: str, cell: str, H: int, B: int, T: int) -> float:
 
 
 def make_train_step(impl: str, cell: str, H: int, B: int, T: int, device, seed: int = 0, graphs: bool = False):
-    """A closure running one training step as charrnn.train does, through its TrainStep
+    """A closure running one training step as charrnn.training.train does, through its TrainStep
     (see bench.py); with graphs (CUDA), replayed as a CUDA graph after TrainStep's warm-up."""
     torch.manual_seed(seed)
     model = make_model(impl, cell, H, device).train()
@@ -170,8 +170,8 @@ def implementations(device) -> dict[str, tuple[str, bool]]:
 def bench_sampling(H, device, clock: Clock, quick, repeats, cells=CELLS) -> list[dict]:
     """Per cell: chars/s of 1 sequence (1 thread), of 16 (the best thread count), and the
     bound the 1-sequence step's recurrent product sets."""
-    from charrnn.data import Vocab
-    from charrnn.sample import generate
+    from charrnn.corpus.data import Vocab
+    from charrnn.generation.sample import generate
 
     vocab = Vocab(string.ascii_letters + " \n!$&',-.3:;?")  # tinyshakespeare's 65 characters
     rows = []
@@ -219,7 +219,7 @@ def product_per_char(cell: str, H: int, device, chars: int):
 
 
 def read_val_ids(path: Path):
-    from charrnn.data import Vocab
+    from charrnn.corpus.data import Vocab
 
     text = path.read_text(encoding="utf-8")
     cut = int(len(text) * 0.9)
@@ -229,7 +229,7 @@ def read_val_ids(path: Path):
 
 
 def bench_eval(H, B, T, ids, vocab_size, device, clock, repeats, peak, cells=CELLS) -> list[dict]:
-    from charrnn.evaluation import evaluate
+    from charrnn.scoring.evaluation import evaluate
 
     models = {}
     for cell in cells:

@@ -4,7 +4,7 @@ A corpus is UTF-8 text, read as text. A file is read, hashed, decoded and encode
 at a time, in one pass, straight into one tensor of ids in the narrowest integer dtype that
 fits (a byte per character for up to 256 distinct characters). The text is never held as
 one str, nor as a Python int per character; the split and the vocabulary's ids are made in
-that tensor (charrnn.data), and training batches are views into it.
+that tensor (charrnn.corpus.data), and training batches are views into it.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 import torch
 
-from charrnn.byte_vocab import read_bytes
+from charrnn.corpus.byte_vocab import read_bytes
 from charrnn.errors import CharrnnError
 
 NORMALIZERS = ("none", "letters")

@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from charrnn.distributed import all_reduce
+from charrnn.training.distributed import all_reduce
 
 # The step is timed after WARMUP_STEPS untimed steps (first allocations; a CUDA graph's
 # warm-up and capture), for at least MIN_TIMED steps and MEASURE_FRACTION of the budget,

@@ -11,7 +11,7 @@ import torch
 
 from charrnn.errors import CharrnnError
 from charrnn.model import RNNLMScratch, map_state
-from charrnn.sample import Sampler, state_output, warm_up
+from charrnn.generation.sample import Sampler, state_output, warm_up
 
 
 @torch.inference_mode()

@@ -1,5 +1,5 @@
-"""CUDA graphs, as the training step (charrnn.train_step.TrainStep) and the sampler
-(charrnn.sample.Sampler) use them: record a step's kernels once, then launch them all at
+"""CUDA graphs, as the training step (charrnn.training.train_step.TrainStep) and the sampler
+(charrnn.generation.sample.Sampler) use them: record a step's kernels once, then launch them all at
 once per step, where launching them one by one costs the host more than the GPU takes."""
 
 from __future__ import annotations

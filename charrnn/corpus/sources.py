@@ -12,7 +12,7 @@ with its sha256.
     training     a a a a a a a ¶   b b b b ¶     n n n n n ¶     (the first 90% of each)
     validation   a ¶ b ¶ n ¶                                     (the last 10% of each)
 
-The split is charrnn.data's; the separator follows each part, so validation ends its
+The split is charrnn.corpus.data's; the separator follows each part, so validation ends its
 documents as training does.
 """
 
@@ -26,9 +26,9 @@ from pathlib import Path
 
 import torch
 
-from charrnn.byte_vocab import ByteVocab
+from charrnn.corpus.byte_vocab import ByteVocab
 from charrnn.errors import CharrnnError
-from charrnn.text import (READ_CHUNK, Text, builtin_sha256, builtin_text, decode_chunks, encode_pieces, normalize,
+from charrnn.corpus.text import (READ_CHUNK, Text, builtin_sha256, builtin_text, decode_chunks, encode_pieces, normalize,
                           normalize_pieces, read_byte_text, read_text)
 
 # what ends a document: a blank line; for byte models the end-of-text control character,
@@ -55,7 +55,7 @@ def read_source(paths: str | list[str] | None, dataset: str | None, *, documents
     if documents:
         return read_documents(corpus_files(paths), doc_sep, normalize_how, by_bytes)
     if dataset:
-        from charrnn.datasets import dataset_path
+        from charrnn.corpus.datasets import dataset_path
 
         text = read(dataset_path(dataset, quiet=quiet), normalize_how=normalize_how)
         record = {"kind": "dataset", "name": dataset}
@@ -208,7 +208,7 @@ def listing_sha256(files: list[Path], hashes: list[str]) -> str:
 
 def well_formed(source) -> bool:
     """Whether a recorded source (from a checkpoint, perhaps a stranger's) has the fields
-    charrnn.data.load_corpus writes, of their types."""
+    charrnn.corpus.data.load_corpus writes, of their types."""
     if not isinstance(source, dict) or source.get("kind") not in ("file", "files", "dataset", "builtin"):
         return False
     needed = ["sha256", "normalize"] + {"file": ["path"], "files": ["doc_sep"], "dataset": ["name"],
@@ -249,7 +249,7 @@ def check_present(source: dict) -> None:
 def unchanged(source: dict) -> bool:
     """Whether every file of a record (and a dataset or the built-in corpus) still has its
     recorded sha256."""
-    from charrnn.datasets import dataset_path
+    from charrnn.corpus.datasets import dataset_path
 
     if source["kind"] == "dataset" and file_sha256(dataset_path(source["name"], quiet=True)) != source["sha256"]:
         return False
@@ -273,7 +273,7 @@ def first_change(recorded: dict, now: dict) -> str | None:
 
 def file_sha256(path) -> str | None:
     """A file's sha256 now; None when it cannot be read."""
-    from charrnn.datasets import sha256_file
+    from charrnn.corpus.datasets import sha256_file
 
     try:
         return sha256_file(path)

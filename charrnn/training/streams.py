@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from charrnn.distributed import gather_rows, rank, world_size
+from charrnn.training.distributed import gather_rows, rank, world_size
 
 
 def stream_seed(seed: int, process: int, step: int = 0) -> int:

@@ -1,5 +1,5 @@
-"""A corpus as training and validation ids: read (charrnn.sources, charrnn.text), split,
-and encoded in its vocabulary (charrnn.vocab); found and checked again from a
+"""A corpus as training and validation ids: read (charrnn.corpus.sources, charrnn.corpus.text), split,
+and encoded in its vocabulary (charrnn.corpus.vocab); found and checked again from a
 checkpoint's record of it; kept encoded in the run directory for a quick resume.
 
 The ids are made in the tensor the text was read into: the training part in place, the
@@ -16,13 +16,13 @@ from pathlib import Path
 
 import torch
 
-from charrnn.byte_vocab import ByteVocab
+from charrnn.corpus.byte_vocab import ByteVocab
 from charrnn.config import UNKNOWN_CHOICES, VOCAB_KINDS
 from charrnn.errors import CharrnnError
-from charrnn.sources import (check_present, corpus_files, first_change, is_documents, read_documents, read_source,
+from charrnn.corpus.sources import (check_present, corpus_files, first_change, is_documents, read_documents, read_source,
                              separator, unchanged, well_formed)
-from charrnn.text import ENCODE_CHUNK, Text, characters, read_byte_text, read_text
-from charrnn.vocab import Vocab
+from charrnn.corpus.text import ENCODE_CHUNK, Text, characters, read_byte_text, read_text
+from charrnn.corpus.vocab import Vocab
 
 
 @dataclass
@@ -52,7 +52,7 @@ def load_corpus(
     vocab_kind: str = "chars",
 ) -> Corpus:
     """Read a corpus (`path`: a file, or several paths, folders and globs read as documents
-    each ended by `doc_sep`, see charrnn.sources), a named dataset, or (neither given) the
+    each ended by `doc_sep`, see charrnn.corpus.sources), a named dataset, or (neither given) the
     built-in corpus, and split it: `val_file` or the documents of `val_dir` if given, else
     the last `val_fraction` of the text (of each document). `windows` = (train_windows,
     val_windows, seq_len) is the d2l split instead: the first train_windows stride-1

@@ -1,6 +1,6 @@
 """Looking inside a trained model: what a checkpoint holds (`checkpoint_info`), and how
 surprised the model is by each character of a text (`surprisal`), shaded for a terminal
-(`shaded_text`) or a self-contained HTML page (`surprisal_html`). charrnn.neurons shades
+(`shaded_text`) or a self-contained HTML page (`surprisal_html`). charrnn.inspection.neurons shades
 by a unit's activation with the same two helpers (`shaded_runs`, `html_page`)."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from rich.style import Style
 from rich.text import Text
 
-from charrnn.evaluation import eval_mode
+from charrnn.scoring.evaluation import eval_mode
 from charrnn.model import RNNLMScratch
-from charrnn.sources import well_formed
-from charrnn.vocab import Vocab
+from charrnn.corpus.sources import well_formed
+from charrnn.corpus.vocab import Vocab
 
 # ---------------------------------------------------------------- what a checkpoint holds
 

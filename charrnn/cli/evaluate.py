@@ -38,9 +38,9 @@ def evaluate_command(
     With --dynamic, also dynamic evaluation (Krause et al., 2018); see docs/dynamic-evaluation.md.
     """
     from charrnn.checkpoint import load_model
-    from charrnn.data import check_unknown
-    from charrnn.evaluation import evaluate, nats_summary, recorded_layout
-    from charrnn.neurons import parse_unit
+    from charrnn.corpus.data import check_unknown
+    from charrnn.scoring.evaluation import evaluate, nats_summary, recorded_layout
+    from charrnn.inspection.neurons import parse_unit
 
     if (batch_size is not None and batch_size < 1) or (seq_len is not None and seq_len < 1):
         raise CharrnnError("--batch-size and --seq-len must be positive")
@@ -104,8 +104,8 @@ def neurons(
     `charrnn eval --show --neuron L:U`.
     """
     from charrnn.checkpoint import load_model
-    from charrnn.data import check_unknown
-    from charrnn.neurons import best_units, best_units_lines, record, text_properties
+    from charrnn.corpus.data import check_unknown
+    from charrnn.inspection.neurons import best_units, best_units_lines, record, text_properties
 
     check_unknown(unknown)
     if top < 1 or max_chars < 2:
@@ -131,7 +131,7 @@ def figures_line(figures: dict) -> str:
 
 def dynamic_settings(seq_len, lr, decay):
     """DynamicSettings from the options given (None: the default)."""
-    from charrnn.dynamic import DynamicSettings
+    from charrnn.scoring.dynamic import DynamicSettings
 
     given = {"seq_len": seq_len, "lr": lr, "decay": decay}
     return DynamicSettings(**{k: v for k, v in given.items() if v is not None})
@@ -140,7 +140,7 @@ def dynamic_settings(seq_len, lr, decay):
 def training_ids(ckpt: dict, checkpoint):
     """The checkpoint's training text as ids: dynamic evaluation's gradient statistics come from it."""
     from charrnn.checkpoint import resolve_checkpoint
-    from charrnn.data import reload_corpus
+    from charrnn.corpus.data import reload_corpus
 
     source = ckpt.get("corpus")
     if not isinstance(source, dict) or not source:
@@ -152,8 +152,8 @@ def dynamic_figures(model, ids, train_ids, settings) -> dict:
     """Static and dynamic figures of one reading, the gain in nats/char and the settings."""
     from dataclasses import asdict
 
-    from charrnn.dynamic import compare
-    from charrnn.evaluation import nats_summary
+    from charrnn.scoring.dynamic import compare
+    from charrnn.scoring.evaluation import nats_summary
 
     sums = compare(model, ids, train_ids, settings)
     static, dynamic = (nats_summary(total / count) for total, count in (sums["static"], sums["dynamic"]))
@@ -165,7 +165,7 @@ def byte_model_result(result: dict, ids, window: int) -> dict:
     """A byte model's measures are per byte; where the text is UTF-8, bits per character
     too (bits per byte times the text's bytes per character), so that byte and character
     models compare on one text."""
-    from charrnn.byte_vocab import utf8_chars
+    from charrnn.corpus.byte_vocab import utf8_chars
 
     bits_per_byte = result["bits_per_char"]
     chars = None if window else utf8_chars(ids)  # (the d2l windows are not the text once through)
@@ -178,8 +178,8 @@ def text_ids(file: Path | None, checkpoint: Path | None, ckpt: dict, vocab, unkn
     """(ids, what) of FILE, or of the checkpoint's validation split; warnings printed. A
     byte model reads any file (every byte is in its vocabulary)."""
     from charrnn.checkpoint import resolve_checkpoint
-    from charrnn.data import reload_corpus, skipped_note
-    from charrnn.text import read_byte_text, read_text
+    from charrnn.corpus.data import reload_corpus, skipped_note
+    from charrnn.corpus.text import read_byte_text, read_text
 
     source = ckpt.get("corpus") or {}
     if file is None:
@@ -204,8 +204,8 @@ def show_text(model, vocab, ids, what: str, show: bool, html_file: Path | None, 
     activation: in the terminal, or as HTML."""
     from rich.console import Console
 
-    from charrnn.neurons import activation_html, activation_legend, shaded_by_unit, unit_activations
-    from charrnn.surprisal import legend_text, mean_perplexity, shaded_text, surprisal, surprisal_html
+    from charrnn.inspection.neurons import activation_html, activation_legend, shaded_by_unit, unit_activations
+    from charrnn.inspection.surprisal import legend_text, mean_perplexity, shaded_text, surprisal, surprisal_html
 
     text = vocab.decode(ids)
     if unit:
@@ -215,7 +215,7 @@ def show_text(model, vocab, ids, what: str, show: bool, html_file: Path | None, 
     else:
         bits = surprisal(model, vocab, text)
         if vocab.kind == "bytes":  # shade characters, each by the bits of its bytes
-            from charrnn.byte_vocab import char_bits, shown
+            from charrnn.corpus.byte_vocab import char_bits, shown
 
             bits, text = char_bits(text, bits), shown(text)
         title = f"perplexity {mean_perplexity(bits):.3f} on {what}"

@@ -9,8 +9,6 @@ import sys
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from charrnn.train import Reporter
-
 
 def eval_line(r: dict, total_steps: int | None) -> str:
     of = f"/{total_steps}" if total_steps else ""
@@ -35,6 +33,21 @@ def finish_line(s: dict, patience: int = 0) -> str:
         quality = f"validation perplexity {s['val_ppl']:.3f} (best {s['best_val_ppl']:.3f})"
     return (f"{how}: {s['steps']} steps in {s['elapsed']:.1f}s ({s['chars_per_s']:,.0f} chars/s); "
             f"{quality}; checkpoints in {s['run']}")
+
+
+class Reporter:
+    """What train() tells the outside world; the CLI draws it, the library stays quiet."""
+
+    def start(self, info: dict) -> None: ...
+
+    def note(self, text: str) -> None:
+        """Something the user should know that is not an error (a byte-order mark removed)."""
+
+    def progress(self, info: dict) -> None: ...
+
+    def evaluation(self, record: dict) -> None: ...
+
+    def finish(self, summary: dict) -> None: ...
 
 
 class TerminalReporter(Reporter):

@@ -19,8 +19,8 @@ from typing import Annotated, Optional
 import typer
 
 from charrnn import __version__
-from charrnn.cli_eval import evaluate_command, neurons
-from charrnn.cli_generate import generate, model_prefix, text_steps
+from charrnn.cli.evaluate import evaluate_command, neurons
+from charrnn.cli.generate import generate, model_prefix, text_steps
 from charrnn.config import TrainConfig, read_preset, resumed_config
 from charrnn.errors import CharrnnError
 
@@ -150,7 +150,7 @@ def train(
     to resume. Under torchrun it trains data-parallel, one process per GPU or CPU share.
     A --config preset's values replace these defaults; the options given replace both.
     """
-    from charrnn.stops import unescape
+    from charrnn.generation.stops import unescape
 
     doc_sep = unescape(doc_sep) if doc_sep is not None else None  # typed in a shell: \n is two characters
     # the settings given on the command line (not left at their defaults)
@@ -158,9 +158,9 @@ def train(
              if k in TRAIN_SETTINGS and ctx.get_parameter_source(k).name != "DEFAULT"}
     if corpus:  # one path stays a string, as it was before several were allowed
         given["corpus"] = str(corpus[0]) if len(corpus) == 1 else [str(path) for path in corpus]
-    from charrnn.distributed import process_group, rank, world_size
-    from charrnn.report import TerminalReporter
-    from charrnn.train import train as run_training
+    from charrnn.training.distributed import process_group, rank, world_size
+    from charrnn.training.report import TerminalReporter
+    from charrnn.training.train import train as run_training
 
     if resume:
         values = resumed_config(resume, given)
@@ -185,9 +185,9 @@ def train(
     if summary["interrupted"]:
         raise typer.Exit(130)
     if settings.sample_prefix and is_rank_zero:
-        from charrnn.byte_vocab import shown
+        from charrnn.corpus.byte_vocab import shown
         from charrnn.checkpoint import load_model
-        from charrnn.sample import generate as generate_chars
+        from charrnn.generation.sample import generate as generate_chars
 
         model, vocab, ckpt = load_model(Path(summary["run"]) / "best.pt", "cpu")
         prefix = model_prefix(settings.sample_prefix, ckpt)
@@ -200,7 +200,7 @@ def write_curve(run: Path, quiet: bool) -> None:
     """curve.png in the run directory. Training does not need matplotlib: without it, say
     in one line that the curve was skipped. A run stopped before its first evaluation has
     nothing to draw."""
-    from charrnn.plot import plot_runs
+    from charrnn.training.plot import plot_runs
 
     if not (run / "metrics.jsonl").is_file():
         return
@@ -261,7 +261,7 @@ def info(
 ):
     """What a checkpoint holds: model, vocabulary, training so far, corpus and its sha256."""
     from charrnn.checkpoint import load_checkpoint, resolve_checkpoint
-    from charrnn.surprisal import checkpoint_info, info_lines
+    from charrnn.inspection.surprisal import checkpoint_info, info_lines
 
     path = resolve_checkpoint(checkpoint)
     try:
@@ -281,7 +281,7 @@ def plot(
     One colour per run, validation solid, train dashed, log-scale perplexity. Needs
     matplotlib: pip install matplotlib.
     """
-    from charrnn.plot import plot_runs
+    from charrnn.training.plot import plot_runs
 
     typer.echo(f"wrote {plot_runs(runs or [Path('runs/latest')], out)}")
 

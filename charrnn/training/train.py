@@ -3,15 +3,15 @@ evaluate and checkpoint until a limit, a stop request or --patience ends it; the
 evaluation and the summary.
 
     train()              the loop
-    set_up()             the run: data, directory, model, optimizer, steps (charrnn.run)
+    set_up()             the run: data, directory, model, optimizer, steps (charrnn.training.run)
     train_one_step()     a batch: learning rate, forward and backward, optimizer step
     report_progress()    the training loss and speed, every half second or so
     evaluate_and_save()  validation loss, metrics.jsonl, best.pt and last.pt
     finish()             the last evaluation, or last.pt when a signal stopped the run
 
-The step itself is charrnn.train_step's, the learning rate and the step limits
-charrnn.schedule's, the run directory charrnn.run_dir's, the --max-time plan
-charrnn.budget's, and the checkpoint format charrnn.checkpoint's.
+The step itself is charrnn.training.train_step's, the learning rate and the step limits
+charrnn.training.schedule's, the run directory charrnn.training.run_dir's, the --max-time plan
+charrnn.training.budget's, and the checkpoint format charrnn.checkpoint's.
 """
 
 from __future__ import annotations
@@ -26,15 +26,17 @@ from pathlib import Path
 
 import torch
 
-from charrnn import cpu_matmul, streams
+from charrnn.kernels import cpu_matmul
+from charrnn.training import streams
 from charrnn.checkpoint import save_checkpoint
 from charrnn.config import TrainConfig
-from charrnn.distributed import agree_to_stop, all_reduce, gather_rows, rank, world_size
+from charrnn.training.distributed import agree_to_stop, all_reduce, gather_rows, rank, world_size
 from charrnn.errors import CharrnnError
 from charrnn.model import detach_state, map_state
-from charrnn.run import Run, set_up
-from charrnn.schedule import after_evaluation, lr_at
-from charrnn.train_step import cuda_precision
+from charrnn.training.run import Run, set_up
+from charrnn.training.schedule import after_evaluation, lr_at
+from charrnn.training.report import Reporter
+from charrnn.training.train_step import cuda_precision
 
 # Training stops as diverged when the mean training loss since the last evaluation is this many
 # times the untrained model's: ln(vocabulary size), or the first step's loss if a custom
@@ -51,7 +53,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
     number generator; `config` is then that run's settings with any changes to how long
     it trains (its model and data settings must be the run's own).
 
-    In a torch.distributed process group (charrnn.distributed), every process trains on
+    In a torch.distributed process group (charrnn.training.distributed), every process trains on
     its own `batch_size` rows of a global batch of batch_size x world_size, and only rank
     0 reports and writes files."""
     reporter = (reporter or Reporter()) if rank() == 0 else Reporter()
@@ -78,21 +80,6 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | P
     summary = summary_of(run, tally, stopped_by, stopped_early)
     reporter.finish(summary)
     return summary
-
-
-class Reporter:
-    """What train() tells the outside world; the CLI draws it, the library stays quiet."""
-
-    def start(self, info: dict) -> None: ...
-
-    def note(self, text: str) -> None:
-        """Something the user should know that is not an error (a byte-order mark removed)."""
-
-    def progress(self, info: dict) -> None: ...
-
-    def evaluation(self, record: dict) -> None: ...
-
-    def finish(self, summary: dict) -> None: ...
 
 
 @dataclass

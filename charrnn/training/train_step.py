@@ -6,20 +6,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from charrnn import cuda_graphs
-from charrnn.config import DEVICES
-from charrnn.errors import CharrnnError
+from charrnn.kernels import cuda_graphs
 from charrnn.model import copy_state, detach_state, map_state
-
-
-def pick_device(name: str) -> torch.device:
-    if name not in DEVICES:
-        raise CharrnnError(f"--device must be one of {', '.join(DEVICES)}, got {name!r}")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise CharrnnError("--device cuda was asked for, but CUDA is not available here (try --device cpu)")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
 
 
 class cuda_precision:

@@ -27,7 +27,7 @@ import time
 import torch
 from torch.autograd.function import once_differentiable
 
-from charrnn import cpu_bfloat16
+from charrnn.kernels import cpu_bfloat16
 
 __all__ = ["set_gemm_backend", "onednn_usable", "use_onednn", "gemm_choices", "adopt_gemm_choices", "Matmul",
            "matmul", "product", "linear", "gemm_operand"]
@@ -211,7 +211,7 @@ def linear(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None = None) -> t
     backward) for CPU float32 when the matmul backend allows, with bfloat16 operands under
     CPU autocast; elsewhere exactly ``torch.addmm``/``torch.mm`` with autograd."""
     low = cpu_bfloat16.autocast_dtype(x.device.type)
-    if low is not None:  # CPU autocast: bfloat16 operands, float32 result (charrnn/cpu_bfloat16.py)
+    if low is not None:  # CPU autocast: bfloat16 operands, float32 result (charrnn/kernels/cpu_bfloat16.py)
         with torch.autocast("cpu", enabled=False), cpu_bfloat16.matmul_dtype(low):
             return linear(x.float(), W, b)
     lead = x.shape[:-1]

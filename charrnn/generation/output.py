@@ -10,7 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from charrnn.byte_vocab import raw_bytes, shown
+from charrnn.corpus.byte_vocab import raw_bytes, shown
 from charrnn.checkpoint import _umask
 from charrnn.errors import CharrnnError
 
@@ -38,7 +38,7 @@ def write_atomically(path: Path, data: bytes) -> None:
 class TextSink:
     """Where generate's text goes: stdout as it comes, or with `path` a buffer that `close`
     writes to that file atomically. A byte model's bytes that are not UTF-8 arrive as lone
-    surrogates (see charrnn.byte_vocab): they come out as U+FFFD, or with `raw` as the
+    surrogates (see charrnn.corpus.byte_vocab): they come out as U+FFFD, or with `raw` as the
     bytes themselves."""
 
     def __init__(self, path: Path | None, raw: bool):

@@ -22,7 +22,7 @@ from rich.text import Text
 
 from charrnn.errors import CharrnnError
 from charrnn.model import LSTMScratch, RNNLMScratch
-from charrnn.surprisal import html_page, shaded_runs
+from charrnn.inspection.surprisal import html_page, shaded_runs
 
 # ---------------------------------------------------------------- units and their activations
 

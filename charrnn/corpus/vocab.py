@@ -1,14 +1,14 @@
 """The character vocabulary: the sorted set of characters of the training text. It travels
 inside every checkpoint and is the only encoder used at generate and eval time. (Byte
-models use charrnn.byte_vocab.ByteVocab instead: the 256 byte values.)"""
+models use charrnn.corpus.byte_vocab.ByteVocab instead: the 256 byte values.)"""
 
 from __future__ import annotations
 
 import torch
 
-from charrnn.byte_vocab import ByteVocab
+from charrnn.corpus.byte_vocab import ByteVocab
 from charrnn.errors import CharrnnError
-from charrnn.text import Text, chunks, ids_dtype
+from charrnn.corpus.text import Text, chunks, ids_dtype
 
 UNK = "<unk>"
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from charrnn.errors import CharrnnError
-from charrnn.evaluation import eval_mode, evaluate
+from charrnn.scoring.evaluation import eval_mode, evaluate
 from charrnn.model import detach_state, map_state
 
 # The gradient statistics: segments of this many parallel streams from the start of the

@@ -5,7 +5,7 @@ progress, set up new or resumed exactly where it stopped (set_up).
                   what a resumed run restores, and the steps its limits allow
     read_data()   the corpus, its texts on the device, the batches
     restore()     weights, optimizer, progress, random streams and carried state
-    plan_steps()  --max-steps, --epochs, and --max-time's plan (charrnn.budget)
+    plan_steps()  --max-steps, --epochs, and --max-time's plan (charrnn.training.budget)
 """
 
 from __future__ import annotations
@@ -18,22 +18,24 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from charrnn import budget, cpu_bfloat16, cpu_matmul, streams
-from charrnn.allocator import tune_allocator
+from charrnn.kernels import cpu_bfloat16, cpu_matmul
+from charrnn.training import budget, streams
+from charrnn.kernels.allocator import tune_allocator
 from charrnn.checkpoint import LAST_FIRST, load_checkpoint, resolve_checkpoint
 from charrnn.config import ModelConfig, TrainConfig, parse_duration
-from charrnn.batches import StreamBatches, WindowBatches, make_batches
-from charrnn.data import Corpus, load_corpus, reload_corpus
-from charrnn.distributed import data_parallel, from_rank_zero, process_device, rank, world_size
+from charrnn.corpus.batches import StreamBatches, WindowBatches, make_batches
+from charrnn.corpus.data import Corpus, load_corpus, reload_corpus
+from charrnn.training.distributed import data_parallel, from_rank_zero, process_device, rank, world_size
 from charrnn.errors import CharrnnError
-from charrnn.evaluation import evaluate
+from charrnn.scoring.evaluation import evaluate
 from charrnn.model import build_model, map_state, num_parameters
-from charrnn.run_dir import check_writable, new_run_dir, prepare_run_dir
-from charrnn.schedule import make_optimizer, nothing_left, step_limits
-from charrnn.train_step import TrainStep, cuda_precision, pick_device
+from charrnn.training.run_dir import check_writable, new_run_dir, prepare_run_dir
+from charrnn.training.schedule import make_optimizer, nothing_left, step_limits
+from charrnn.training.train_step import TrainStep, cuda_precision
+from charrnn.kernels.device import pick_device
 
 if TYPE_CHECKING:
-    from charrnn.train import Reporter
+    from charrnn.training.report import Reporter
 
 
 def set_up(config: TrainConfig, reporter: Reporter, resume: str | Path | None) -> Run:
@@ -182,7 +184,7 @@ class Progress:
     best_val_loss: float = math.inf
     last_val_loss: float = math.inf
     evals_since_best: int = 0  # --patience and the plateau schedule count these ...
-    lr_scale: float = 1.0  # ... and the plateau schedule lowers this (charrnn.schedule)
+    lr_scale: float = 1.0  # ... and the plateau schedule lowers this (charrnn.training.schedule)
     world_size: int = 1  # the processes that trained it
     planned_steps: int | None = None  # --max-time's plan: the steps that fit ...
     planned_for: float | None = None  # ... in this many seconds

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from charrnn.cli_eval import dynamic_settings, training_ids
+from charrnn.cli.evaluate import dynamic_settings, training_ids
 from charrnn.errors import CharrnnError
 
 Opt = typer.Option
@@ -42,10 +42,10 @@ def generate(
     import torch
 
     from charrnn.checkpoint import load_model, resolve_checkpoint
-    from charrnn.text import read_byte_text, read_text
-    from charrnn.output import TextSink
-    from charrnn.sample import GenerationStream
-    from charrnn.stops import check_stops, parse_stops, texts_until_stop
+    from charrnn.corpus.text import read_byte_text, read_text
+    from charrnn.generation.output import TextSink
+    from charrnn.generation.sample import GenerationStream
+    from charrnn.generation.stops import check_stops, parse_stops, texts_until_stop
 
     if prefix and prefix_file:
         raise CharrnnError("give --prefix or --prefix-file, not both")
@@ -67,7 +67,7 @@ def generate(
     check_stops(stops, vocab.can_encode)
     out = TextSink(output, raw)
     if beam is not None:
-        from charrnn.beam import beam_search
+        from charrnn.generation.beam import beam_search
 
         beams = beam_search(model, vocab.encode(prefix, "the prefix"), beam, length)
         write_beams(out, beams, vocab, prefix, "" if prefix_file else prefix, as_json,
@@ -100,7 +100,7 @@ def generate(
 
 def write_samples(out, steps, prefix: str, samples: int, stops: list[str], include_stop: bool) -> None:
     """One continuation after its prefix, or several, each under a `--- sample i ---` line."""
-    from charrnn.stops import texts_until_stop, write_until_stop
+    from charrnn.generation.stops import texts_until_stop, write_until_stop
 
     if samples == 1:
         out.write(prefix)
@@ -113,7 +113,7 @@ def write_samples(out, steps, prefix: str, samples: int, stops: list[str], inclu
 
 def text_steps(steps, vocab, samples: int):
     """Each step's new text per sample: a byte model's bytes decoded as UTF-8 as they complete characters."""
-    from charrnn.byte_vocab import decoded_steps
+    from charrnn.corpus.byte_vocab import decoded_steps
 
     return decoded_steps(steps, samples) if vocab.kind == "bytes" else steps
 
@@ -137,8 +137,8 @@ def write_beams(out, beams, vocab, prefix: str, shown_prefix: str, as_json: bool
 
 def adapt_to_file(stream, path: Path, ckpt: dict, checkpoint, settings) -> None:
     """Dynamic evaluation of the stream's model on the file, leaving the stream at its end."""
-    from charrnn.text import read_text
-    from charrnn.dynamic import adapt_stream
+    from charrnn.corpus.text import read_text
+    from charrnn.scoring.dynamic import adapt_stream
 
     text = read_text(path, "adapt file", (ckpt.get("corpus") or {}).get("normalize", "none"))
     ids, dropped = stream.vocab.ids_of(text, what=str(path), unknown="skip", in_place=True)
@@ -161,7 +161,7 @@ def prompt_loop(stream, length: int, ckpt: dict, out, stops: list[str], include_
     """Feed each line typed (normalized as the training text was) and stream its
     continuation (up to a stop string), until end of input (Ctrl-D). A line the vocabulary
     cannot encode gets a one-line message and the loop goes on."""
-    from charrnn.stops import write_until_stop
+    from charrnn.generation.stops import write_until_stop
 
     try:
         import readline  # noqa: F401  (gives input() line editing and history where available)
@@ -190,7 +190,7 @@ def prompt_loop(stream, length: int, ckpt: dict, out, stops: list[str], include_
 
 def model_prefix(prefix: str, ckpt: dict) -> str:
     """The prefix as the model saw its training text: normalized the same way."""
-    from charrnn.text import normalize
+    from charrnn.corpus.text import normalize
 
     return normalize(prefix, ckpt.get("corpus", {}).get("normalize", "none"))
 

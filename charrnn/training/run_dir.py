@@ -20,7 +20,7 @@ from pathlib import Path
 
 from charrnn.checkpoint import remove_stale_temporaries
 from charrnn.config import TrainConfig
-from charrnn.data import Corpus, save_encoded
+from charrnn.corpus.data import Corpus, save_encoded
 from charrnn.errors import CharrnnError
 
 

@@ -7,10 +7,11 @@ from collections.abc import Iterator
 
 import torch
 
-from charrnn import cpu_matmul, cuda_graphs, fast_tanh, gru_cell, lstm_cell, rnn_cell
-from charrnn.vocab import Vocab
+from charrnn import gru_cell, lstm_cell, rnn_cell
+from charrnn.kernels import cpu_matmul, cuda_graphs, fast_tanh
+from charrnn.corpus.vocab import Vocab
 from charrnn.errors import CharrnnError
-from charrnn.evaluation import eval_mode
+from charrnn.scoring.evaluation import eval_mode
 from charrnn.model import GRUScratch, LSTMScratch, RNNLMScratch, copy_state, map_state
 
 
@@ -63,7 +64,7 @@ class Sampler:
     layer's input side for every character (`one_hot(id) @ W_xh + b`, with an embedding
     `one_hot(id) @ E @ W_xh + b`) is read from a table made once (StackedScratch.input_table),
     each cell's step is its cell file's `step` (the cells' equations) with CPU
-    float32's fast tanh, and the matmuls are charrnn.cpu_matmul.Matmul's (oneDNN with the
+    float32's fast tanh, and the matmuls are charrnn.kernels.cpu_matmul.Matmul's (oneDNN with the
     weights packed once, for batches large enough to gain from it; BLAS for a single
     sequence, a matrix-vector product).
 
