@@ -12,6 +12,15 @@ from charrnn.errors import CharrnnError
 from charrnn.model import copy_state, detach_state, map_state
 
 
+def set_threads(threads: int) -> None:
+    """torch's CPU threads (--threads of every command that computes): `threads` of them,
+    or with 0, as many as torch chose (one per core)."""
+    if threads < 0:
+        raise CharrnnError(f"--threads must not be negative, got {threads}")
+    if threads:
+        torch.set_num_threads(threads)
+
+
 def pick_device(name: str) -> torch.device:
     if name not in DEVICES:
         raise CharrnnError(f"--device must be one of {', '.join(DEVICES)}, got {name!r}")
