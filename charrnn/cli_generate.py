@@ -18,7 +18,7 @@ Opt = typer.Option
 
 def generate(
     checkpoint: Annotated[Optional[Path], Opt(help="A checkpoint file or run directory. [default: the best checkpoint of runs/latest]", show_default=False)] = None,
-    prefix: Annotated[str, Opt(help="Text to warm the state up on; the continuation follows it.")] = "",
+    prefix: Annotated[str, Opt(help="Text to warm the state up on; the continuation follows it (empty: none, the first character comes from the zero state).")] = "",
     prefix_file: Annotated[Optional[Path], Opt(help="Warm up on this UTF-8 file instead (a long prime); only the continuation is printed.")] = None,
     adapt: Annotated[Optional[Path], Opt(help="First adapt the model to this UTF-8 text by dynamic evaluation, to continue its style (characters outside the vocabulary are dropped, with a warning); --prefix then follows it. The checkpoint is not changed.")] = None,
     dyn_lr: Annotated[Optional[float], Opt(help=f"With --adapt: the learning rate of its updates, used as given: no tuning, and --dyn-decay {DYN.decay:g} unless given. [default: tuned on the adapt text, among {rates(DYNAMIC_LRS)}]", show_default=False)] = None,
