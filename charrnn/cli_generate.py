@@ -80,8 +80,7 @@ def generate(
     stream = GenerationStream(model, vocab, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
                               samples=samples, seed=seed)
     if adapt:
-        adapt_to_file(stream, adapt, ckpt, checkpoint, dynamic_settings(None, dyn_lr, dyn_decay),
-                      tuned=dyn_lr is None and dyn_decay is None)
+        adapt_to_file(stream, adapt, ckpt, checkpoint, dyn_lr, dyn_decay)
     stream.feed(prefix, f"the prefix file {prefix_file}" if prefix_file else "the prefix")
     steps = text_steps(stream.sample(length), vocab, samples)  # checks --length before anything is printed
     if model.W_hq.device.type == "cpu" and samples == 1 and not threads:
@@ -140,10 +139,10 @@ def write_beams(out, beams, vocab, prefix: str, shown_prefix: str, as_json: bool
         out.write(f"--- beam {i}: log-probability {score:.3f} ---\n{shown_prefix}{vocab.decode(ids)}\n")
 
 
-def adapt_to_file(stream, path: Path, ckpt: dict, checkpoint, settings, tuned: bool) -> None:
-    """Dynamic evaluation of the stream's model on the file, leaving the stream at its end;
-    when `tuned`, with the lr and decay that predict the file's start best (no adaptation
-    if none beats the model as trained)."""
+def adapt_to_file(stream, path: Path, ckpt: dict, checkpoint, lr: float | None, decay: float | None) -> None:
+    """Dynamic evaluation of the stream's model on the file, leaving the stream at its end:
+    with `lr` and `decay`, or (neither given) with those that predict the file's start best
+    (no adaptation if none beats the model as trained)."""
     from dataclasses import replace
 
     from charrnn.cli_eval import print_candidate
@@ -158,8 +157,8 @@ def adapt_to_file(stream, path: Path, ckpt: dict, checkpoint, settings, tuned: b
         typer.echo(f"warning: {note}", err=True)
     if len(ids) < 2:
         raise CharrnnError(f"the adapt file {path} has fewer than 2 characters the model knows")
-    train_ids = training_corpus(ckpt, checkpoint).train_ids
-    if tuned:
+    settings, train_ids = dynamic_settings(None, lr, decay), training_corpus(ckpt, checkpoint).train_ids
+    if lr is None and decay is None:
         start = ids[: TUNE_CHARS + 1]
         typer.echo(f"tuning --dyn-lr and --dyn-decay on the first {len(start) - 1:,} characters of {path}:", err=True)
         tuning = tune(stream.model, start, gradient_rms(stream.model, train_ids, settings.seq_len), settings.seq_len,
