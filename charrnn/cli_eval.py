@@ -49,7 +49,8 @@ def evaluate_command(
 ):
     """Perplexity and bits per character of a model on FILE or on its validation split.
 
-    With --dynamic, also dynamic evaluation (Krause et al., 2018); see docs/dynamic-evaluation.md.
+    With --dynamic, also dynamic evaluation (Krause et al., 2018), its learning rate and decay
+    tuned on the tail of the training text unless given; see docs/dynamic-evaluation.md.
     """
     from charrnn.checkpoint import load_model
     from charrnn.data import check_unknown
