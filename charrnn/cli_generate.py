@@ -9,7 +9,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from charrnn.cli_eval import DYN, DYNAMIC_DECAYS, DYNAMIC_LRS, dynamic_settings, rates, threads_option, training_corpus
+from charrnn.cli_eval import (DYN, DYNAMIC_DECAYS, DYNAMIC_LRS, dynamic_settings, print_candidate, rates, threads_option,
+                              training_corpus)
 from charrnn.config import TrainConfig
 from charrnn.errors import CharrnnError
 
@@ -145,7 +146,6 @@ def adapt_to_file(stream, path: Path, ckpt: dict, checkpoint, lr: float | None, 
     (no adaptation if none beats the model as trained)."""
     from dataclasses import replace
 
-    from charrnn.cli_eval import print_candidate
     from charrnn.config import TUNE_CHARS
     from charrnn.dynamic import adapt_stream, gradient_rms, tune
     from charrnn.text import read_text

@@ -1,6 +1,7 @@
 """Every setting of a run, in one place: the model's (ModelConfig, stored in every
 checkpoint) and the training run's (TrainConfig, whose fields are the command line's
-options and a preset's keys), how a preset is read, and what a resumed run may change.
+options and a preset's keys), dynamic evaluation's (DynamicSettings, and the candidates
+its tuning tries), how a preset is read, and what a resumed run may change.
 
 Standard library only: the command line reads its defaults from here without importing torch.
 """
@@ -167,6 +168,8 @@ def parse_duration(text: str) -> float:
     if not m or float(m.group(1)) <= 0:
         raise CharrnnError(f"--max-time takes a duration like 90s, 10m or 1h, got {text!r}")
     return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+
+
 # Dynamic evaluation (charrnn.dynamic): the rates `eval --dynamic` tries on the tail of the
 # checkpoint's training text, in this order, the first decay with each rate and then the
 # other decays with the best rate; at most TUNE_CHARS characters of that tail, and no new

@@ -14,6 +14,10 @@ the weights back towards the trained ones (its per-parameter rate clipped at 1, 
 paper does). Each segment is one forward and one backward through the model's own fast
 recurrences (the cells' scans, charrnn/rnn_cell.py and its siblings), the state carried
 from segment to segment.
+
+lr and decay suit one model and not another, so `tune` chooses them per model on a text
+that is not the one scored (`training_tail`: the end of the training text), keeping the
+static reading where no candidate beats it there.
 """
 
 from __future__ import annotations
