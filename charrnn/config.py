@@ -1,6 +1,7 @@
 """Every setting of a run, in one place: the model's (ModelConfig, stored in every
 checkpoint) and the training run's (TrainConfig, whose fields are the command line's
-options and a preset's keys), how a preset is read, and what a resumed run may change.
+options and a preset's keys), dynamic evaluation's (DynamicSettings, and the candidates
+its tuning tries), how a preset is read, and what a resumed run may change.
 
 Standard library only: the command line reads its defaults from here without importing torch.
 """
@@ -168,6 +169,37 @@ def parse_duration(text: str) -> float:
         raise CharrnnError(f"--max-time takes a duration like 90s, 10m or 1h, got {text!r}")
     return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
 
+
+# Dynamic evaluation (charrnn.scoring.dynamic): the rates `eval --dynamic` tries on the tail of the
+# checkpoint's training text, in this order, the first decay with each rate and then the
+# other decays with the best rate; at most TUNE_CHARS characters of that tail, and no new
+# candidate once TUNE_SECONDS have gone (docs/dynamic-evaluation.md).
+DYNAMIC_LRS = (1e-4, 3e-5, 3e-4, 1e-5, 1e-3)
+DYNAMIC_DECAYS = (1e-3, 0.0, 1e-2)
+TUNE_CHARS = 5000
+TUNE_SECONDS = 90.0
+
+
+@dataclass
+class DynamicSettings:
+    """One dynamic evaluation's settings. seq_len is in the paper's range for characters;
+    lr and decay here are what an option given alone is paired with (`--dyn-lr` alone takes
+    this decay), the first candidates of the tuning."""
+
+    seq_len: int = 50
+    lr: float = DYNAMIC_LRS[0]
+    decay: float = DYNAMIC_DECAYS[0]
+    # ε as a fraction of the mean rms: a weight whose gradient the statistics never saw
+    # moves at most ~10x as far as an average one, not without bound
+    epsilon_fraction: float = 0.1
+
+    def __post_init__(self):
+        if self.seq_len < 1:
+            raise CharrnnError(f"--dyn-seq-len must be positive, got {self.seq_len}")
+        if not self.lr >= 0:
+            raise CharrnnError(f"--dyn-lr must be a number >= 0, got {self.lr}")
+        if not 0 <= self.decay <= 1:
+            raise CharrnnError(f"--dyn-decay must be in [0, 1], got {self.decay}")
 
 
 def read_preset(path: Path) -> dict:

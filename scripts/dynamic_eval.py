@@ -3,10 +3,12 @@ docs/dynamic-evaluation.md.
 
     python scripts/dynamic_eval.py runs/shakespeare/best.pt
     python scripts/dynamic_eval.py RUN --other ../shared/data/timemachine.txt --write-docs
-    python scripts/dynamic_eval.py RUN --tune-chars 5000 --max-chars 20000   # a quick try
+    python scripts/dynamic_eval.py RUN --tune-chars 2000 --max-chars 20000   # a quick try
 
-1. --dyn-lr and --dyn-decay are tuned on the last --tune-chars characters of the training
-   split (never on the validation text): a grid, printed as a table, lowest loss wins.
+1. --dyn-lr and --dyn-decay are tuned as `charrnn eval --dynamic` tunes them
+   (charrnn.scoring.dynamic.tune, the same candidates, without its time bound) on the last
+   --tune-chars characters of the training text before the validation text: a table;
+   the lowest loss wins if it beats static, else the static figure stands (lr 0).
 2. With the winner: static and dynamic figures of the validation split and of --other
    (characters the model lacks are dropped, as `charrnn eval --unknown skip` does), each read
    as one stream in segments of --seq-len; the static figure is also given as `charrnn eval`
@@ -17,7 +19,7 @@ docs/dynamic-evaluation.md.
 from __future__ import annotations
 
 import argparse
-import itertools
+import math
 import platform
 import time
 from pathlib import Path
@@ -26,7 +28,8 @@ import torch
 
 from charrnn.checkpoint import load_model
 from charrnn.corpus.data import reload_corpus
-from charrnn.scoring.dynamic import STATS_CHARS, DynamicSettings, dynamic_evaluate, gradient_rms
+from charrnn.config import DYNAMIC_DECAYS, DYNAMIC_LRS, TUNE_CHARS, DynamicSettings
+from charrnn.scoring.dynamic import STATS_CHARS, dynamic_evaluate, gradient_rms, training_tail, tune
 from charrnn.scoring.evaluation import evaluate, recorded_layout
 from charrnn.corpus.text import read_text
 
@@ -39,20 +42,18 @@ def mean_loss(result: tuple[float, int]) -> float:
     return result[0] / result[1]
 
 
-def tune(model, ids, rms, seq_len, lrs, decays) -> tuple[list[str], DynamicSettings]:
-    static = mean_loss(evaluate(model, ids, batch_size=1, seq_len=seq_len))
-    lines = [f"Tuning text: the last {len(ids):,} characters of the training split; static loss {static:.4f} nats/char.",
+def tuning_table(model, ids, rms, seq_len, lrs, decays) -> tuple[list[str], DynamicSettings | None]:
+    """charrnn.scoring.dynamic.tune on `ids` (as `eval --dynamic` tunes, without its time bound),
+    as a table; the winner, or None where no candidate beat static."""
+    def heard(settings, loss, static):
+        print(f"| {settings.lr:g} | {settings.decay:g} | {loss:.4f} | {static - loss:+.4f} |", flush=True)
+
+    tuning = tune(model, ids, rms, seq_len, lrs, decays, seconds=math.inf, on_result=heard)
+    lines = [f"Tuning text: the last {tuning.chars:,} characters of the training text before the validation text; "
+             f"static loss {tuning.static:.4f} nats/char.",
              "", "| --dyn-lr | --dyn-decay | loss (nats/char) | gain |", "|---:|---:|---:|---:|"]
-    print(lines[0], flush=True)
-    best = None
-    for lr, decay in itertools.product(lrs, decays):
-        settings = DynamicSettings(seq_len=seq_len, lr=lr, decay=decay)
-        loss = mean_loss(dynamic_evaluate(model, ids, rms, settings))
-        lines.append(f"| {lr:g} | {decay:g} | {loss:.4f} | {static - loss:+.4f} |")
-        print(lines[-1], flush=True)
-        if best is None or loss < best[0]:
-            best = loss, settings
-    return lines, best[1]
+    lines += [f"| {s.lr:g} | {s.decay:g} | {loss:.4f} | {tuning.static - loss:+.4f} |" for s, loss in tuning.tried]
+    return lines, tuning.chosen
 
 
 def measure(model, ids, rms, settings, what: str, layout: dict | None) -> str:
@@ -71,9 +72,10 @@ def main() -> None:
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--other", type=Path, default=ROOT.parent / "shared" / "data" / "timemachine.txt")
     parser.add_argument("--seq-len", type=int, default=DynamicSettings.seq_len)
-    parser.add_argument("--lrs", type=float, nargs="+", default=[1e-5, 3e-5, 1e-4, 3e-4])
-    parser.add_argument("--decays", type=float, nargs="+", default=[0.0, 1e-3, 1e-2])
-    parser.add_argument("--tune-chars", type=int, default=20000)
+    parser.add_argument("--lrs", type=float, nargs="+", default=list(DYNAMIC_LRS))
+    parser.add_argument("--decays", type=float, nargs="+", default=list(DYNAMIC_DECAYS), help="the first with each rate, "
+                        "then the others with the best rate")
+    parser.add_argument("--tune-chars", type=int, default=TUNE_CHARS)
     parser.add_argument("--max-chars", type=int, default=0, help="evaluate only the first N characters (0: all)")
     parser.add_argument("--stats-chars", type=int, default=STATS_CHARS, help="training characters for the gradient statistics")
     parser.add_argument("--threads", type=int, default=1)
@@ -86,11 +88,16 @@ def main() -> None:
     started = time.perf_counter()
     rms = gradient_rms(model, corpus.train_ids, args.seq_len, args.stats_chars)
     print(f"gradient statistics: {time.perf_counter() - started:.1f}s", flush=True)
-    tuning, best = tune(model, corpus.train_ids[-args.tune_chars :], rms, args.seq_len, args.lrs, args.decays)
+    tail = training_tail(corpus.train_ids, corpus.source, args.tune_chars)
+    print(f"tuning on the last {len(tail) - 1:,} characters of the training text:", flush=True)
+    tuning, best = tuning_table(model, tail, rms, args.seq_len, args.lrs, args.decays)
+    chosen = (f"Chosen: --dyn-lr {best.lr:g} --dyn-decay {best.decay:g}, segments of {best.seq_len}." if best else
+              "No candidate beat static on the tuning text: `eval --dynamic` reports the static figure (lr 0 below).")
+    best = best or DynamicSettings(seq_len=args.seq_len, lr=0.0)
     cap = slice(0, args.max_chars or None)
     other_text = read_text(args.other, "file", ckpt["corpus"].get("normalize", "none"))
     other_ids, dropped = vocab.ids_of(other_text, what=str(args.other), unknown="skip")
-    results = ["", f"Chosen: --dyn-lr {best.lr:g} --dyn-decay {best.decay:g}, segments of {best.seq_len}.", "",
+    results = ["", chosen, "",
                "| text | characters | `charrnn eval` (logged layout) | static, one stream | dynamic | gain | dynamic s |",
                "|---|---:|---:|---:|---:|---:|---:|"]
     results.append(measure(model, corpus.val_ids[cap], rms, best, "validation split", recorded_layout(ckpt)))

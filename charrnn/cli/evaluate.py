@@ -11,9 +11,22 @@ from typing import Annotated, Optional
 
 import typer
 
+from charrnn.config import DYNAMIC_DECAYS, DYNAMIC_LRS, DynamicSettings, TrainConfig
 from charrnn.errors import CharrnnError
 
 Opt = typer.Option
+DYN = DynamicSettings()  # what --dyn-lr and --dyn-decay given alone are paired with
+THREADS_HELP = ("CPU threads for torch (0: {zero}). On a machine busy with other work, fewer threads than cores "
+                "can be much faster.")
+
+
+def threads_option(zero: str = "torch's default, one per core"):
+    """--threads, for every command that computes: one help text, `zero` saying what 0 does there."""
+    return Opt(help=THREADS_HELP.format(zero=zero))
+
+
+def rates(values) -> str:
+    return ", ".join(f"{v:g}" for v in values)
 
 
 def evaluate_command(
@@ -29,18 +42,21 @@ def evaluate_command(
     neuron: Annotated[Optional[str], Opt(help="With --show or --show-html: shade by this unit's activation (blue -1 to red 1) instead of by surprisal. L:U is layer L's output unit U, L:Uc an LSTM's memory cell (layers from 1, units from 0; `charrnn neurons` finds units worth a look).")] = None,
     device: Annotated[str, Opt(help="auto, cpu or cuda.")] = "auto",
     dynamic: Annotated[bool, Opt("--dynamic", help="Also dynamic evaluation: the model adapts to the text as it reads it (a gradient step after each scored segment); prints the static and dynamic figures and the gain. The checkpoint is not changed.")] = False,
-    dyn_seq_len: Annotated[Optional[int], Opt(help="With --dynamic: characters per segment (one update each). [default: 50]", show_default=False)] = None,
-    dyn_lr: Annotated[Optional[float], Opt(help="With --dynamic: the update's learning rate (0: no adaptation). [default: 0.0001]", show_default=False)] = None,
-    dyn_decay: Annotated[Optional[float], Opt(help="With --dynamic: how strongly each update pulls the weights back towards the trained ones, in [0, 1]. [default: 0.001]", show_default=False)] = None,
+    dyn_seq_len: Annotated[Optional[int], Opt(help=f"With --dynamic: characters per segment (one update each). [default: {DYN.seq_len}]", show_default=False)] = None,
+    dyn_lr: Annotated[Optional[float], Opt(help=f"With --dynamic: the update's learning rate (0: no adaptation), used as given: no tuning, and --dyn-decay {DYN.decay:g} unless given. [default: tuned on the tail of the training text, among {rates(DYNAMIC_LRS)}]", show_default=False)] = None,
+    dyn_decay: Annotated[Optional[float], Opt(help=f"With --dynamic: how strongly each update pulls the weights back towards the trained ones, in [0, 1], used as given: no tuning, and --dyn-lr {DYN.lr:g} unless given. [default: tuned, among {rates(DYNAMIC_DECAYS)}]", show_default=False)] = None,
+    threads: Annotated[int, threads_option()] = TrainConfig.threads,
 ):
     """Perplexity and bits per character of a model on FILE or on its validation split.
 
-    With --dynamic, also dynamic evaluation (Krause et al., 2018); see docs/dynamic-evaluation.md.
+    With --dynamic, also dynamic evaluation (Krause et al., 2018), its learning rate and decay
+    tuned on the tail of the training text unless given; see docs/dynamic-evaluation.md.
     """
     from charrnn.checkpoint import load_model
     from charrnn.corpus.data import check_unknown
     from charrnn.scoring.evaluation import evaluate, nats_summary, recorded_layout
     from charrnn.inspection.neurons import parse_unit
+    from charrnn.kernels.device import set_threads
 
     if (batch_size is not None and batch_size < 1) or (seq_len is not None and seq_len < 1):
         raise CharrnnError("--batch-size and --seq-len must be positive")
@@ -52,6 +68,7 @@ def evaluate_command(
     if neuron and not (show or show_html):
         raise CharrnnError("--neuron picks what --show or --show-html shade by; give one of them")
     settings = dynamic_settings(dyn_seq_len, dyn_lr, dyn_decay) if dynamic else None
+    set_threads(threads)
     model, vocab, ckpt = load_model(checkpoint, device)
     unit = parse_unit(neuron, model) if neuron else None
     ids, what = text_ids(file, checkpoint, ckpt, vocab, unknown, "eval")
@@ -70,7 +87,8 @@ def evaluate_command(
         shown = what if len(ids) <= show_chars else f"the first {show_chars:,} {shown_unit} of {what}"
         show_text(model, vocab, ids[:show_chars], shown, show, show_html, unit)
     if settings:
-        result["dynamic"] = dynamic_figures(model, ids, training_ids(ckpt, checkpoint), settings)
+        tuned = dyn_lr is None and dyn_decay is None  # either given: the user's settings, as they are
+        result["dynamic"] = dynamic_figures(model, ids, training_corpus(ckpt, checkpoint), settings, tuned)
     if as_json:
         typer.echo(json.dumps(result))
     elif vocab.kind == "bytes":
@@ -80,10 +98,7 @@ def evaluate_command(
     else:
         typer.echo(f"{what}: {figures_line(result)} | {count:,} characters")
     if settings and not as_json:
-        figures = result["dynamic"]
-        typer.echo(f"one stream in segments of {settings.seq_len}: static {figures_line(figures['static'])}")
-        typer.echo(f"dynamic (lr {settings.lr:g}, decay {settings.decay:g}): {figures_line(figures['dynamic'])}")
-        typer.echo(f"gain: {figures['gain']:.4f} nats/char ({figures['gain'] / math.log(2):.4f} bits/char)")
+        print_dynamic(result["dynamic"], settings.seq_len)
 
 
 def neurons(
@@ -93,6 +108,7 @@ def neurons(
     max_chars: Annotated[int, Opt(help="Read only the first N characters of the text (every unit's activation at every character is kept in memory).")] = 20000,
     unknown: Annotated[str, Opt(help="Characters of FILE outside the model's vocabulary: error, or skip (drop them, with a warning).")] = "error",
     as_json: Annotated[bool, Opt("--json", help="Print one JSON object.")] = False,
+    threads: Annotated[int, threads_option()] = TrainConfig.threads,
 ):
     """Which hidden units track simple properties of the text (after Karpathy et al. 2015).
 
@@ -106,10 +122,12 @@ def neurons(
     from charrnn.checkpoint import load_model
     from charrnn.corpus.data import check_unknown
     from charrnn.inspection.neurons import best_units, best_units_lines, record, text_properties
+    from charrnn.kernels.device import set_threads
 
     check_unknown(unknown)
     if top < 1 or max_chars < 2:
         raise CharrnnError("--top must be at least 1 and --max-chars at least 2")
+    set_threads(threads)
     model, vocab, ckpt = load_model(checkpoint, "cpu")
     ids, what = text_ids(file, checkpoint, ckpt, vocab, unknown, "neurons")
     ids = ids[:max_chars]
@@ -131,34 +149,62 @@ def figures_line(figures: dict) -> str:
 
 def dynamic_settings(seq_len, lr, decay):
     """DynamicSettings from the options given (None: the default)."""
-    from charrnn.scoring.dynamic import DynamicSettings
-
     given = {"seq_len": seq_len, "lr": lr, "decay": decay}
     return DynamicSettings(**{k: v for k, v in given.items() if v is not None})
 
 
-def training_ids(ckpt: dict, checkpoint):
-    """The checkpoint's training text as ids: dynamic evaluation's gradient statistics come from it."""
+def training_corpus(ckpt: dict, checkpoint):
+    """The checkpoint's corpus: dynamic evaluation's gradient statistics and tuning text come from its training part."""
     from charrnn.checkpoint import resolve_checkpoint
     from charrnn.corpus.data import reload_corpus
 
     source = ckpt.get("corpus")
     if not isinstance(source, dict) or not source:
         raise CharrnnError("the checkpoint does not record its training corpus, which dynamic evaluation needs")
-    return reload_corpus(source, cache_dir=resolve_checkpoint(checkpoint).parent).train_ids
+    return reload_corpus(source, cache_dir=resolve_checkpoint(checkpoint).parent)
 
 
-def dynamic_figures(model, ids, train_ids, settings) -> dict:
-    """Static and dynamic figures of one reading, the gain in nats/char and the settings."""
+def print_candidate(settings, loss: float, static: float) -> None:
+    typer.echo(f"  lr {settings.lr:g}, decay {settings.decay:g}: {loss:.4f} nats/char, static {static:.4f}: "
+               f"gain {static - loss:+.4f}", err=True)
+
+
+def dynamic_figures(model, ids, corpus, settings, tuned: bool) -> dict:
+    """Static and dynamic figures of one reading, the gain in nats/char, the settings used
+    (None: tuning found none that beat static) and, when `tuned`, what tuning tried on the
+    tail of the training text (printed to stderr as it goes)."""
     from dataclasses import asdict
 
-    from charrnn.scoring.dynamic import compare
+    from charrnn.scoring.dynamic import compare, training_tail
     from charrnn.scoring.evaluation import nats_summary
 
-    sums = compare(model, ids, train_ids, settings)
-    static, dynamic = (nats_summary(total / count) for total, count in (sums["static"], sums["dynamic"]))
-    return {"static": static, "dynamic": dynamic, "gain": static["loss"] - dynamic["loss"], "chars": sums["static"][1],
-            "settings": asdict(settings)}
+    tail = training_tail(corpus.train_ids, corpus.source) if tuned else None
+    if tuned:
+        typer.echo(f"tuning --dyn-lr and --dyn-decay on the last {len(tail) - 1:,} characters of the training text:",
+                   err=True)
+    sums = compare(model, ids, corpus.train_ids, settings, tail, on_result=print_candidate)
+    static, dynamic = (nats_summary(total / n) for total, n in (sums["static"], sums["dynamic"]))
+    figures = {"static": static, "dynamic": dynamic, "gain": static["loss"] - dynamic["loss"],
+               "chars": sums["static"][1], "settings": asdict(sums["settings"]) if sums["settings"] else None,
+               "tuning": None}
+    tuning = sums["tuning"]
+    if tuning is not None:
+        figures["tuning"] = {"chars": tuning.chars, "static": tuning.static, "skipped": tuning.skipped,
+                             "tried": [{"lr": s.lr, "decay": s.decay, "loss": loss} for s, loss in tuning.tried]}
+        if tuning.skipped:
+            typer.echo(f"  {tuning.skipped} candidate(s) left untried: tuning's time bound", err=True)
+    return figures
+
+
+def print_dynamic(figures: dict, seq_len: int) -> None:
+    """The static and dynamic figures of one reading and the gain, or why there is none."""
+    typer.echo(f"one stream in segments of {seq_len}: static {figures_line(figures['static'])}")
+    settings, how = figures["settings"], ", tuned on the training text's tail" if figures["tuning"] else ""
+    if settings is None:
+        typer.echo("dynamic: no candidate beat static on the training text's tail, so the static figure stands")
+        return
+    typer.echo(f"dynamic (lr {settings['lr']:g}, decay {settings['decay']:g}{how}): {figures_line(figures['dynamic'])}")
+    typer.echo(f"gain: {figures['gain']:.4f} nats/char ({figures['gain'] / math.log(2):.4f} bits/char)")
 
 
 def byte_model_result(result: dict, ids, window: int) -> dict:

@@ -9,7 +9,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from charrnn.cli.evaluate import dynamic_settings, training_ids
+from charrnn.cli.evaluate import (DYN, DYNAMIC_DECAYS, DYNAMIC_LRS, dynamic_settings, print_candidate, rates, threads_option,
+                              training_corpus)
+from charrnn.config import TrainConfig
 from charrnn.errors import CharrnnError
 
 Opt = typer.Option
@@ -17,11 +19,11 @@ Opt = typer.Option
 
 def generate(
     checkpoint: Annotated[Optional[Path], Opt(help="A checkpoint file or run directory. [default: the best checkpoint of runs/latest]", show_default=False)] = None,
-    prefix: Annotated[str, Opt(help="Text to warm the state up on; the continuation follows it.")] = "",
+    prefix: Annotated[str, Opt(help="Text to warm the state up on; the continuation follows it (empty: none, the first character comes from the zero state).")] = "",
     prefix_file: Annotated[Optional[Path], Opt(help="Warm up on this UTF-8 file instead (a long prime); only the continuation is printed.")] = None,
     adapt: Annotated[Optional[Path], Opt(help="First adapt the model to this UTF-8 text by dynamic evaluation, to continue its style (characters outside the vocabulary are dropped, with a warning); --prefix then follows it. The checkpoint is not changed.")] = None,
-    dyn_lr: Annotated[Optional[float], Opt(help="With --adapt: the learning rate of its updates. [default: 0.0001]", show_default=False)] = None,
-    dyn_decay: Annotated[Optional[float], Opt(help="With --adapt: the pull back towards the trained weights, in [0, 1]. [default: 0.001]", show_default=False)] = None,
+    dyn_lr: Annotated[Optional[float], Opt(help=f"With --adapt: the learning rate of its updates, used as given: no tuning, and --dyn-decay {DYN.decay:g} unless given. [default: tuned on the adapt text, among {rates(DYNAMIC_LRS)}]", show_default=False)] = None,
+    dyn_decay: Annotated[Optional[float], Opt(help=f"With --adapt: the pull back towards the trained weights, in [0, 1], used as given: no tuning, and --dyn-lr {DYN.lr:g} unless given. [default: tuned, among {rates(DYNAMIC_DECAYS)}]", show_default=False)] = None,
     length: Annotated[int, Opt(help="Characters to generate.")] = 200,
     temperature: Annotated[float, Opt(help="Divide the logits by this: < 1 is safer, > 1 wilder.")] = 1.0,
     top_k: Annotated[int, Opt(help="Sample only among the k most likely characters (0: all).")] = 0,
@@ -37,6 +39,7 @@ def generate(
     output: Annotated[Optional[Path], Opt(help="Write what would be printed to this file instead (UTF-8), atomically: whole or not at all.", show_default=False)] = None,
     raw: Annotated[bool, Opt("--raw", help="Byte models: write the bytes the model emits as they are (bytes that are not UTF-8 otherwise come out as U+FFFD, the replacement character).")] = False,
     device: Annotated[str, Opt(help="auto, cpu or cuda. auto: the CPU for one sample (a step per character is too small for a GPU to gain on it), CUDA where available for several (see the README's Performance).")] = "auto",
+    threads: Annotated[int, threads_option("torch's default, and 1 while one sample is generated on a CPU, where a second thread only adds synchronisation")] = TrainConfig.threads,
 ):
     """Generate text: warm the state up on --prefix, then emit one character at a time."""
     import torch
@@ -46,10 +49,12 @@ def generate(
     from charrnn.generation.output import TextSink
     from charrnn.generation.sample import GenerationStream
     from charrnn.generation.stops import check_stops, parse_stops, texts_until_stop
+    from charrnn.kernels.device import set_threads
 
     if prefix and prefix_file:
         raise CharrnnError("give --prefix or --prefix-file, not both")
     dynamic_settings(None, dyn_lr, dyn_decay)  # checked before the model loads
+    set_threads(threads)
     if interactive and (as_json or samples > 1 or output):
         raise CharrnnError("--interactive continues one sample at a prompt; it takes neither --json, --samples nor --output")
     if raw and as_json:
@@ -76,10 +81,10 @@ def generate(
     stream = GenerationStream(model, vocab, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
                               samples=samples, seed=seed)
     if adapt:
-        adapt_to_file(stream, adapt, ckpt, checkpoint, dynamic_settings(None, dyn_lr, dyn_decay))
+        adapt_to_file(stream, adapt, ckpt, checkpoint, dyn_lr, dyn_decay)
     stream.feed(prefix, f"the prefix file {prefix_file}" if prefix_file else "the prefix")
     steps = text_steps(stream.sample(length), vocab, samples)  # checks --length before anything is printed
-    if model.W_hq.device.type == "cpu" and samples == 1:
+    if model.W_hq.device.type == "cpu" and samples == 1 and not threads:
         # one sequence is a chain of tiny matrix-vector products: a second CPU thread only
         # adds synchronisation, and makes each character slower
         torch.set_num_threads(1)
@@ -135,10 +140,15 @@ def write_beams(out, beams, vocab, prefix: str, shown_prefix: str, as_json: bool
         out.write(f"--- beam {i}: log-probability {score:.3f} ---\n{shown_prefix}{vocab.decode(ids)}\n")
 
 
-def adapt_to_file(stream, path: Path, ckpt: dict, checkpoint, settings) -> None:
-    """Dynamic evaluation of the stream's model on the file, leaving the stream at its end."""
+def adapt_to_file(stream, path: Path, ckpt: dict, checkpoint, lr: float | None, decay: float | None) -> None:
+    """Dynamic evaluation of the stream's model on the file, leaving the stream at its end:
+    with `lr` and `decay`, or (neither given) with those that predict the file's start best
+    (no adaptation if none beats the model as trained)."""
+    from dataclasses import replace
+
+    from charrnn.config import TUNE_CHARS
+    from charrnn.scoring.dynamic import adapt_stream, gradient_rms, tune
     from charrnn.corpus.text import read_text
-    from charrnn.scoring.dynamic import adapt_stream
 
     text = read_text(path, "adapt file", (ckpt.get("corpus") or {}).get("normalize", "none"))
     ids, dropped = stream.vocab.ids_of(text, what=str(path), unknown="skip", in_place=True)
@@ -147,7 +157,17 @@ def adapt_to_file(stream, path: Path, ckpt: dict, checkpoint, settings) -> None:
         typer.echo(f"warning: {note}", err=True)
     if len(ids) < 2:
         raise CharrnnError(f"the adapt file {path} has fewer than 2 characters the model knows")
-    adapt_stream(stream, ids, training_ids(ckpt, checkpoint), settings)
+    settings, train_ids = dynamic_settings(None, lr, decay), training_corpus(ckpt, checkpoint).train_ids
+    if lr is None and decay is None:
+        start = ids[: TUNE_CHARS + 1]
+        typer.echo(f"tuning --dyn-lr and --dyn-decay on the first {len(start) - 1:,} characters of {path}:", err=True)
+        tuning = tune(stream.model, start, gradient_rms(stream.model, train_ids, settings.seq_len), settings.seq_len,
+                      on_result=print_candidate)
+        if tuning.chosen is None:
+            typer.echo(f"warning: no candidate predicted {path} better than the model as trained: it is read "
+                       "without adapting", err=True)
+        settings = tuning.chosen or replace(settings, lr=0.0)
+    adapt_stream(stream, ids, train_ids, settings)
 
 
 def finish_output(out, output: Path | None) -> None:

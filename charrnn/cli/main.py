@@ -19,7 +19,7 @@ from typing import Annotated, Optional
 import typer
 
 from charrnn import __version__
-from charrnn.cli.evaluate import evaluate_command, neurons
+from charrnn.cli.evaluate import evaluate_command, neurons, threads_option
 from charrnn.cli.generate import generate, model_prefix, text_steps
 from charrnn.config import TrainConfig, read_preset, resumed_config
 from charrnn.errors import CharrnnError
@@ -130,7 +130,7 @@ def train(
     eval_every: Annotated[int, Opt(help="Evaluate (and checkpoint) every N steps.")] = D.eval_every,
     seed: Annotated[int, Opt(help="Random seed; a CPU run repeats exactly with the same seed, settings and number of processes (a --max-time run: with --max-steps of the step count it printed).")] = D.seed,
     device: Annotated[str, Opt(help="auto, cpu or cuda.")] = D.device,
-    threads: Annotated[int, Opt(help="CPU threads for torch (0: torch's default, one per core). On a machine busy with other work, fewer threads than cores can be much faster.")] = D.threads,
+    threads: Annotated[int, threads_option()] = D.threads,
     tf32: Annotated[bool, Opt("--tf32/--no-tf32", help="CUDA: TF32 float32 matmuls (faster on Ampere and later GPUs, products rounded to 10 mantissa bits). No effect on a CPU.")] = D.tf32,
     amp: Annotated[str, Opt(help="none, bf16 or auto. bf16: autocast to bfloat16; on a CPU every matmul takes bfloat16 operands (fast with AMX or AVX512-BF16) while the state, gates and weights stay float32; on CUDA the output layer and deeper layers' input projections, the recurrences staying float32. auto: bf16 on a CPU whose bfloat16 matmuls are measured well ahead, else none.")] = D.amp,
     cuda_graphs: Annotated[bool, Opt("--cuda-graphs/--no-cuda-graphs", help="CUDA, one process: capture the training step once as a CUDA graph and replay it (the host then launches one graph instead of thousands of small kernels). No effect on a CPU.")] = D.cuda_graphs,
@@ -220,6 +220,7 @@ def serve(
     port: Annotated[int, Opt(help="The port to listen on.")] = 8000,
     max_length: Annotated[int, Opt(help="The most characters one request may generate.")] = 2000,
     max_text: Annotated[int, Opt(help="The most characters of a prompt or of a text to evaluate.")] = 10_000,
+    threads: Annotated[int, threads_option("1: one request, one core, requests running side by side in worker threads")] = D.threads,
 ):
     """A local web app: a page to play with the model at /, and an HTTP JSON API.
 
@@ -230,8 +231,6 @@ def serve(
     """
     import socket
 
-    import torch
-
     try:
         import uvicorn
 
@@ -239,11 +238,12 @@ def serve(
     except ModuleNotFoundError as e:
         raise CharrnnError(f"charrnn serve needs {e.name}: pip install -e '.[serve]' in a checkout") from None
     from charrnn.checkpoint import load_model, resolve_checkpoint
+    from charrnn.kernels.device import set_threads
 
     if max_length < 1 or max_text < 1:
         raise CharrnnError("--max-length and --max-text must be positive")
+    set_threads(threads or 1)  # (see --threads)
     model, vocab, ckpt = load_model(checkpoint, "cpu")
-    torch.set_num_threads(1)  # one request, one core: requests run side by side in worker threads
     app_ = create_app(model, vocab, ckpt, str(resolve_checkpoint(checkpoint)), Limits(max_length, max_text))
     try:  # bound here, so that a port in use is one error line, not uvicorn's log and exit
         listener = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)

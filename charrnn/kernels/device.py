@@ -1,4 +1,4 @@
-"""The device a command runs on: --device auto, cpu or cuda."""
+"""Where a command computes: --device auto, cpu or cuda, and --threads."""
 
 from __future__ import annotations
 
@@ -16,3 +16,12 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)
+
+
+def set_threads(threads: int) -> None:
+    """torch's CPU threads (--threads of every command that computes): `threads` of them,
+    or with 0, as many as torch chose (one per core)."""
+    if threads < 0:
+        raise CharrnnError(f"--threads must not be negative, got {threads}")
+    if threads:
+        torch.set_num_threads(threads)

@@ -14,15 +14,21 @@ the weights back towards the trained ones (its per-parameter rate clipped at 1, 
 paper does). Each segment is one forward and one backward through the model's own fast
 recurrences (the cells' scans, charrnn/rnn_cell.py and its siblings), the state carried
 from segment to segment.
+
+lr and decay suit one model and not another, so `tune` chooses them per model on a text
+that is not the one scored (`training_tail`: the end of the training text), keeping the
+static reading where no candidate beats it there.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
+from charrnn.config import DYNAMIC_DECAYS, DYNAMIC_LRS, TUNE_CHARS, TUNE_SECONDS, DynamicSettings
 from charrnn.errors import CharrnnError
 from charrnn.scoring.evaluation import eval_mode, evaluate
 from charrnn.model import detach_state, map_state
@@ -31,28 +37,6 @@ from charrnn.model import detach_state, map_state
 # training text, up to STATS_CHARS characters in all (a few seconds of training's work).
 STATS_STREAMS = 32
 STATS_CHARS = 65536
-
-
-@dataclass
-class DynamicSettings:
-    """lr and decay: tuned on the tail of tinyshakespeare's training split with a model of
-    the shakespeare preset's size (docs/dynamic-evaluation.md); seq_len is in the paper's
-    range for characters."""
-
-    seq_len: int = 50
-    lr: float = 1e-4
-    decay: float = 1e-3
-    # ε as a fraction of the mean rms: a weight whose gradient the statistics never saw
-    # moves at most ~10x as far as an average one, not without bound
-    epsilon_fraction: float = 0.1
-
-    def __post_init__(self):
-        if self.seq_len < 1:
-            raise CharrnnError(f"--dyn-seq-len must be positive, got {self.seq_len}")
-        if not self.lr >= 0:
-            raise CharrnnError(f"--dyn-lr must be a number >= 0, got {self.lr}")
-        if not 0 <= self.decay <= 1:
-            raise CharrnnError(f"--dyn-decay must be in [0, 1], got {self.decay}")
 
 
 def gradient_rms(model, train_ids: torch.Tensor, seq_len: int, max_chars: int = STATS_CHARS) -> list[torch.Tensor]:
@@ -136,14 +120,74 @@ def dynamic_evaluate(model, ids: torch.Tensor, rms: list[torch.Tensor], settings
     return losses.double().sum().item(), len(losses)
 
 
-def compare(model, ids: torch.Tensor, train_ids: torch.Tensor, settings: DynamicSettings) -> dict:
+@dataclass
+class Tuning:
+    """What tuning found on a text: its static loss (mean, nats/char), each candidate tried
+    with its loss, how many the time bound left untried, and the winner (None: no candidate
+    beat static)."""
+
+    chars: int
+    static: float
+    tried: list[tuple[DynamicSettings, float]] = field(default_factory=list)
+    skipped: int = 0
+    chosen: DynamicSettings | None = None
+
+
+def tune(model, ids: torch.Tensor, rms: list[torch.Tensor], seq_len: int, lrs=DYNAMIC_LRS, decays=DYNAMIC_DECAYS,
+         seconds: float = TUNE_SECONDS, clock=time.monotonic, on_result=None) -> Tuning:
+    """Choose lr and decay for dynamic evaluation on `ids` (one stream, segments of
+    `seq_len`): each of `lrs` with decays[0], then the other decays with the best of them;
+    the lowest mean loss wins if it is below the static one. No candidate starts once
+    `seconds` have gone by `clock` (the first always runs). `on_result(settings, loss,
+    static)` hears of each as it ends. The model's weights are the trained ones again afterwards."""
+    static, count = evaluate(model, ids, batch_size=1, seq_len=seq_len)
+    tuning, started = Tuning(count, static / count), clock()
+
+    def attempt(lr: float, decay: float) -> None:
+        if tuning.tried and clock() - started >= seconds:
+            tuning.skipped += 1
+            return
+        settings = DynamicSettings(seq_len=seq_len, lr=lr, decay=decay)
+        total, n = dynamic_evaluate(model, ids, rms, settings)
+        tuning.tried.append((settings, total / n))
+        if on_result:
+            on_result(settings, total / n, tuning.static)
+
+    for lr in lrs:
+        attempt(lr, decays[0])
+    best_lr = min(tuning.tried, key=lambda tried: tried[1])[0].lr
+    for decay in decays[1:]:
+        attempt(best_lr, decay)
+    best, loss = min(tuning.tried, key=lambda tried: tried[1])
+    tuning.chosen = best if loss < tuning.static else None
+    return tuning
+
+
+def training_tail(train_ids: torch.Tensor, source: dict, chars: int = TUNE_CHARS) -> torch.Tensor:
+    """The last `chars` characters of the training text that come before the validation
+    text: for the d2l windows split, whose last training window reaches seq_len characters
+    into the validation text, the training ids before the first validation window."""
+    windows = source.get("windows")
+    before = train_ids[: windows[0]] if windows else train_ids
+    return before[-(chars + 1) :]
+
+
+def compare(model, ids: torch.Tensor, train_ids: torch.Tensor, settings: DynamicSettings, tail=None,
+            on_result=None) -> dict:
     """Static and dynamic evaluation of `ids` read the same way (one stream, in segments of
-    settings.seq_len, from a zero state), so that the gain is the adaptation's alone:
-    {"static": (loss sum, count), "dynamic": (loss sum, count)}. The model's weights are
-    the trained ones again afterwards."""
+    settings.seq_len, from a zero state), so that the gain is the adaptation's alone. With
+    `tail` (training text, never `ids`), lr and decay are first tuned on it (`tune`, which
+    reports to `on_result`): its winner reads `ids`, or, where no candidate beat static on
+    the tail, nothing does and the dynamic figure is the static one. Returns {"static":
+    (loss sum, count), "dynamic": (loss sum, count), "settings": those used (None: none
+    won), "tuning": Tuning or None}. The model's weights are the trained ones afterwards."""
     static = evaluate(model, ids, batch_size=1, seq_len=settings.seq_len)
     rms = gradient_rms(model, train_ids, settings.seq_len)
-    return {"static": static, "dynamic": dynamic_evaluate(model, ids, rms, settings)}
+    tuning = None if tail is None else tune(model, tail, rms, settings.seq_len, on_result=on_result)
+    if tuning is not None:
+        settings = tuning.chosen
+    dynamic = static if settings is None else dynamic_evaluate(model, ids, rms, settings)
+    return {"static": static, "dynamic": dynamic, "settings": settings, "tuning": tuning}
 
 
 def adapt_stream(stream, ids: torch.Tensor, train_ids: torch.Tensor, settings: DynamicSettings) -> None:

@@ -32,6 +32,7 @@ from charrnn.model import build_model, map_state, num_parameters
 from charrnn.training.run_dir import check_writable, new_run_dir, prepare_run_dir
 from charrnn.training.schedule import make_optimizer, nothing_left, step_limits
 from charrnn.training.train_step import TrainStep, cuda_precision
+from charrnn.kernels.device import set_threads
 from charrnn.kernels.device import pick_device
 
 if TYPE_CHECKING:
@@ -43,8 +44,7 @@ def set_up(config: TrainConfig, reporter: Reporter, resume: str | Path | None) -
     device = process_device(pick_device(config.device))
     if config.amp == "auto":  # settled once, so the run and its resumption compute alike
         config = replace(config, amp="bf16" if from_rank_zero(cpu_bfloat16.bfloat16_pays(device)) else "none")
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    set_threads(config.threads)
     if device.type == "cpu":
         tune_allocator()  # recycle the large per-sequence buffers instead of faulting them in anew
     # all processes draw the same initial weights; streams.split then gives each its own
