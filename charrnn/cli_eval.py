@@ -221,8 +221,10 @@ def show_text(model, vocab, ids, what: str, show: bool, html_file: Path | None, 
         title = f"perplexity {mean_perplexity(bits):.3f} on {what}"
         page, shaded, legend = surprisal_html(text, bits, title), shaded_text(text, bits), legend_text()
     if html_file:
+        from charrnn.atomic import write_text
+
         try:
-            html_file.write_text(page, encoding="utf-8")
+            write_text(html_file, page)
         except OSError as e:
             raise CharrnnError(f"cannot write {html_file}: {e.strerror or e}") from None
     if show:
