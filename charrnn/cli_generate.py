@@ -10,9 +10,10 @@ from typing import Annotated, Optional
 import typer
 
 from charrnn.cli_eval import dynamic_settings, training_ids
+from charrnn.config import SAMPLING as S
 from charrnn.errors import CharrnnError
 
-Opt = typer.Option
+Opt = typer.Option  # the sampling options' defaults are charrnn.config.SamplingConfig's
 
 
 def generate(
@@ -22,13 +23,13 @@ def generate(
     adapt: Annotated[Optional[Path], Opt(help="First adapt the model to this UTF-8 text by dynamic evaluation, to continue its style (characters outside the vocabulary are dropped, with a warning); --prefix then follows it. The checkpoint is not changed.")] = None,
     dyn_lr: Annotated[Optional[float], Opt(help="With --adapt: the learning rate of its updates. [default: 0.0001]", show_default=False)] = None,
     dyn_decay: Annotated[Optional[float], Opt(help="With --adapt: the pull back towards the trained weights, in [0, 1]. [default: 0.001]", show_default=False)] = None,
-    length: Annotated[int, Opt(help="Characters to generate.")] = 200,
-    temperature: Annotated[float, Opt(help="Divide the logits by this: < 1 is safer, > 1 wilder.")] = 1.0,
-    top_k: Annotated[int, Opt(help="Sample only among the k most likely characters (0: all).")] = 0,
-    top_p: Annotated[float, Opt(help="Nucleus sampling: only among the fewest most likely characters whose probabilities add up to p (1: all).")] = 1.0,
-    greedy: Annotated[bool, Opt("--greedy", help="Always take the most likely character (the book's predict).")] = False,
-    samples: Annotated[int, Opt(help="Generate this many continuations at once.")] = 1,
-    seed: Annotated[Optional[int], Opt(help="Random seed for repeatable samples.")] = None,
+    length: Annotated[int, Opt(help="Characters to generate.")] = S.length,
+    temperature: Annotated[float, Opt(help="Divide the logits by this: < 1 is safer, > 1 wilder.")] = S.temperature,
+    top_k: Annotated[int, Opt(help="Sample only among the k most likely characters (0: all).")] = S.top_k,
+    top_p: Annotated[float, Opt(help="Nucleus sampling: only among the fewest most likely characters whose probabilities add up to p (1: all).")] = S.top_p,
+    greedy: Annotated[bool, Opt("--greedy", help="Always take the most likely character (the book's predict).")] = S.greedy,
+    samples: Annotated[int, Opt(help="Generate this many continuations at once.")] = S.samples,
+    seed: Annotated[Optional[int], Opt(help="Random seed for repeatable samples.")] = S.seed,
     as_json: Annotated[bool, Opt("--json", help="Print one JSON object: prefix, samples (a list) and settings.")] = False,
     interactive: Annotated[bool, Opt("--interactive", "-i", help="A prompt: each line typed is fed to the model and continued by --length characters; the state carries over between lines (an empty line just continues). Ctrl-D ends.")] = False,
     stop: Annotated[Optional[list[str]], Opt(help="End a continuation at the first occurrence of this string (repeatable; \\n, \\t and \\r are escapes: --stop '\\n\\n' ends at a paragraph); it is not printed unless --include-stop. --length stays the bound; each of --samples stops on its own.", show_default=False)] = None,
