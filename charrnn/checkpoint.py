@@ -32,12 +32,18 @@ from __future__ import annotations
 import pickle
 import warnings
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from charrnn.atomic import write_atomically
 from charrnn.errors import CharrnnError
+
+if TYPE_CHECKING:
+    from charrnn.config import ModelConfig
+    from charrnn.vocab import Vocab
 
 FORMAT = "charrnn-checkpoint"
 FORMAT_VERSION = 1
@@ -130,15 +136,37 @@ def resolve_checkpoint(where: str | Path | None, runs_dir: str | Path = "runs", 
     return where
 
 
-def load_model(where, device_name: str = "auto"):
-    """(model, vocab, checkpoint) from a checkpoint file or run directory (None: runs/latest),
-    the model in eval mode on the device named (auto, cpu or cuda)."""
+@dataclass
+class LoadedModel:
+    """A checkpoint made a model, for generate, eval, neurons and serve: the model (in eval
+    mode), its vocabulary and config, the checkpoint's contents and the file they came
+    from, resolved once. Unpacks as (model, vocab, checkpoint)."""
+
+    model: torch.nn.Module
+    vocab: Vocab
+    config: ModelConfig
+    checkpoint: dict
+    path: Path
+
+    @property
+    def run_dir(self) -> Path:
+        """The folder the checkpoint is in (its run directory, with the corpus's cache)."""
+        return self.path.parent
+
+    def __iter__(self):
+        return iter((self.model, self.vocab, self.checkpoint))
+
+
+def load_model(where, device_name: str = "auto") -> LoadedModel:
+    """The model of a checkpoint file or run directory (None: runs/latest), in eval mode
+    on the device named (auto, cpu or cuda)."""
     from charrnn.vocab import Vocab
     from charrnn.model import ModelConfig, build_model
     from charrnn.train_step import pick_device
 
     device = pick_device(device_name)
-    ckpt = load_checkpoint(resolve_checkpoint(where), map_location=device)
+    path = resolve_checkpoint(where)
+    ckpt = load_checkpoint(path, map_location=device)
     try:
         vocab = Vocab.from_dict(ckpt["vocab"])
         config = ModelConfig(**ckpt["model_config"])
@@ -156,4 +184,4 @@ def load_model(where, device_name: str = "auto"):
     if not all(p.device.type != "meta" and p.is_floating_point() and bool(torch.isfinite(p).all())
                for p in model.parameters()):
         raise CharrnnError("the checkpoint's weights are not all finite floating-point numbers")
-    return model.to(device).eval(), vocab, ckpt
+    return LoadedModel(model.to(device).eval(), vocab, config, ckpt, path)

@@ -52,9 +52,10 @@ def evaluate_command(
     if neuron and not (show or show_html):
         raise CharrnnError("--neuron picks what --show or --show-html shade by; give one of them")
     settings = dynamic_settings(dyn_seq_len, dyn_lr, dyn_decay) if dynamic else None
-    model, vocab, ckpt = load_model(checkpoint, device)
+    loaded = load_model(checkpoint, device)
+    model, vocab, ckpt = loaded
     unit = parse_unit(neuron, model) if neuron else None
-    ids, what = text_ids(file, checkpoint, ckpt, vocab, unknown, "eval")
+    ids, what = text_ids(file, loaded, unknown, "eval")
     if len(ids) < 2:
         raise CharrnnError(f"{what} is too short to evaluate (it needs at least 2 characters)")
     layout = recorded_layout(ckpt)  # the logged validation loss's, so that the two agree
@@ -70,7 +71,7 @@ def evaluate_command(
         shown = what if len(ids) <= show_chars else f"the first {show_chars:,} {shown_unit} of {what}"
         show_text(model, vocab, ids[:show_chars], shown, show, show_html, unit)
     if settings:
-        result["dynamic"] = dynamic_figures(model, ids, training_ids(ckpt, checkpoint), settings)
+        result["dynamic"] = dynamic_figures(model, ids, training_ids(loaded), settings)
     if as_json:
         typer.echo(json.dumps(result))
     elif vocab.kind == "bytes":
@@ -110,8 +111,9 @@ def neurons(
     check_unknown(unknown)
     if top < 1 or max_chars < 2:
         raise CharrnnError("--top must be at least 1 and --max-chars at least 2")
-    model, vocab, ckpt = load_model(checkpoint, "cpu")
-    ids, what = text_ids(file, checkpoint, ckpt, vocab, unknown, "neurons")
+    loaded = load_model(checkpoint, "cpu")
+    model, vocab = loaded.model, loaded.vocab
+    ids, what = text_ids(file, loaded, unknown, "neurons")
     ids = ids[:max_chars]
     if len(ids) < 2:
         raise CharrnnError(f"{what} is too short (it needs at least 2 characters)")
@@ -137,15 +139,14 @@ def dynamic_settings(seq_len, lr, decay):
     return DynamicSettings(**{k: v for k, v in given.items() if v is not None})
 
 
-def training_ids(ckpt: dict, checkpoint):
-    """The checkpoint's training text as ids: dynamic evaluation's gradient statistics come from it."""
-    from charrnn.checkpoint import resolve_checkpoint
+def training_ids(loaded):
+    """The loaded checkpoint's training text as ids: dynamic evaluation's gradient statistics come from it."""
     from charrnn.data import reload_corpus
 
-    source = ckpt.get("corpus")
+    source = loaded.checkpoint.get("corpus")
     if not isinstance(source, dict) or not source:
         raise CharrnnError("the checkpoint does not record its training corpus, which dynamic evaluation needs")
-    return reload_corpus(source, cache_dir=resolve_checkpoint(checkpoint).parent).train_ids
+    return reload_corpus(source, cache_dir=loaded.run_dir).train_ids
 
 
 def dynamic_figures(model, ids, train_ids, settings) -> dict:
@@ -174,18 +175,17 @@ def byte_model_result(result: dict, ids, window: int) -> dict:
             "bytes": result["chars"], "chars": chars, "text": result["text"]}
 
 
-def text_ids(file: Path | None, checkpoint: Path | None, ckpt: dict, vocab, unknown: str, command: str):
-    """(ids, what) of FILE, or of the checkpoint's validation split; warnings printed. A
-    byte model reads any file (every byte is in its vocabulary)."""
-    from charrnn.checkpoint import resolve_checkpoint
+def text_ids(file: Path | None, loaded, unknown: str, command: str):
+    """(ids, what) of FILE, or of the loaded checkpoint's validation split; warnings
+    printed. A byte model reads any file (every byte is in its vocabulary)."""
     from charrnn.data import reload_corpus, skipped_note
     from charrnn.text import read_byte_text, read_text
 
-    source = ckpt.get("corpus") or {}
+    vocab, source = loaded.vocab, loaded.checkpoint.get("corpus") or {}
     if file is None:
         if not isinstance(source, dict) or not source:
             raise CharrnnError(f"the checkpoint does not record its corpus; give a FILE to {command}")
-        corpus = reload_corpus(source, cache_dir=resolve_checkpoint(checkpoint).parent)
+        corpus = reload_corpus(source, cache_dir=loaded.run_dir)
         ids, what, notes = corpus.val_ids, "the validation split", corpus.notes
     elif vocab.kind == "bytes":
         ids, what, notes = read_byte_text(file, "file").ids, str(file), []

@@ -42,7 +42,7 @@ def generate(
     """Generate text: warm the state up on --prefix, then emit one character at a time."""
     import torch
 
-    from charrnn.checkpoint import load_model, resolve_checkpoint
+    from charrnn.checkpoint import load_model
     from charrnn.text import read_byte_text, read_text
     from charrnn.output import TextSink
     from charrnn.sample import GenerationStream
@@ -60,7 +60,8 @@ def generate(
         check_beam_options(samples=samples != 1, temperature=temperature != 1, top_k=top_k != 0, top_p=top_p != 1,
                            greedy=greedy, seed=seed is not None, interactive=interactive, stop=bool(stops),
                            adapt=adapt is not None)
-    model, vocab, ckpt = load_model(checkpoint, "cpu" if device == "auto" and samples == 1 else device)
+    loaded = load_model(checkpoint, "cpu" if device == "auto" and samples == 1 else device)
+    model, vocab, ckpt = loaded
     if prefix_file:  # a byte model takes any file as its prime, UTF-8 or not
         prefix = (vocab.decode(read_byte_text(prefix_file, "prefix file").ids) if vocab.kind == "bytes"
                   else read_text(prefix_file, "prefix file").as_str())
@@ -72,12 +73,12 @@ def generate(
 
         beams = beam_search(model, vocab.encode(prefix, "the prefix"), beam, length)
         write_beams(out, beams, vocab, prefix, "" if prefix_file else prefix, as_json,
-                    {"checkpoint": str(resolve_checkpoint(checkpoint)), "length": length, "beam": beam})
+                    {"checkpoint": str(loaded.path), "length": length, "beam": beam})
         return finish_output(out, output)
     stream = GenerationStream(model, vocab, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
                               samples=samples, seed=seed)
     if adapt:
-        adapt_to_file(stream, adapt, ckpt, checkpoint, dynamic_settings(None, dyn_lr, dyn_decay))
+        adapt_to_file(stream, adapt, loaded, dynamic_settings(None, dyn_lr, dyn_decay))
     stream.feed(prefix, f"the prefix file {prefix_file}" if prefix_file else "the prefix")
     steps = text_steps(stream.sample(length), vocab, samples)  # checks --length before anything is printed
     if model.W_hq.device.type == "cpu" and samples == 1:
@@ -87,7 +88,7 @@ def generate(
     if interactive:
         return prompt_loop(stream, length, ckpt, out, stops, include_stop)
     if as_json:
-        settings = {"checkpoint": str(resolve_checkpoint(checkpoint)), "length": length, "temperature": temperature,
+        settings = {"checkpoint": str(loaded.path), "length": length, "temperature": temperature,
                     "top_k": top_k, "top_p": top_p, "greedy": greedy, "seed": seed}
         if stops:
             settings.update(stop=stops, include_stop=include_stop)
@@ -136,19 +137,19 @@ def write_beams(out, beams, vocab, prefix: str, shown_prefix: str, as_json: bool
         out.write(f"--- beam {i}: log-probability {score:.3f} ---\n{shown_prefix}{vocab.decode(ids)}\n")
 
 
-def adapt_to_file(stream, path: Path, ckpt: dict, checkpoint, settings) -> None:
+def adapt_to_file(stream, path: Path, loaded, settings) -> None:
     """Dynamic evaluation of the stream's model on the file, leaving the stream at its end."""
     from charrnn.text import read_text
     from charrnn.dynamic import adapt_stream
 
-    text = read_text(path, "adapt file", (ckpt.get("corpus") or {}).get("normalize", "none"))
+    text = read_text(path, "adapt file", (loaded.checkpoint.get("corpus") or {}).get("normalize", "none"))
     ids, dropped = stream.vocab.ids_of(text, what=str(path), unknown="skip", in_place=True)
     skipped = [f"dropped {dropped} character(s) of {path} that are not in the vocabulary"] if dropped else []
     for note in text.notes + skipped:
         typer.echo(f"warning: {note}", err=True)
     if len(ids) < 2:
         raise CharrnnError(f"the adapt file {path} has fewer than 2 characters the model knows")
-    adapt_stream(stream, ids, training_ids(ckpt, checkpoint), settings)
+    adapt_stream(stream, ids, training_ids(loaded), settings)
 
 
 def finish_output(out, output: Path | None) -> None:
