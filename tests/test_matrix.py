@@ -212,15 +212,20 @@ def serve_eval(cli, run, spec, root):
     cli_result = json.loads(ok(cli("eval", root / f"{spec.name}.txt", "--checkpoint", run, "--json",
                                    "--batch-size", "1")).stdout)
     per_token = cli_result["bits_per_byte" if spec.vocab == "bytes" else "bits_per_char"]
-    assert response.json()["bits_per_char"] == pytest.approx(per_token, rel=1e-5)
-    unit = f"{spec.layers}:0"
-    by_unit = client.post("/api/eval", json={"text": text, "neuron": unit})
+    bits = response.json()["surprisal"]  # of each character (byte) after the first
+    assert sum(bits) / len(bits) == pytest.approx(per_token, rel=1e-5)
+    assert len(response.json()["colours"]) == len(text)  # the page shades each character
+
+
+def serve_eval_neuron(cli, run, spec, root):
+    text = (root / "other.txt").read_text(encoding="utf-8")[:200]
+    by_unit = serve_client(run).post("/api/eval", json={"text": text, "neuron": f"{spec.layers}:0"})
     assert by_unit.status_code == 200, by_unit.text
-    assert len(by_unit.json()["activations"]) == len(by_unit.json()["colours"])
+    assert len(by_unit.json()["activations"]) == len(by_unit.json()["colours"]) == len(text)
 
 
 COMMANDS = [generate_plain, generate_greedy, generate_beam, generate_stop, generate_json, eval_plain, eval_show,
-            eval_show_html, eval_dynamic, eval_neuron, neurons, info, serve_generate, serve_eval]
+            eval_show_html, eval_dynamic, eval_neuron, neurons, info, serve_generate, serve_eval, serve_eval_neuron]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c.__name__)
