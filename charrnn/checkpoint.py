@@ -22,23 +22,28 @@ a hostile file cannot run code from it. Keys:
     evaluation    the layout of the logged validation loss: batch_size, seq_len,
                   carry_state (charrnn.scoring.evaluation.recorded_layout; older files lack it)
 
-Writes are atomic: a temporary file in the same directory, flushed and fsynced, then
-renamed over the target, so a crash never leaves a half-written checkpoint in its place.
+Writes are atomic (charrnn.atomic), so a crash never leaves a half-written checkpoint in
+its place.
 `load_model` makes a checkpoint the model that generate, eval, neurons and serve use.
 """
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 import warnings
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
+from charrnn.atomic import write_atomically
 from charrnn.errors import CharrnnError
+
+if TYPE_CHECKING:
+    from charrnn.config import ModelConfig
+    from charrnn.corpus.vocab import Vocab
 
 FORMAT = "charrnn-checkpoint"
 FORMAT_VERSION = 1
@@ -57,44 +62,10 @@ def save_checkpoint(payload: dict, path: str | Path) -> None:
         raise CharrnnError(f"cannot save the checkpoint {path}: {e.strerror or e}; {kept}") from None
 
 
-TEMPORARY = ".{name}.*.tmp"  # what atomic_save writes before the rename (mkstemp's prefix and suffix)
-
-
 def atomic_save(obj, path: str | Path) -> None:
-    """torch.save `obj` to `path` atomically: into a temporary file in the same directory,
-    flushed and fsynced, then renamed over `path`. On any failure the temporary file is
-    removed and `path` is untouched; OSError (disk full, read-only) propagates."""
-    path = Path(path)
-    prefix, suffix = TEMPORARY.format(name=path.name).split("*")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=suffix)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint is an ordinary file
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        # Ctrl-C inside torch.save makes its zip writer fail as it closes, and that error
-        # would hide the interruption (a traceback instead of a clean stop): raise the
-        # KeyboardInterrupt itself
-        if isinstance(e.__context__, KeyboardInterrupt):
-            raise e.__context__ from None
-        raise
-
-
-def remove_stale_temporaries(directory: str | Path) -> None:
-    """Delete the temporary files that writers killed mid-save (SIGKILL, power loss) left
-    behind; the files they were replacing are intact."""
-    for tmp in Path(directory).glob(TEMPORARY.format(name="*")):
-        tmp.unlink(missing_ok=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    """torch.save `obj` to `path` atomically (charrnn.atomic): on any failure `path` is
+    untouched and no temporary file is left; OSError (disk full, read-only) propagates."""
+    write_atomically(path, lambda f: torch.save(obj, f))
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
@@ -165,15 +136,37 @@ def resolve_checkpoint(where: str | Path | None, runs_dir: str | Path = "runs", 
     return where
 
 
-def load_model(where, device_name: str = "auto"):
-    """(model, vocab, checkpoint) from a checkpoint file or run directory (None: runs/latest),
-    the model in eval mode on the device named (auto, cpu or cuda)."""
+@dataclass
+class LoadedModel:
+    """A checkpoint made a model, for generate, eval, neurons and serve: the model (in eval
+    mode), its vocabulary and config, the checkpoint's contents and the file they came
+    from, resolved once. Unpacks as (model, vocab, checkpoint)."""
+
+    model: torch.nn.Module
+    vocab: Vocab
+    config: ModelConfig
+    checkpoint: dict
+    path: Path
+
+    @property
+    def run_dir(self) -> Path:
+        """The folder the checkpoint is in (its run directory, with the corpus's cache)."""
+        return self.path.parent
+
+    def __iter__(self):
+        return iter((self.model, self.vocab, self.checkpoint))
+
+
+def load_model(where, device_name: str = "auto") -> LoadedModel:
+    """The model of a checkpoint file or run directory (None: runs/latest), in eval mode
+    on the device named (auto, cpu or cuda)."""
     from charrnn.corpus.vocab import Vocab
     from charrnn.model import ModelConfig, build_model
     from charrnn.kernels.device import pick_device
 
     device = pick_device(device_name)
-    ckpt = load_checkpoint(resolve_checkpoint(where), map_location=device)
+    path = resolve_checkpoint(where)
+    ckpt = load_checkpoint(path, map_location=device)
     try:
         vocab = Vocab.from_dict(ckpt["vocab"])
         config = ModelConfig(**ckpt["model_config"])
@@ -191,4 +184,4 @@ def load_model(where, device_name: str = "auto"):
     if not all(p.device.type != "meta" and p.is_floating_point() and bool(torch.isfinite(p).all())
                for p in model.parameters()):
         raise CharrnnError("the checkpoint's weights are not all finite floating-point numbers")
-    return model.to(device).eval(), vocab, ckpt
+    return LoadedModel(model.to(device).eval(), vocab, config, ckpt, path)

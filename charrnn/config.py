@@ -1,7 +1,8 @@
 """Every setting of a run, in one place: the model's (ModelConfig, stored in every
-checkpoint) and the training run's (TrainConfig, whose fields are the command line's
-options and a preset's keys), dynamic evaluation's (DynamicSettings, and the candidates
-its tuning tries), how a preset is read, and what a resumed run may change.
+checkpoint), the training run's (TrainConfig, whose fields are the command line's
+options and a preset's keys), generation's sampling defaults (SamplingConfig), dynamic
+evaluation's (DynamicSettings, and the candidates its tuning tries), how a preset is read,
+and what a resumed run may change.
 
 Standard library only: the command line reads its defaults from here without importing torch.
 """
@@ -39,6 +40,23 @@ class ModelConfig:
     weight_drop: float = 0.0  # DropConnect on W_hh: one mask per batch, in training only
     locked_dropout: bool = False  # dropout masks shared by every time step of a sequence
     embedding: int = 0  # > 0: the first layer's input table factorised as E (vocab, embedding) @ W_xh
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """generate's sampling settings and their defaults: the command line's options,
+    charrnn.generation.sample's GenerationStream and generate, and serve's requests all read them here."""
+
+    length: int = 200  # characters to generate
+    temperature: float = 1.0  # the logits are divided by it
+    top_k: int = 0  # sample among the k most likely (0: all)
+    top_p: float = 1.0  # nucleus sampling: the fewest most likely adding up to p (1: all)
+    greedy: bool = False  # always the most likely
+    samples: int = 1  # continuations at once
+    seed: int | None = None  # None: a fresh random seed
+
+
+SAMPLING = SamplingConfig()
 
 
 # The annotations of TrainConfig's fields (strings, by `from __future__ import annotations`)

@@ -29,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.routing import Route
 
+from charrnn.config import SAMPLING
 from charrnn.errors import CharrnnError
 from charrnn.model import RNNLMScratch
 from charrnn.inspection.neurons import ACTIVATION_SHADES, activation_level, parse_unit, unit_activations
@@ -51,9 +52,10 @@ class BadRequest(Exception):
 
 
 # field -> (accepted types, default); bool is not an int here, though Python says it is
-GENERATE_FIELDS = {"prefix": ((str,), ""), "length": ((int,), 200), "temperature": ((int, float), 1.0),
-                   "top_k": ((int,), 0), "top_p": ((int, float), 1.0), "greedy": ((bool,), False),
-                   "seed": ((int, type(None)), None)}
+GENERATE_FIELDS = {"prefix": ((str,), ""), "length": ((int,), SAMPLING.length),
+                   "temperature": ((int, float), SAMPLING.temperature), "top_k": ((int,), SAMPLING.top_k),
+                   "top_p": ((int, float), SAMPLING.top_p), "greedy": ((bool,), SAMPLING.greedy),
+                   "seed": ((int, type(None)), SAMPLING.seed)}
 EVAL_FIELDS = {"text": ((str,), None), "neuron": ((str, type(None)), None)}
 
 

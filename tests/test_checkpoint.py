@@ -346,3 +346,12 @@ def test_copy_of_a_trained_run_still_loads(trained_run, tmp_path):
     original, _, _ = load_model(trained_run, "cpu")
     for a, b in zip(model.parameters(), original.parameters()):
         assert torch.equal(a, b)
+
+
+def test_load_model_resolves_the_checkpoint_once_into_one_object(trained_run):
+    loaded = load_model(trained_run, "cpu")
+    assert loaded.path == trained_run / "best.pt" and loaded.run_dir == trained_run
+    assert loaded.config.cell == "lstm" and loaded.config.vocab_size == len(loaded.vocab)
+    assert loaded.checkpoint["model_config"]["cell"] == "lstm" and not loaded.model.training
+    model, vocab, ckpt = loaded  # unpacks as the triple it replaced
+    assert (model, vocab, ckpt) == (loaded.model, loaded.vocab, loaded.checkpoint)

@@ -279,7 +279,7 @@ def test_val_file_is_the_validation_split(cli, corpus_file, tmp_path):
 def test_normalize_letters_applies_to_eval_files(cli, corpus_file, tmp_path):
     cli("train", corpus_file, "--normalize", "letters", "--max-steps", "1", "--out", tmp_path / "run",
         *TINY).assert_ok()
-    vocab = load_model(tmp_path / "run", "cpu")[1]
+    vocab = load_model(tmp_path / "run", "cpu").vocab
     assert set(vocab.idx_to_token) <= set("abcdefghijklmnopqrstuvwxyz ") | {"<unk>"}
     write(tmp_path / "shouty.txt", "THE TIME-TRAVELLER, 1895!!  Quite so.")
     result = json.loads(cli("eval", tmp_path / "shouty.txt", "--checkpoint", tmp_path / "run", "--json",

@@ -143,3 +143,27 @@ def test_each_interactive_answer_ends_at_a_stop_string(trained_run):
     answer = full.split("> ", 1)[1].split("\n", 1)[0]
     stop = answer[10:12]
     assert answers("--stop", stop) == full.replace(answer, answer[: answer.index(stop)])
+
+
+# ---------------------------------------------------------------- the defaults
+
+
+def test_every_sampling_default_is_sampling_config_s():
+    """generate's options, the library's GenerationStream and generate, and serve's
+    requests take their defaults from one SamplingConfig."""
+    import inspect
+    from dataclasses import asdict
+
+    from charrnn.cli.generate import generate as generate_command
+    from charrnn.config import SamplingConfig
+    from charrnn.generation.sample import GenerationStream, generate
+
+    defaults = asdict(SamplingConfig())
+    for function in (generate_command, generate, GenerationStream.__init__):
+        given = {name: p.default for name, p in inspect.signature(function).parameters.items() if name in defaults}
+        assert given == {k: v for k, v in defaults.items() if k in given} and len(given) >= 6, function
+    pytest.importorskip("starlette")
+    from charrnn.serve import GENERATE_FIELDS
+
+    served = {name: default for name, (_, default) in GENERATE_FIELDS.items() if name in defaults}
+    assert served == {k: v for k, v in defaults.items() if k in served} and len(served) == 6

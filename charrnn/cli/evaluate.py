@@ -69,9 +69,10 @@ def evaluate_command(
         raise CharrnnError("--neuron picks what --show or --show-html shade by; give one of them")
     settings = dynamic_settings(dyn_seq_len, dyn_lr, dyn_decay) if dynamic else None
     set_threads(threads)
-    model, vocab, ckpt = load_model(checkpoint, device)
+    loaded = load_model(checkpoint, device)
+    model, vocab, ckpt = loaded
     unit = parse_unit(neuron, model) if neuron else None
-    ids, what = text_ids(file, checkpoint, ckpt, vocab, unknown, "eval")
+    ids, what = text_ids(file, loaded, unknown, "eval")
     if len(ids) < 2:
         raise CharrnnError(f"{what} is too short to evaluate (it needs at least 2 characters)")
     layout = recorded_layout(ckpt)  # the logged validation loss's, so that the two agree
@@ -88,7 +89,7 @@ def evaluate_command(
         show_text(model, vocab, ids[:show_chars], shown, show, show_html, unit)
     if settings:
         tuned = dyn_lr is None and dyn_decay is None  # either given: the user's settings, as they are
-        result["dynamic"] = dynamic_figures(model, ids, training_corpus(ckpt, checkpoint), settings, tuned)
+        result["dynamic"] = dynamic_figures(model, ids, training_corpus(loaded), settings, tuned)
     if as_json:
         typer.echo(json.dumps(result))
     elif vocab.kind == "bytes":
@@ -128,8 +129,9 @@ def neurons(
     if top < 1 or max_chars < 2:
         raise CharrnnError("--top must be at least 1 and --max-chars at least 2")
     set_threads(threads)
-    model, vocab, ckpt = load_model(checkpoint, "cpu")
-    ids, what = text_ids(file, checkpoint, ckpt, vocab, unknown, "neurons")
+    loaded = load_model(checkpoint, "cpu")
+    model, vocab = loaded.model, loaded.vocab
+    ids, what = text_ids(file, loaded, unknown, "neurons")
     ids = ids[:max_chars]
     if len(ids) < 2:
         raise CharrnnError(f"{what} is too short (it needs at least 2 characters)")
@@ -153,15 +155,14 @@ def dynamic_settings(seq_len, lr, decay):
     return DynamicSettings(**{k: v for k, v in given.items() if v is not None})
 
 
-def training_corpus(ckpt: dict, checkpoint):
-    """The checkpoint's corpus: dynamic evaluation's gradient statistics and tuning text come from its training part."""
-    from charrnn.checkpoint import resolve_checkpoint
+def training_corpus(loaded):
+    """The loaded checkpoint's corpus: dynamic evaluation's gradient statistics and tuning text come from its training part."""
     from charrnn.corpus.data import reload_corpus
 
-    source = ckpt.get("corpus")
+    source = loaded.checkpoint.get("corpus")
     if not isinstance(source, dict) or not source:
         raise CharrnnError("the checkpoint does not record its training corpus, which dynamic evaluation needs")
-    return reload_corpus(source, cache_dir=resolve_checkpoint(checkpoint).parent)
+    return reload_corpus(source, cache_dir=loaded.run_dir)
 
 
 def print_candidate(settings, loss: float, static: float) -> None:
@@ -220,18 +221,17 @@ def byte_model_result(result: dict, ids, window: int) -> dict:
             "bytes": result["chars"], "chars": chars, "text": result["text"]}
 
 
-def text_ids(file: Path | None, checkpoint: Path | None, ckpt: dict, vocab, unknown: str, command: str):
-    """(ids, what) of FILE, or of the checkpoint's validation split; warnings printed. A
-    byte model reads any file (every byte is in its vocabulary)."""
-    from charrnn.checkpoint import resolve_checkpoint
+def text_ids(file: Path | None, loaded, unknown: str, command: str):
+    """(ids, what) of FILE, or of the loaded checkpoint's validation split; warnings
+    printed. A byte model reads any file (every byte is in its vocabulary)."""
     from charrnn.corpus.data import reload_corpus, skipped_note
     from charrnn.corpus.text import read_byte_text, read_text
 
-    source = ckpt.get("corpus") or {}
+    vocab, source = loaded.vocab, loaded.checkpoint.get("corpus") or {}
     if file is None:
         if not isinstance(source, dict) or not source:
             raise CharrnnError(f"the checkpoint does not record its corpus; give a FILE to {command}")
-        corpus = reload_corpus(source, cache_dir=resolve_checkpoint(checkpoint).parent)
+        corpus = reload_corpus(source, cache_dir=loaded.run_dir)
         ids, what, notes = corpus.val_ids, "the validation split", corpus.notes
     elif vocab.kind == "bytes":
         ids, what, notes = read_byte_text(file, "file").ids, str(file), []
@@ -267,8 +267,10 @@ def show_text(model, vocab, ids, what: str, show: bool, html_file: Path | None, 
         title = f"perplexity {mean_perplexity(bits):.3f} on {what}"
         page, shaded, legend = surprisal_html(text, bits, title), shaded_text(text, bits), legend_text()
     if html_file:
+        from charrnn.atomic import write_text
+
         try:
-            html_file.write_text(page, encoding="utf-8")
+            write_text(html_file, page)
         except OSError as e:
             raise CharrnnError(f"cannot write {html_file}: {e.strerror or e}") from None
     if show:

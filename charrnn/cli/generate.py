@@ -10,11 +10,12 @@ from typing import Annotated, Optional
 import typer
 
 from charrnn.cli.evaluate import (DYN, DYNAMIC_DECAYS, DYNAMIC_LRS, dynamic_settings, print_candidate, rates, threads_option,
-                              training_corpus)
+                                  training_corpus)
+from charrnn.config import SAMPLING as S
 from charrnn.config import TrainConfig
 from charrnn.errors import CharrnnError
 
-Opt = typer.Option
+Opt = typer.Option  # the sampling options' defaults are charrnn.config.SamplingConfig's
 
 
 def generate(
@@ -24,13 +25,13 @@ def generate(
     adapt: Annotated[Optional[Path], Opt(help="First adapt the model to this UTF-8 text by dynamic evaluation, to continue its style (characters outside the vocabulary are dropped, with a warning); --prefix then follows it. The checkpoint is not changed.")] = None,
     dyn_lr: Annotated[Optional[float], Opt(help=f"With --adapt: the learning rate of its updates, used as given: no tuning, and --dyn-decay {DYN.decay:g} unless given. [default: tuned on the adapt text, among {rates(DYNAMIC_LRS)}]", show_default=False)] = None,
     dyn_decay: Annotated[Optional[float], Opt(help=f"With --adapt: the pull back towards the trained weights, in [0, 1], used as given: no tuning, and --dyn-lr {DYN.lr:g} unless given. [default: tuned, among {rates(DYNAMIC_DECAYS)}]", show_default=False)] = None,
-    length: Annotated[int, Opt(help="Characters to generate.")] = 200,
-    temperature: Annotated[float, Opt(help="Divide the logits by this: < 1 is safer, > 1 wilder.")] = 1.0,
-    top_k: Annotated[int, Opt(help="Sample only among the k most likely characters (0: all).")] = 0,
-    top_p: Annotated[float, Opt(help="Nucleus sampling: only among the fewest most likely characters whose probabilities add up to p (1: all).")] = 1.0,
-    greedy: Annotated[bool, Opt("--greedy", help="Always take the most likely character (the book's predict).")] = False,
-    samples: Annotated[int, Opt(help="Generate this many continuations at once.")] = 1,
-    seed: Annotated[Optional[int], Opt(help="Random seed for repeatable samples.")] = None,
+    length: Annotated[int, Opt(help="Characters to generate.")] = S.length,
+    temperature: Annotated[float, Opt(help="Divide the logits by this: < 1 is safer, > 1 wilder.")] = S.temperature,
+    top_k: Annotated[int, Opt(help="Sample only among the k most likely characters (0: all).")] = S.top_k,
+    top_p: Annotated[float, Opt(help="Nucleus sampling: only among the fewest most likely characters whose probabilities add up to p (1: all).")] = S.top_p,
+    greedy: Annotated[bool, Opt("--greedy", help="Always take the most likely character (the book's predict).")] = S.greedy,
+    samples: Annotated[int, Opt(help="Generate this many continuations at once.")] = S.samples,
+    seed: Annotated[Optional[int], Opt(help="Random seed for repeatable samples.")] = S.seed,
     as_json: Annotated[bool, Opt("--json", help="Print one JSON object: prefix, samples (a list) and settings.")] = False,
     interactive: Annotated[bool, Opt("--interactive", "-i", help="A prompt: each line typed is fed to the model and continued by --length characters; the state carries over between lines (an empty line just continues). Ctrl-D ends.")] = False,
     stop: Annotated[Optional[list[str]], Opt(help="End a continuation at the first occurrence of this string (repeatable; \\n, \\t and \\r are escapes: --stop '\\n\\n' ends at a paragraph); it is not printed unless --include-stop. --length stays the bound; each of --samples stops on its own.", show_default=False)] = None,
@@ -44,7 +45,7 @@ def generate(
     """Generate text: warm the state up on --prefix, then emit one character at a time."""
     import torch
 
-    from charrnn.checkpoint import load_model, resolve_checkpoint
+    from charrnn.checkpoint import load_model
     from charrnn.corpus.text import read_byte_text, read_text
     from charrnn.generation.output import TextSink
     from charrnn.generation.sample import GenerationStream
@@ -55,16 +56,14 @@ def generate(
         raise CharrnnError("give --prefix or --prefix-file, not both")
     dynamic_settings(None, dyn_lr, dyn_decay)  # checked before the model loads
     set_threads(threads)
-    if interactive and (as_json or samples > 1 or output):
-        raise CharrnnError("--interactive continues one sample at a prompt; it takes neither --json, --samples nor --output")
-    if raw and as_json:
-        raise CharrnnError("--raw writes bytes and --json text: choose one")
+    check_output_options(interactive, as_json, samples, output, raw)
     stops = parse_stops(stop or [])
     if beam is not None:
         check_beam_options(samples=samples != 1, temperature=temperature != 1, top_k=top_k != 0, top_p=top_p != 1,
                            greedy=greedy, seed=seed is not None, interactive=interactive, stop=bool(stops),
                            adapt=adapt is not None)
-    model, vocab, ckpt = load_model(checkpoint, "cpu" if device == "auto" and samples == 1 else device)
+    loaded = load_model(checkpoint, "cpu" if device == "auto" and samples == 1 else device)
+    model, vocab, ckpt = loaded
     if prefix_file:  # a byte model takes any file as its prime, UTF-8 or not
         prefix = (vocab.decode(read_byte_text(prefix_file, "prefix file").ids) if vocab.kind == "bytes"
                   else read_text(prefix_file, "prefix file").as_str())
@@ -76,12 +75,12 @@ def generate(
 
         beams = beam_search(model, vocab.encode(prefix, "the prefix"), beam, length)
         write_beams(out, beams, vocab, prefix, "" if prefix_file else prefix, as_json,
-                    {"checkpoint": str(resolve_checkpoint(checkpoint)), "length": length, "beam": beam})
+                    {"checkpoint": str(loaded.path), "length": length, "beam": beam})
         return finish_output(out, output)
     stream = GenerationStream(model, vocab, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
                               samples=samples, seed=seed)
     if adapt:
-        adapt_to_file(stream, adapt, ckpt, checkpoint, dyn_lr, dyn_decay)
+        adapt_to_file(stream, adapt, loaded, dyn_lr, dyn_decay)
     stream.feed(prefix, f"the prefix file {prefix_file}" if prefix_file else "the prefix")
     steps = text_steps(stream.sample(length), vocab, samples)  # checks --length before anything is printed
     if model.W_hq.device.type == "cpu" and samples == 1 and not threads:
@@ -91,7 +90,7 @@ def generate(
     if interactive:
         return prompt_loop(stream, length, ckpt, out, stops, include_stop)
     if as_json:
-        settings = {"checkpoint": str(resolve_checkpoint(checkpoint)), "length": length, "temperature": temperature,
+        settings = {"checkpoint": str(loaded.path), "length": length, "temperature": temperature,
                     "top_k": top_k, "top_p": top_p, "greedy": greedy, "seed": seed}
         if stops:
             settings.update(stop=stops, include_stop=include_stop)
@@ -123,6 +122,13 @@ def text_steps(steps, vocab, samples: int):
     return decoded_steps(steps, samples) if vocab.kind == "bytes" else steps
 
 
+def check_output_options(interactive: bool, as_json: bool, samples: int, output, raw: bool) -> None:
+    if interactive and (as_json or samples > 1 or output):
+        raise CharrnnError("--interactive continues one sample at a prompt; it takes neither --json, --samples nor --output")
+    if raw and as_json:
+        raise CharrnnError("--raw writes bytes and --json text: choose one")
+
+
 def check_beam_options(**given: bool) -> None:
     """--beam searches for the likeliest text: the sampling options have no meaning there."""
     named = ", ".join("--" + name.replace("_", "-") for name, present in given.items() if present)
@@ -140,7 +146,7 @@ def write_beams(out, beams, vocab, prefix: str, shown_prefix: str, as_json: bool
         out.write(f"--- beam {i}: log-probability {score:.3f} ---\n{shown_prefix}{vocab.decode(ids)}\n")
 
 
-def adapt_to_file(stream, path: Path, ckpt: dict, checkpoint, lr: float | None, decay: float | None) -> None:
+def adapt_to_file(stream, path: Path, loaded, lr: float | None, decay: float | None) -> None:
     """Dynamic evaluation of the stream's model on the file, leaving the stream at its end:
     with `lr` and `decay`, or (neither given) with those that predict the file's start best
     (no adaptation if none beats the model as trained)."""
@@ -150,14 +156,14 @@ def adapt_to_file(stream, path: Path, ckpt: dict, checkpoint, lr: float | None, 
     from charrnn.scoring.dynamic import adapt_stream, gradient_rms, tune
     from charrnn.corpus.text import read_text
 
-    text = read_text(path, "adapt file", (ckpt.get("corpus") or {}).get("normalize", "none"))
+    text = read_text(path, "adapt file", (loaded.checkpoint.get("corpus") or {}).get("normalize", "none"))
     ids, dropped = stream.vocab.ids_of(text, what=str(path), unknown="skip", in_place=True)
     skipped = [f"dropped {dropped} character(s) of {path} that are not in the vocabulary"] if dropped else []
     for note in text.notes + skipped:
         typer.echo(f"warning: {note}", err=True)
     if len(ids) < 2:
         raise CharrnnError(f"the adapt file {path} has fewer than 2 characters the model knows")
-    settings, train_ids = dynamic_settings(None, lr, decay), training_corpus(ckpt, checkpoint).train_ids
+    settings, train_ids = dynamic_settings(None, lr, decay), training_corpus(loaded).train_ids
     if lr is None and decay is None:
         start = ids[: TUNE_CHARS + 1]
         typer.echo(f"tuning --dyn-lr and --dyn-decay on the first {len(start) - 1:,} characters of {path}:", err=True)

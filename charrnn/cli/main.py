@@ -237,21 +237,21 @@ def serve(
         from charrnn.serve import Limits, create_app
     except ModuleNotFoundError as e:
         raise CharrnnError(f"charrnn serve needs {e.name}: pip install -e '.[serve]' in a checkout") from None
-    from charrnn.checkpoint import load_model, resolve_checkpoint
+    from charrnn.checkpoint import load_model
     from charrnn.kernels.device import set_threads
 
     if max_length < 1 or max_text < 1:
         raise CharrnnError("--max-length and --max-text must be positive")
     set_threads(threads or 1)  # (see --threads)
-    model, vocab, ckpt = load_model(checkpoint, "cpu")
-    app_ = create_app(model, vocab, ckpt, str(resolve_checkpoint(checkpoint)), Limits(max_length, max_text))
+    loaded = load_model(checkpoint, "cpu")
+    app_ = create_app(loaded.model, loaded.vocab, loaded.checkpoint, str(loaded.path), Limits(max_length, max_text))
     try:  # bound here, so that a port in use is one error line, not uvicorn's log and exit
         listener = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
     except OSError as e:
         raise CharrnnError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     if host not in ("127.0.0.1", "localhost", "::1"):
         typer.echo(f"warning: listening on {host}: anyone who can reach it can use the model", err=True)
-    typer.echo(f"serving {resolve_checkpoint(checkpoint)} at http://{host}:{port}/ (Ctrl-C stops)", err=True)
+    typer.echo(f"serving {loaded.path} at http://{host}:{port}/ (Ctrl-C stops)", err=True)
     uvicorn.Server(uvicorn.Config(app_, log_level="warning")).run(sockets=[listener])
 
 

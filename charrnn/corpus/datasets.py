@@ -13,7 +13,7 @@ mirror must serve byte-identical files.
 
 A download streams into a temporary file inside the cache directory, hashing as it
 writes; only a file whose sha256 matches is moved into place (atomically, with
-`os.replace`). On any failure the temporary file is removed, nothing partial stays in
+charrnn.atomic). On any failure the temporary file is removed, nothing partial stays in
 the cache, and a one-line `CharrnnError` says what went wrong.
 
 Standard library only: importing this module does not import torch.
@@ -25,12 +25,12 @@ import hashlib
 import http.client
 import os
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from charrnn.atomic import write_atomically
 from charrnn.errors import CharrnnError
 
 DOWNLOAD_TIMEOUT_S = 60
@@ -132,20 +132,13 @@ def _download(dataset: Dataset, dest: Path, *, quiet: bool) -> None:
     if not quiet:
         print(f"downloading {dataset.name} from {url}", file=sys.stderr, flush=True)
 
-    try:
-        tmp = tempfile.NamedTemporaryFile(
-            dir=cache, prefix=f".{dataset.filename}.", suffix=".part", delete=False
-        )
-    except OSError as exc:
-        raise CharrnnError(f"could not write to the cache directory {cache}: {_one_line(exc)}") from exc
-    tmp_path = Path(tmp.name)
-    try:
+    def fetch(f) -> None:  # into write_atomically's temporary file, hashing as it goes
         digest = hashlib.sha256()
         try:
-            with tmp, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+            with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
                 while chunk := response.read(_CHUNK):
                     digest.update(chunk)
-                    tmp.write(chunk)
+                    f.write(chunk)
         except (
             urllib.error.URLError,
             http.client.HTTPException,
@@ -167,15 +160,12 @@ def _download(dataset: Dataset, dest: Path, *, quiet: bool) -> None:
                 f"downloaded {dataset.name} does not match its sha256 "
                 f"(expected {dataset.sha256}, got {got}); the file was deleted"
             )
-        try:
-            os.replace(tmp_path, dest)
-        except OSError as exc:
-            raise CharrnnError(f"could not move {dataset.name} into {dest}: {_one_line(exc)}") from exc
-    except BaseException:
-        # Also on KeyboardInterrupt: never leave a partial file in the cache.
-        tmp.close()
-        tmp_path.unlink(missing_ok=True)
-        raise
+
+    # on any failure, KeyboardInterrupt too, nothing partial is left in the cache
+    try:
+        write_atomically(dest, fetch)
+    except OSError as exc:  # making the temporary file, or moving it into place
+        raise CharrnnError(f"could not write {dataset.name} into {dest}: {_one_line(exc)}") from exc
 
 
 def dataset_path(name: str, *, quiet: bool = False) -> Path:

@@ -9,6 +9,7 @@ import torch
 
 from charrnn import gru_cell, lstm_cell, rnn_cell
 from charrnn.kernels import cpu_matmul, cuda_graphs, fast_tanh
+from charrnn.config import SAMPLING as S
 from charrnn.corpus.vocab import Vocab
 from charrnn.errors import CharrnnError
 from charrnn.scoring.evaluation import eval_mode
@@ -172,8 +173,9 @@ class GenerationStream:
     follow everything fed and sampled so far. `generate` is one feed and one sample.
     Settings are checked here, before anything is generated."""
 
-    def __init__(self, model: RNNLMScratch, vocab: Vocab, *, temperature: float = 1.0, top_k: int = 0,
-                 top_p: float = 1.0, greedy: bool = False, samples: int = 1, seed: int | None = None):
+    def __init__(self, model: RNNLMScratch, vocab: Vocab, *, temperature: float = S.temperature,
+                 top_k: int = S.top_k, top_p: float = S.top_p, greedy: bool = S.greedy, samples: int = S.samples,
+                 seed: int | None = S.seed):
         if not temperature >= 0:  # also NaN
             raise CharrnnError(f"--temperature must be a number >= 0, got {temperature}")
         if top_k < 0:
@@ -248,9 +250,9 @@ class GenerationStream:
             yield [tokens[i] for i in id_list]
 
 
-def generate(model: RNNLMScratch, vocab: Vocab, prefix: str = "", length: int = 200, *,
-             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, greedy: bool = False,
-             samples: int = 1, seed: int | None = None) -> Iterator[list[str]]:
+def generate(model: RNNLMScratch, vocab: Vocab, prefix: str = "", length: int = S.length, *,
+             temperature: float = S.temperature, top_k: int = S.top_k, top_p: float = S.top_p,
+             greedy: bool = S.greedy, samples: int = S.samples, seed: int | None = S.seed) -> Iterator[list[str]]:
     """An iterator that yields, for each of `length` steps, the next character of every one
     of `samples` continuations of `prefix` (the prefix itself is not yielded). Settings and
     the prefix are checked here, before anything is generated."""

@@ -9,9 +9,9 @@ training works without it.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
+from charrnn.atomic import write_atomically
 from charrnn.errors import CharrnnError
 
 MISSING_MATPLOTLIB = "matplotlib is not installed (pip install matplotlib)"
@@ -97,12 +97,9 @@ def plot_runs(runs: list[str | Path], out: str | Path) -> Path:
             ax.legend(handles=ax.get_legend_handles_labels()[0] + styles)
         fig.tight_layout()
         out = Path(out)
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp{out.suffix}")
-        try:
-            fig.savefig(tmp)
-            os.replace(tmp, out)
+        try:  # the format from the name's suffix, as savefig would take it from a path
+            write_atomically(out, lambda f: fig.savefig(f, format=out.suffix[1:] or None))
         except (OSError, ValueError) as e:
-            Path(tmp).unlink(missing_ok=True)
             raise CharrnnError(f"cannot write {out}: {getattr(e, 'strerror', None) or e}") from None
     finally:
         plt.close(fig)

@@ -18,7 +18,7 @@ from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 
-from charrnn.checkpoint import remove_stale_temporaries
+from charrnn.atomic import remove_stale_temporaries, write_text
 from charrnn.config import TrainConfig
 from charrnn.corpus.data import Corpus, save_encoded
 from charrnn.errors import CharrnnError
@@ -99,10 +99,7 @@ def write_config(config: TrainConfig, path: Path) -> None:
             lines.append(f"{key} = {toml_string(value)}")
         elif isinstance(value, list):
             lines.append(f"{key} = [{', '.join(map(toml_string, value))}]")
-    # written aside and renamed, so that a kill mid-write leaves the old file whole
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    write_text(path, "\n".join(lines) + "\n")  # a kill mid-write leaves the old file whole
 
 
 def toml_string(value: str) -> str:
