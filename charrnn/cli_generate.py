@@ -139,10 +139,11 @@ def adapt_to_file(stream, path: Path, ckpt: dict, checkpoint, settings) -> None:
     """Dynamic evaluation of the stream's model on the file, leaving the stream at its end."""
     from charrnn.text import read_text
     from charrnn.dynamic import adapt_stream
+    from charrnn.vocab import counted
 
     text = read_text(path, "adapt file", (ckpt.get("corpus") or {}).get("normalize", "none"))
     ids, dropped = stream.vocab.ids_of(text, what=str(path), unknown="skip", in_place=True)
-    skipped = [f"dropped {dropped} character(s) of {path} that are not in the vocabulary"] if dropped else []
+    skipped = [f"dropped {counted(dropped, 'occurrence')} of characters not in the vocabulary from {path}"] if dropped else []
     for note in text.notes + skipped:
         typer.echo(f"warning: {note}", err=True)
     if len(ids) < 2:

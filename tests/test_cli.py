@@ -432,6 +432,11 @@ def test_eval_file_outside_the_vocabulary(cli, trained_run, tmp_path):
     write(tmp_path / "ru.txt", "the time traveller — Путешественник во времени\n")
     line = cli("eval", tmp_path / "ru.txt", "--checkpoint", trained_run).assert_one_line_error(str(tmp_path / "ru.txt"))
     assert "'П'" in line and "'—'" in line and "vocabulary" in line
+    # distinct characters and occurrences, each called what it is
+    distinct, occurrences = len(set("—Путешественник во времени") - set(" ")), len("—Путешественниквовремени")
+    assert f"has {distinct} distinct characters not in the model's vocabulary ({occurrences} occurrences)" in line
+    skipped = cli("eval", tmp_path / "ru.txt", "--checkpoint", trained_run, "--unknown", "skip").assert_ok()
+    assert f"warning: dropped {occurrences} occurrences of characters not in the vocabulary from" in skipped.stderr
 
 
 @pytest.mark.parametrize("name,data,fragment", [
