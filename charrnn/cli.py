@@ -21,7 +21,7 @@ import typer
 from charrnn import __version__
 from charrnn.cli_eval import evaluate_command, neurons
 from charrnn.cli_generate import generate, model_prefix, text_steps
-from charrnn.config import TrainConfig, read_preset, resumed_config
+from charrnn.config import ServeLimits, TrainConfig, read_preset, resumed_config
 from charrnn.errors import CharrnnError
 
 app = typer.Typer(
@@ -218,15 +218,16 @@ def serve(
     checkpoint: Annotated[Optional[Path], Opt(help="A checkpoint file or run directory. [default: the best checkpoint of runs/latest]", show_default=False)] = None,
     host: Annotated[str, Opt(help="The address to listen on. 127.0.0.1: this machine only; 0.0.0.0 or another address lets anyone who can reach it use the model (there is no login).")] = "127.0.0.1",
     port: Annotated[int, Opt(help="The port to listen on.")] = 8000,
-    max_length: Annotated[int, Opt(help="The most characters one request may generate.")] = 2000,
-    max_text: Annotated[int, Opt(help="The most characters of a prompt or of a text to evaluate.")] = 10_000,
+    max_length: Annotated[int, Opt(help="The most characters one request may generate.")] = ServeLimits.max_length,
+    max_text: Annotated[int, Opt(help="The most characters of a prompt or of a text to evaluate.")] = ServeLimits.max_text,
 ):
     """A local web app: a page to play with the model at /, and an HTTP JSON API.
 
     POST /api/generate streams a continuation (prefix, length, temperature, top_k, top_p,
     greedy, seed); POST /api/eval gives a text's surprisal per character, or a unit's
     activations (text, neuron); GET /api/info describes the model. Needs the serve extra:
-    pip install -e ".[serve]" in a checkout. Ctrl-C stops it.
+    pip install -e ".[serve]" in a checkout. Ctrl-C or SIGTERM stops it within a second
+    (a stream still going is cut).
     """
     import socket
 
@@ -235,16 +236,15 @@ def serve(
     try:
         import uvicorn
 
-        from charrnn.serve import Limits, create_app
+        from charrnn.serve import create_app
     except ModuleNotFoundError as e:
         raise CharrnnError(f"charrnn serve needs {e.name}: pip install -e '.[serve]' in a checkout") from None
     from charrnn.checkpoint import load_model, resolve_checkpoint
 
-    if max_length < 1 or max_text < 1:
-        raise CharrnnError("--max-length and --max-text must be positive")
+    limits = ServeLimits(max_length, max_text)
     model, vocab, ckpt = load_model(checkpoint, "cpu")
     torch.set_num_threads(1)  # one request, one core: requests run side by side in worker threads
-    app_ = create_app(model, vocab, ckpt, str(resolve_checkpoint(checkpoint)), Limits(max_length, max_text))
+    app_ = create_app(model, vocab, ckpt, str(resolve_checkpoint(checkpoint)), limits)
     try:  # bound here, so that a port in use is one error line, not uvicorn's log and exit
         listener = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
     except OSError as e:
@@ -252,7 +252,8 @@ def serve(
     if host not in ("127.0.0.1", "localhost", "::1"):
         typer.echo(f"warning: listening on {host}: anyone who can reach it can use the model", err=True)
     typer.echo(f"serving {resolve_checkpoint(checkpoint)} at http://{host}:{port}/ (Ctrl-C stops)", err=True)
-    uvicorn.Server(uvicorn.Config(app_, log_level="warning")).run(sockets=[listener])
+    # SIGTERM or Ctrl-C closes the listener at once; a stream still going half a second later is cut
+    uvicorn.Server(uvicorn.Config(app_, log_level="warning", timeout_graceful_shutdown=0.5)).run(sockets=[listener])
 
 
 def info(
