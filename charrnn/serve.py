@@ -83,8 +83,9 @@ def not_a_json_number(name: str):
 
 
 def parsed_body(body: bytes):
+    """The JSON value of a body in UTF-8 (as JSON must be: json.loads would guess UTF-16 too)."""
     try:
-        return json.loads(body, parse_constant=not_a_json_number)
+        return json.loads(body.decode("utf-8"), parse_constant=not_a_json_number)
     except RecursionError:
         raise BadRequest("the body is nested too deeply to be a request") from None
     except json.JSONDecodeError as e:
