@@ -262,3 +262,15 @@ def resumed_config(run: Path, given: dict) -> dict:
         names = ", ".join("--" + k.replace("_", "-") for k in unchangeable)
         raise CharrnnError(f"{names} cannot change when resuming a run (start a new run instead)")
     return values
+
+
+@dataclass
+class ServeLimits:
+    """What one request to `charrnn serve` may ask for (the `--max-*` options' defaults)."""
+
+    max_length: int = 2000  # characters one generate request may ask for
+    max_text: int = 10_000  # characters of a prefix or of a text to evaluate
+
+    def __post_init__(self):
+        if self.max_length < 1 or self.max_text < 1:
+            raise CharrnnError("--max-length and --max-text must be positive")

@@ -5,8 +5,10 @@ bytes themselves with --raw), and eval reports bits per byte and per character."
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from charrnn.corpus.byte_vocab import decoded_steps, shown
@@ -89,3 +91,68 @@ def test_character_options_do_not_go_with_bytes(cli, byte_corpus, tmp_path):
     cli("train", byte_corpus, "--vocab", "bytes", "--normalize", "letters", *TINY) \
         .assert_one_line_error("--normalize letters", "--vocab bytes")
     cli("train", byte_corpus, "--vocab", "words", *TINY).assert_one_line_error("--vocab", "words")
+
+
+# a text whose characters take one to four bytes, and a quotation to track
+UNICODE_TEXT = 'the "café" costs 3 € (or 4 ¥) — 𝄞 Ωmega\n' * 8
+
+
+def test_neurons_on_a_byte_model_line_activations_up_with_characters(cli, byte_run, tmp_path):
+    """Activations come per byte, the text's properties per character: each character takes
+    the units' values after its last byte, where the model has read all of it."""
+    from charrnn.corpus.byte_vocab import per_character
+    from charrnn.checkpoint import load_model
+    from charrnn.inspection.neurons import best_units, record, text_properties
+
+    text_file = tmp_path / "unicode.txt"
+    text_file.write_text(UNICODE_TEXT, encoding="utf-8")
+    found = json.loads(cli("neurons", text_file, "--checkpoint", byte_run, "--json").assert_ok().stdout)
+    size = len(UNICODE_TEXT.encode())
+    assert found["bytes"] == size and found["chars"] == len(UNICODE_TEXT) < size
+    model, vocab, _ = load_model(byte_run, "cpu")
+    activations, units = record(model, vocab.encode(UNICODE_TEXT))
+    per_char = per_character(activations, UNICODE_TEXT)
+    ends = [len(UNICODE_TEXT[: i + 1].encode()) - 1 for i in range(len(UNICODE_TEXT))]
+    assert torch.equal(per_char, activations[ends])
+    assert found["properties"] == best_units(per_char, units, text_properties(UNICODE_TEXT), 3)
+    assert "bytes (" in cli("neurons", text_file, "--checkpoint", byte_run).assert_ok().stdout
+    # --max-chars cuts inside a character: its bytes are then characters of their own (U+DCxx)
+    cli("neurons", text_file, "--checkpoint", byte_run, "--max-chars", 15).assert_ok()
+
+
+def test_eval_shows_a_byte_model_s_unit_per_character(cli, byte_run, tmp_path):
+    from charrnn.corpus.byte_vocab import per_character
+    from charrnn.checkpoint import load_model
+    from charrnn.inspection.neurons import parse_unit, unit_activations
+
+    text_file, page = tmp_path / "unicode.txt", tmp_path / "unit.html"
+    text_file.write_text(UNICODE_TEXT, encoding="utf-8")
+    cli("eval", text_file, "--checkpoint", byte_run, "--show-html", page, "--neuron", "1:2").assert_ok()
+    model, vocab, _ = load_model(byte_run, "cpu")
+    values = per_character(unit_activations(model, vocab.encode(UNICODE_TEXT), parse_unit("1:2", model)), UNICODE_TEXT)
+    titles = re.findall(r'<span class="a\d+" title="([^"]+)">', page.read_text(encoding="utf-8"))
+    assert titles == [f"{v:+.3f}" for v in values] and len(titles) == len(UNICODE_TEXT)
+
+
+def test_serve_shades_a_byte_model_s_text_per_character(byte_run):
+    pytest.importorskip("starlette", reason="charrnn serve needs the serve extra")
+    from starlette.testclient import TestClient
+
+    from charrnn.corpus.byte_vocab import char_bits, per_character
+    from charrnn.checkpoint import load_model
+    from charrnn.inspection.neurons import parse_unit, unit_activations
+    from charrnn.serve import create_app
+    from charrnn.inspection.surprisal import surprisal
+
+    model, vocab, ckpt = load_model(byte_run, "cpu")
+    client = TestClient(create_app(model, vocab, ckpt, "bytes"))
+    byte_bits = surprisal(model, vocab, UNICODE_TEXT)
+    result = client.post("/api/eval", json={"text": UNICODE_TEXT}).json()
+    assert result["chars"] == len(UNICODE_TEXT) and result["bytes"] == len(UNICODE_TEXT.encode())
+    assert result["surprisal"] == pytest.approx(char_bits(UNICODE_TEXT, byte_bits), rel=1e-5)
+    assert result["bits_per_byte"] == pytest.approx(sum(byte_bits) / len(byte_bits), rel=1e-5)
+    assert len(result["colours"]) == len(result["tooltips"]) == len(UNICODE_TEXT)
+    by_unit = client.post("/api/eval", json={"text": UNICODE_TEXT, "neuron": "1:2"}).json()
+    values = unit_activations(model, vocab.encode(UNICODE_TEXT), parse_unit("1:2", model))
+    assert by_unit["activations"] == pytest.approx(per_character(values, UNICODE_TEXT), abs=1e-6)
+    assert len(by_unit["colours"]) == len(UNICODE_TEXT)

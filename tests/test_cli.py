@@ -147,7 +147,11 @@ def test_resume_continues_a_run(cli, corpus_file, tmp_path):
 def test_resume_through_runs_latest(cli, corpus_file, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cli("train", corpus_file, "--max-steps", "2", *TINY).assert_ok()
-    cli("train", "--resume", "runs/latest", "--max-steps", "4", "-q").assert_ok()
+    resumed = cli("train", "--resume", "runs/latest", "--max-steps", "4", "--eval-every", "5").assert_ok()
+    # the start line says it goes on, from where, and names the run as the user did
+    start = resumed.stdout.splitlines()[0]
+    assert start.startswith("resuming runs/latest at step 2 of 4 steps: a 1-layer LSTM (16 hidden, ")
+    assert "training a" not in start and str(tmp_path) not in start
     assert (tmp_path / "runs" / "latest").resolve().is_dir()
     assert load_checkpoint(tmp_path / "runs" / "latest" / "last.pt")["progress"]["step"] == 4
 
@@ -432,6 +436,11 @@ def test_eval_file_outside_the_vocabulary(cli, trained_run, tmp_path):
     write(tmp_path / "ru.txt", "the time traveller — Путешественник во времени\n")
     line = cli("eval", tmp_path / "ru.txt", "--checkpoint", trained_run).assert_one_line_error(str(tmp_path / "ru.txt"))
     assert "'П'" in line and "'—'" in line and "vocabulary" in line
+    # distinct characters and occurrences, each called what it is
+    distinct, occurrences = len(set("—Путешественник во времени") - set(" ")), len("—Путешественниквовремени")
+    assert f"has {distinct} distinct characters not in the model's vocabulary ({occurrences} occurrences)" in line
+    skipped = cli("eval", tmp_path / "ru.txt", "--checkpoint", trained_run, "--unknown", "skip").assert_ok()
+    assert f"warning: dropped {occurrences} occurrences of characters not in the vocabulary from" in skipped.stderr
 
 
 @pytest.mark.parametrize("name,data,fragment", [

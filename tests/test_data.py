@@ -64,7 +64,7 @@ def test_unknown_characters_are_named():
     with pytest.raises(CharrnnError) as info:
         vocab.encode("abxΩ\x00", "the prefix")
     message = one_line(info)
-    assert "the prefix" in message and "3 character(s)" in message
+    assert "the prefix" in message and "3 distinct characters" in message and "(3 occurrences)" in message
     assert "'x'" in message and "'Ω'" in message and "'\\x00'" in message  # escaped, still one line
     assert vocab.unknown("cab") == []
 

@@ -113,7 +113,7 @@ def test_generate_adapt(cli, trained_run, tmp_path):
     plain = cli(*args).assert_ok()
     assert adapted.stdout.startswith("The ") and len(adapted.stdout) == len("The ") + 40 + 1
     assert adapted.stdout != plain.stdout
-    assert "1 character" in adapted.stderr  # the snowman, dropped with a warning
+    assert "dropped 1 occurrence" in adapted.stderr  # the snowman, dropped with a warning
     assert sha256(trained_run / "best.pt") == before
     several = json.loads(cli(*args, "--adapt", style, "--dyn-lr", "0.01", "--samples", "3", "--json").assert_ok().stdout)
     assert len(several["samples"]) == 3 and all(len(s) == 40 for s in several["samples"])

@@ -142,18 +142,18 @@ def test_a_file_that_changes_while_training_is_trained_as_read_and_resume_refuse
 
 def test_validation_characters_outside_the_vocabulary_error_or_are_skipped(tmp_path):
     corpus, val = write(tmp_path / "c.txt", TEXT), write(tmp_path / "v.txt", "the time machine Ωμέγα\n" * 4)
-    with pytest.raises(CharrnnError, match=r"has 5 character\(s\) not in the model's vocabulary: 'Ω', 'έ'.*--unknown skip"):
+    with pytest.raises(CharrnnError, match=r"has 5 distinct characters not in the model's vocabulary \(20 occurrences\): 'Ω', 'έ'.*--unknown skip"):
         load_corpus(str(corpus), val_file=str(val))
     skipped = load_corpus(str(corpus), val_file=str(val), unknown="skip")
     assert skipped.vocab.decode(skipped.val_ids) == "the time machine \n" * 4
-    assert skipped.notes == ["dropped 20 character(s) of the validation text that are not in the vocabulary (--unknown skip)"]
+    assert skipped.notes == ["dropped 20 occurrences of characters not in the vocabulary from the validation text (--unknown skip)"]
 
     train(tiny(tmp_path, corpus, val_file=str(val), unknown="skip"))
     code, _, err = cli("eval", str(val), "--checkpoint", str(tmp_path / "run"))
     assert "'Ω'" in assert_one_line_error(code, err)
     code, out, err = cli("eval", str(val), "--checkpoint", str(tmp_path / "run"), "--unknown", "skip", "--json")
     assert code == 0 and json.loads(out)["chars"] == len("the time machine \n" * 4) - 1
-    assert "dropped 20 character(s)" in err
+    assert "dropped 20 occurrences" in err
     with pytest.raises(CharrnnError, match="--unknown must be one of error, skip"):
         TrainConfig(unknown="ignore")
 
@@ -388,8 +388,10 @@ def test_generation_prefixes_work_or_are_one_line(tmp_path):
             assert "not in the model's vocabulary" in assert_one_line_error(code, err)
         else:
             assert out.startswith(prefix)
-    with pytest.raises(CharrnnError, match="--temperature must be a number >= 0, got nan"):
+    with pytest.raises(CharrnnError, match="--temperature must be a finite number >= 0, got nan"):
         list(generate(*load_tiny_model(tmp_path / "run"), "the", 3, temperature=float("nan")))
+    with pytest.raises(CharrnnError, match="--temperature must be a finite number >= 0, got inf"):
+        list(generate(*load_tiny_model(tmp_path / "run"), "the", 3, temperature=float("inf")))
 
 
 def load_tiny_model(run: Path):

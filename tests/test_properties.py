@@ -64,7 +64,8 @@ def test_vocab_encodes_known_characters_and_names_the_others(known, text):
     try:
         ids = vocab.encode(text, "the text")
     except CharrnnError as e:
-        assert missing and str(e).startswith(f"the text has {len(missing)} character(s) not in")
+        assert missing and str(e).startswith(f"the text has {len(missing)} distinct character")
+        assert f"({sum(c in missing for c in text):,} occurrence" in str(e)
     else:
         assert not missing and vocab.decode(ids) == text
     kept, dropped = vocab.ids_of(Text.from_str(text), unknown="skip")

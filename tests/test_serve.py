@@ -17,7 +17,8 @@ pytest.importorskip("starlette", reason="charrnn serve needs the serve extra: pi
 from starlette.testclient import TestClient  # noqa: E402
 
 from charrnn.checkpoint import load_model  # noqa: E402
-from charrnn.serve import Limits, create_app  # noqa: E402
+from charrnn.config import ServeLimits  # noqa: E402
+from charrnn.serve import create_app  # noqa: E402
 from charrnn.inspection.surprisal import surprisal  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def client(trained_run):
     model, vocab, ckpt = load_model(trained_run, "cpu")
-    return TestClient(create_app(model, vocab, ckpt, "the test run", Limits(max_length=500, max_text=300)))
+    return TestClient(create_app(model, vocab, ckpt, "the test run", ServeLimits(max_length=500, max_text=300)))
 
 
 def test_info_describes_the_model_and_the_limits(client):
@@ -67,18 +68,34 @@ def test_eval_gives_each_character_s_surprisal_and_shading(client, trained_run, 
     ("/api/generate", b"{not json", 400, "not valid JSON"),
     ("/api/generate", b"[1, 2]", 400, "a JSON object"),
     ("/api/generate", {"prefix": "the \u00e9t\u00e9"}, 400, "not in the model's vocabulary"),
-    ("/api/generate", {"length": 501}, 413, "0 to 500"),
+    ("/api/generate", {"length": 501}, 413, "'length' must be 0 to 500"),
+    ("/api/generate", {"length": -1}, 400, "'length' must be 0 to 500, got -1"),
     ("/api/generate", {"prefix": "the " * 80}, 413, "at most 300"),
-    ("/api/generate", {"length": "10"}, 400, "'length' must be int"),
-    ("/api/generate", {"greedy": 1}, 400, "'greedy' must be bool"),
-    ("/api/generate", {"top_p": 2}, 400, "--top-p"),
-    ("/api/generate", {"seed": 2**70}, 400, "'seed' must be 0 to"),
+    ("/api/generate", {"length": "10"}, 400, "'length' must be an integer, got \"10\""),
+    ("/api/generate", {"greedy": 1}, 400, "'greedy' must be true or false, got 1"),
+    ("/api/generate", {"temperature": -1}, 400, "'temperature' must be a finite number >= 0, got -1"),
+    ("/api/generate", b'{"temperature": 1e999}', 400, "'temperature' must be a finite number >= 0, got Infinity"),
+    ("/api/generate", {"temperature": 10**400}, 400, "'temperature' must be a finite number >= 0, got 1000"),
+    ("/api/generate", b'{"temperature": Infinity}', 400, "Infinity is not a JSON number"),
+    ("/api/generate", b'{"temperature": NaN}', 400, "NaN is not a JSON number"),
+    ("/api/generate", {"top_k": -1}, 400, "'top_k' must be 0 (no limit) or more, got -1"),
+    ("/api/generate", {"top_p": 2}, 400, "'top_p' must be a number in (0, 1], got 2"),
+    ("/api/generate", {"top_p": [0.5]}, 400, "'top_p' must be a number, got an array"),
+    ("/api/generate", {"seed": 2**70}, 400, "'seed' must be null or 0 to 2**63 - 1, got 1180591620717411303424"),
+    ("/api/generate", {"seed": 1.5}, 400, "'seed' must be an integer or null, got 1.5"),
+    ("/api/generate", b"[" * 5000, 400, "nested too deeply"),
+    ("/api/eval", b'{"text": ' + b"[" * 3000 + b"]" * 3000 + b"}", 400, "nested too deeply"),
+    ("/api/generate", b'{"length": 1' + b"0" * 5000 + b"}", 400, "a number too long"),
+    ("/api/generate", b'{"prefix": "\xff"}', 400, "not UTF-8"),
+    ("/api/generate", b'{"prefix": "the \\ud800"}', 400, "'prefix' is not text: a lone surrogate \\ud800 at character 4"),
     ("/api/eval", {"text": "x" * (12 * 300 + 4097)}, 413, "the body is over"),
     ("/api/generate", {"checkpoint": "/etc/passwd"}, 400, "unknown field(s): checkpoint"),
     ("/api/eval", {"text": "the time", "checkpoint": "x.pt"}, 400, "unknown field(s): checkpoint"),
     ("/api/eval", {}, 400, "'text' is required"),
     ("/api/eval", {"text": "t"}, 400, "at least 2"),
     ("/api/eval", {"text": "the time", "neuron": "9:0"}, 400, "layers 1 to 1"),
+    ("/api/eval", {"text": "the time", "neuron": 3}, 400, "'neuron' must be a string or null, got 3"),
+    ("/api/eval", {"text": None}, 400, "'text' must be a string, got null"),
 ])
 def test_a_bad_request_gets_a_4xx_and_a_one_line_error(client, path, body, status, fragment):
     response = (client.post(path, content=body) if isinstance(body, bytes) else client.post(path, json=body))

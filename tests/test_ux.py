@@ -470,7 +470,7 @@ def test_prefix_file_primes_the_state_and_only_the_continuation_is_printed(run, 
                    "prefix file not found")
     (tmp_path / "odd.txt").write_text("the Zebra")
     one_line_error(invoke("generate", "--checkpoint", run, "--prefix-file", tmp_path / "odd.txt"),
-                   "odd.txt has 1 character(s) not in the model's vocabulary: 'Z'")
+                   "odd.txt has 1 distinct character not in the model's vocabulary (1 occurrence): 'Z'")
 
 
 @pytest.mark.parametrize("option, value", [("--top-p", 0), ("--top-p", 1.5), ("--top-k", -1),
@@ -505,7 +505,7 @@ def test_interactive_prompt_reports_unknown_characters_and_goes_on(run):
     result = invoke("generate", "--checkpoint", run, "-i", "--length", 5, "--greedy", input="The\nthe\n")
     assert result.exit_code == 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert errors == ["error: that line has 1 character(s) not in the model's vocabulary: 'T'"]
+    assert errors == ["error: that line has 1 distinct character not in the model's vocabulary (1 occurrence): 'T'"]
     model, vocab, _ = load_model(run, "cpu")
     reply = "".join(c[0] for c in generate(model, vocab, "the", 5, greedy=True))  # the bad line left no trace
     assert result.stdout == f"> > {reply}\n> \n"

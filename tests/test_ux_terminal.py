@@ -64,7 +64,7 @@ def test_interactive_prompt_in_a_pseudo_terminal(tmp_path):
         reply = "".join(c[0] for c in generate(model, vocab, "the ", 15, greedy=True))
         assert lines[answered + 1] == reply.rstrip()  # the continuation, on its own line
         subprocess.run(tmux + ["send-keys", "-t", "interactive", "Z", "Enter"], check=True)
-        wait_for(tmux, lambda pane: "not in the model's vocabulary: 'Z'" in pane and prompts(pane) == 3)
+        wait_for(tmux, lambda pane: "not in the model's vocabulary (1 occurrence): 'Z'" in pane and prompts(pane) == 3)
         subprocess.run(tmux + ["send-keys", "-t", "interactive", "C-d"], check=True)
         wait_for(tmux, lambda pane: "exit=0" in pane)
     finally:

@@ -121,6 +121,7 @@ def neurons(
     `charrnn eval --show --neuron L:U`.
     """
     from charrnn.checkpoint import load_model
+    from charrnn.corpus.byte_vocab import per_character
     from charrnn.corpus.data import check_unknown
     from charrnn.inspection.neurons import best_units, best_units_lines, record, text_properties
     from charrnn.kernels.device import set_threads
@@ -136,11 +137,15 @@ def neurons(
     if len(ids) < 2:
         raise CharrnnError(f"{what} is too short (it needs at least 2 characters)")
     activations, units = record(model, ids)
-    found = best_units(activations, units, text_properties(vocab.decode(ids)), top)
+    text, counted, size = vocab.decode(ids), {"chars": len(ids)}, f"{len(ids):,} characters"
+    if vocab.kind == "bytes":  # a byte model's values come per byte, the text's properties per character
+        activations = per_character(activations, text)
+        counted, size = {"bytes": len(ids), "chars": len(text)}, f"{len(ids):,} bytes ({len(text):,} characters)"
+    found = best_units(activations, units, text_properties(text), top)
     if as_json:
-        typer.echo(json.dumps({"text": what, "chars": len(ids), "properties": found}))
+        typer.echo(json.dumps({"text": what, **counted, "properties": found}))
         return
-    typer.echo(f"{what}, {len(ids):,} characters: {len(units):,} units")
+    typer.echo(f"{what}, {size}: {len(units):,} units")
     typer.echo("\n".join(best_units_lines(found)))
 
 
@@ -256,6 +261,10 @@ def show_text(model, vocab, ids, what: str, show: bool, html_file: Path | None, 
     text = vocab.decode(ids)
     if unit:
         values = unit_activations(model, ids, unit)
+        if vocab.kind == "bytes":  # each character shaded by the unit after its last byte
+            from charrnn.corpus.byte_vocab import per_character, shown
+
+            values, text = per_character(values, text), shown(text)
         title = f"unit {unit} on {what}"
         page, shaded, legend = activation_html(text, values, title), shaded_by_unit(text, values), activation_legend()
     else:

@@ -153,12 +153,13 @@ def adapt_to_file(stream, path: Path, loaded, lr: float | None, decay: float | N
     from dataclasses import replace
 
     from charrnn.config import TUNE_CHARS
-    from charrnn.scoring.dynamic import adapt_stream, gradient_rms, tune
     from charrnn.corpus.text import read_text
+    from charrnn.corpus.vocab import counted
+    from charrnn.scoring.dynamic import adapt_stream, gradient_rms, tune
 
     text = read_text(path, "adapt file", (loaded.checkpoint.get("corpus") or {}).get("normalize", "none"))
     ids, dropped = stream.vocab.ids_of(text, what=str(path), unknown="skip", in_place=True)
-    skipped = [f"dropped {dropped} character(s) of {path} that are not in the vocabulary"] if dropped else []
+    skipped = [f"dropped {counted(dropped, 'occurrence')} of characters not in the vocabulary from {path}"] if dropped else []
     for note in text.notes + skipped:
         typer.echo(f"warning: {note}", err=True)
     if len(ids) < 2:

@@ -21,7 +21,7 @@ import typer
 from charrnn import __version__
 from charrnn.cli.evaluate import evaluate_command, neurons, threads_option
 from charrnn.cli.generate import generate, model_prefix, text_steps
-from charrnn.config import TrainConfig, read_preset, resumed_config
+from charrnn.config import ServeLimits, TrainConfig, read_preset, resumed_config
 from charrnn.errors import CharrnnError
 
 app = typer.Typer(
@@ -218,8 +218,8 @@ def serve(
     checkpoint: Annotated[Optional[Path], Opt(help="A checkpoint file or run directory. [default: the best checkpoint of runs/latest]", show_default=False)] = None,
     host: Annotated[str, Opt(help="The address to listen on. 127.0.0.1: this machine only; 0.0.0.0 or another address lets anyone who can reach it use the model (there is no login).")] = "127.0.0.1",
     port: Annotated[int, Opt(help="The port to listen on.")] = 8000,
-    max_length: Annotated[int, Opt(help="The most characters one request may generate.")] = 2000,
-    max_text: Annotated[int, Opt(help="The most characters of a prompt or of a text to evaluate.")] = 10_000,
+    max_length: Annotated[int, Opt(help="The most characters one request may generate.")] = ServeLimits.max_length,
+    max_text: Annotated[int, Opt(help="The most characters of a prompt or of a text to evaluate.")] = ServeLimits.max_text,
     threads: Annotated[int, threads_option("1: one request, one core, requests running side by side in worker threads")] = D.threads,
 ):
     """A local web app: a page to play with the model at /, and an HTTP JSON API.
@@ -227,24 +227,24 @@ def serve(
     POST /api/generate streams a continuation (prefix, length, temperature, top_k, top_p,
     greedy, seed); POST /api/eval gives a text's surprisal per character, or a unit's
     activations (text, neuron); GET /api/info describes the model. Needs the serve extra:
-    pip install -e ".[serve]" in a checkout. Ctrl-C stops it.
+    pip install -e ".[serve]" in a checkout. Ctrl-C or SIGTERM stops it within a second
+    (a stream still going is cut).
     """
     import socket
 
     try:
         import uvicorn
 
-        from charrnn.serve import Limits, create_app
+        from charrnn.serve import create_app
     except ModuleNotFoundError as e:
         raise CharrnnError(f"charrnn serve needs {e.name}: pip install -e '.[serve]' in a checkout") from None
     from charrnn.checkpoint import load_model
     from charrnn.kernels.device import set_threads
 
-    if max_length < 1 or max_text < 1:
-        raise CharrnnError("--max-length and --max-text must be positive")
+    limits = ServeLimits(max_length, max_text)
     set_threads(threads or 1)  # (see --threads)
     loaded = load_model(checkpoint, "cpu")
-    app_ = create_app(loaded.model, loaded.vocab, loaded.checkpoint, str(loaded.path), Limits(max_length, max_text))
+    app_ = create_app(loaded.model, loaded.vocab, loaded.checkpoint, str(loaded.path), limits)
     try:  # bound here, so that a port in use is one error line, not uvicorn's log and exit
         listener = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
     except OSError as e:
@@ -252,7 +252,8 @@ def serve(
     if host not in ("127.0.0.1", "localhost", "::1"):
         typer.echo(f"warning: listening on {host}: anyone who can reach it can use the model", err=True)
     typer.echo(f"serving {loaded.path} at http://{host}:{port}/ (Ctrl-C stops)", err=True)
-    uvicorn.Server(uvicorn.Config(app_, log_level="warning")).run(sockets=[listener])
+    # SIGTERM or Ctrl-C closes the listener at once; a stream still going half a second later is cut
+    uvicorn.Server(uvicorn.Config(app_, log_level="warning", timeout_graceful_shutdown=0.5)).run(sockets=[listener])
 
 
 def info(

@@ -106,6 +106,17 @@ def utf8_chars(ids: torch.Tensor) -> int | None:
     return int(((ids & 0xC0) != 0x80).sum())
 
 
+def per_character(values, text: str):
+    """A byte model's values, one per byte of `text` (a list, or a tensor of rows), taken
+    after each character's last byte: where the model has read the whole character, so that
+    they line up with the text's characters."""
+    ends, offset = [], -1
+    for char in text:
+        offset += len(raw_bytes(char))
+        ends.append(offset)
+    return [values[end] for end in ends] if isinstance(values, list) else values[ends]
+
+
 def char_bits(text: str, byte_bits: list[float]) -> list[float]:
     """Per-byte surprisal (every byte but the first) summed per character (every
     character but the first), so that a byte model's `eval --show` shades characters."""

@@ -22,7 +22,7 @@ from charrnn.errors import CharrnnError
 from charrnn.corpus.sources import (check_present, corpus_files, first_change, is_documents, read_documents, read_source,
                              separator, unchanged, well_formed)
 from charrnn.corpus.text import ENCODE_CHUNK, Text, characters, read_byte_text, read_text
-from charrnn.corpus.vocab import Vocab
+from charrnn.corpus.vocab import Vocab, counted
 
 
 @dataclass
@@ -167,7 +167,7 @@ def check_unknown(unknown: str) -> None:
 
 
 def skipped_note(dropped: int, what: str) -> str:
-    return f"dropped {dropped} character(s) of {what} that are not in the vocabulary (--unknown skip)"
+    return f"dropped {counted(dropped, 'occurrence')} of characters not in the vocabulary from {what} (--unknown skip)"
 
 
 def reload_corpus(source: dict, cache_dir: str | Path | None = None) -> Corpus:

@@ -42,10 +42,11 @@ class Vocab:
         return sorted(set(text) - self.token_to_idx.keys())
 
     @staticmethod
-    def unknown_error(missing: list[str], what: str, hint: str = "") -> CharrnnError:
+    def unknown_error(missing: list[str], occurrences: int, what: str, hint: str = "") -> CharrnnError:
         shown = escape_chars(missing[:20]) + (", ..." if len(missing) > 20 else "")
         return CharrnnError(
-            f"{what} has {len(missing)} character(s) not in the model's vocabulary: {shown}{hint}"
+            f"{what} has {counted(len(missing), 'distinct character')} not in the model's vocabulary "
+            f"({counted(occurrences, 'occurrence')}): {shown}{hint}"
         )
 
     def encode(self, text: str, what: str = "text") -> torch.Tensor:
@@ -62,19 +63,20 @@ class Vocab:
         outside = -1 if self.unk is None else self.unk
         lookup = torch.tensor([self.token_to_idx.get(c, outside) for c in text.chars], dtype=torch.int32)
         out = source if in_place and source.dtype == self.dtype else torch.empty(len(source), dtype=self.dtype)
-        written, missing = 0, set()
+        written, missing, occurrences = 0, set(), 0
         for chunk in chunks(source):
             ids = lookup.index_select(0, chunk)
             known = ids >= 0
             if not bool(known.all()):
                 if unknown == "error":
                     missing.update(chunk[~known].tolist())
+                    occurrences += int((~known).sum())
                     continue
                 ids = ids[known]
             out[written : written + len(ids)] = ids
             written += len(ids)
         if missing:
-            raise self.unknown_error(sorted(text.chars[i] for i in missing), what, hint)
+            raise self.unknown_error(sorted(text.chars[i] for i in missing), occurrences, what, hint)
         return out[:written], len(source) - written
 
     @property
@@ -99,6 +101,11 @@ class Vocab:
         if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
             raise ValueError("vocabulary tokens must be a list of strings")
         return cls(tokens, bool(d["unk"]))
+
+
+def counted(n: int, thing: str) -> str:
+    """'1 occurrence', '12 occurrences'."""
+    return f"{n:,} {thing}" + ("" if n == 1 else "s")
 
 
 def escape_chars(chars) -> str:

@@ -176,8 +176,8 @@ class GenerationStream:
     def __init__(self, model: RNNLMScratch, vocab: Vocab, *, temperature: float = S.temperature,
                  top_k: int = S.top_k, top_p: float = S.top_p, greedy: bool = S.greedy, samples: int = S.samples,
                  seed: int | None = S.seed):
-        if not temperature >= 0:  # also NaN
-            raise CharrnnError(f"--temperature must be a number >= 0, got {temperature}")
+        if not 0 <= temperature < float("inf"):  # also NaN; infinity would sample uniform noise
+            raise CharrnnError(f"--temperature must be a finite number >= 0, got {temperature}")
         if top_k < 0:
             raise CharrnnError(f"--top-k must not be negative, got {top_k}")
         if not 0 < top_p <= 1:

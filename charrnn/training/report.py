@@ -71,13 +71,14 @@ class TerminalReporter(Reporter):
                        f"and {plan.eval_seconds:.2g} s an evaluation, measured)")
         elif info.get("limited_by") == "--max-time":
             budget += f" (planned for --max-time {c['max_time']})"
-        self.console.print(
-            f"training a {c['layers']}-layer {c['cell'].upper()} ({c['hidden']} hidden, "
-            f"{info['parameters']:,} parameters) on {info['train_chars']:,} characters "
-            f"(vocabulary {info['vocab_size']}; {info['val_chars']:,} for validation), "
-            f"{budget} on {info['device']}; run: {info['run']}",
-            highlight=False,
-        )
+        model = (f"{c['layers']}-layer {c['cell'].upper()} ({c['hidden']} hidden, {info['parameters']:,} parameters) "
+                 f"on {info['train_chars']:,} characters (vocabulary {info['vocab_size']}; "
+                 f"{info['val_chars']:,} for validation)")
+        if info.get("resumed_from"):  # named as the user gave it, which a fresh run's start line does too
+            line = f"resuming {info['resumed_from']} at step {info['step']} of {budget}: a {model}, on {info['device']}"
+        else:
+            line = f"training a {model}, {budget} on {info['device']}; run: {info['run']}"
+        self.console.print(line, highlight=False, markup=False)
         if self.live:
             resumed_best = info["best_val_loss"]  # a resumed run already has a best
             best = f"{math.exp(min(resumed_best, 50)):.2f}" if math.isfinite(resumed_best) else "-"

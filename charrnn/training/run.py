@@ -83,6 +83,7 @@ def set_up(config: TrainConfig, reporter: Reporter, resume: str | Path | None) -
                     "total_steps": run.total_steps, "max_time": max_time, "time_plan": time_plan,
                     "limited_by": min(limits, key=limits.get),
                     "step": run.progress.step, "best_val_loss": run.progress.best_val_loss,
+                    "resumed_from": str(resume) if resume else None,  # as the user named it
                     "batches_per_epoch": batches.batches_per_epoch, "config": asdict(config)})
     return run
 
