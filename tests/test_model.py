@@ -274,7 +274,7 @@ def test_book_init_is_the_books_whatever_else_is_set():
 
 
 def test_weight_drop_masks_the_recurrent_matrix_once_per_batch_in_training(monkeypatch):
-    from charrnn import lstm_cell
+    from charrnn.cells import lstm as lstm_cell
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(9, "lstm", 16, 1, weight_drop=0.5, init="torch"))
