@@ -23,6 +23,7 @@ REGISTRY = {
     "rnn": CellEntry("charrnn.cells.rnn", "RNNScratch", "the book's Elman RNN, tanh(X W_xh + H W_hh + b)"),
     "gru": CellEntry("charrnn.cells.gru", "GRUScratch", "gated recurrent unit, in torch.nn.GRU's form"),
     "lstm": CellEntry("charrnn.cells.lstm", "LSTMScratch", "long short-term memory, in torch.nn.LSTM's form"),
+    "lnlstm": CellEntry("charrnn.cells.lnlstm", "LNLSTMScratch", "layer-normalised LSTM (Ba, Kiros and Hinton 2016)"),
 }
 CELLS = tuple(REGISTRY)
 
