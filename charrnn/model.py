@@ -84,8 +84,9 @@ class StackedScratch(nn.Module):
         return self._run(self.gathered(tokens), state)
 
     def input_table(self) -> torch.Tensor:
-        """(num_inputs, gates*H): the first layer's input side for each one-hot input,
-        `W_xh + b`, or `E @ W_xh + b` with an embedding."""
+        """(num_inputs, gates*H): the first layer's input side for each one-hot input, the
+        first cell's `input_table` (`W_xh + b`, or `E @ W_xh + b` with an embedding, for the
+        plain cells)."""
         return self.cells[0].input_table(self.E)
 
     def gathered(self, tokens: torch.Tensor) -> Gathered:

@@ -2,8 +2,8 @@
 
 Trains each configuration below with `charrnn train` once under each tree (PYTHONPATH),
 resumes some of them for a few more steps, and compares the logged losses (exactly), every
-tensor of the last checkpoint's model and optimizer state (torch.equal) and a greedy
-`charrnn generate` (the same text). Prints one line per configuration and exits non-zero if
+tensor of the last checkpoint's model and optimizer state (torch.equal) and the text of
+`charrnn generate` greedy, by beam search and sampled with a seed (the same text). Prints one line per configuration and exits non-zero if
 any differ. Small on purpose (16 hidden units, tens of steps): it checks that a change left
 the arithmetic alone, not how well anything trains.
 
@@ -50,8 +50,8 @@ def run(tree: Path, corpus: str, out: Path, extra: list[str], resume: bool) -> d
         charrnn(tree, "train", "--resume", str(out), "--max-steps", "20", "--quiet")
     losses = [(r.get("train_loss"), r.get("val_loss")) for r in map(json.loads, (out / "metrics.jsonl").open())]
     ckpt = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
-    text = charrnn(tree, "generate", "--checkpoint", str(out / "last.pt"), "--greedy", "--length", "80",
-                   "--prefix", "Th")
+    text = [charrnn(tree, "generate", "--checkpoint", str(out / "last.pt"), *how, "--length", "80", "--prefix", "Th")
+            for how in (["--greedy"], ["--beam", "3"], ["--seed", "1", "--samples", "2"])]
     return {"losses": losses, "model": ckpt["model"], "optimizer": ckpt.get("optimizer"), "text": text}
 
 
@@ -84,7 +84,7 @@ def main() -> int:
             failed += bool(differ)
             print(f"{name:<22} {'differ: ' + ', '.join(differ) if differ else 'identical'} "
                   f"({len(got[0]['losses'])} logged losses{', resumed' if resume else ''}, "
-                  f"{len(got[0]['model'])} weight tensors, greedy text)")
+                  f"{len(got[0]['model'])} weight tensors, greedy, beam and sampled text)")
     return 1 if failed else 0
 
 
