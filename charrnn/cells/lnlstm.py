@@ -38,8 +38,8 @@ EPS = 1e-5  # added to the variance, as torch.nn.LayerNorm does
 
 def normalized(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """LN(v) over the last dimension, and 1 / sqrt(var + eps) (..., 1), which its backward needs."""
-    mu = v.mean(-1, keepdim=True)
-    r = torch.rsqrt(v.var(-1, unbiased=False, keepdim=True) + EPS)
+    var, mu = torch.var_mean(v, -1, unbiased=False, keepdim=True)
+    r = torch.rsqrt(var + EPS)
     return (v - mu) * r, r
 
 
@@ -155,7 +155,8 @@ def _forward(xp, h0, c0, W_hh, g_h, g_c, b_c, save: bool):
     for x_t in xp.unbind(0):
         ah, ra = normalized(mm(h))
         z = torch.addcmul(x_t, g_h, ah)  # [i, f, g, o]
-        a = torch.cat([torch.sigmoid(z[:, : 2 * H]), torch.tanh(z[:, 2 * H : 3 * H]), torch.sigmoid(z[:, 3 * H :])], 1)
+        a = torch.sigmoid(z)  # [I, F, ., O]; then G = tanh(g) written into its block
+        torch.tanh(z[:, 2 * H : 3 * H], out=a[:, 2 * H : 3 * H])
         c = torch.addcmul(a[:, H : 2 * H] * c, a[:, :H], a[:, 2 * H : 3 * H])  # C_t = F C_{t-1} + I G
         ch, rc = normalized(c)
         th = torch.tanh(torch.addcmul(b_c, g_c, ch))
