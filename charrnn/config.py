@@ -14,9 +14,9 @@ import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from charrnn.cells import CELLS
 from charrnn.errors import CharrnnError
 
-CELLS = ("rnn", "gru", "lstm")
 INITS = ("book", "torch", "orthogonal")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "plateau")

@@ -1,23 +1,17 @@
-"""The recurrent cells and the language model, written from scratch in the style of
-Dive into Deep Learning ("RNN from scratch", "GRU", "LSTM", "deep RNN").
+"""The language model, written from scratch in the style of Dive into Deep Learning ("RNN
+from scratch", "deep RNN"): a stack of recurrent cells (StackedScratch) under a linear head
+over the vocabulary (RNNLMScratch). The cells themselves, each in its own module, are in
+charrnn/cells/ (what every cell offers: charrnn/cells/base.py); RNNScratch, GRUScratch and
+LSTMScratch are imported here too, as the book's interface.
 
-Every cell follows one shape:
+What every consumer of a model uses, whatever its cells, embedding or vocabulary:
 
-- `project(inputs)`: the input side of every step at once, `X @ W_xh + b` for inputs of
-  shape (num_steps, batch, num_inputs). The language model's first layer instead reads
-  rows of its input table (StackedScratch.gathered): the same numbers as
-  `one_hot(tokens) @ W_xh + b`, since a one-hot product only selects a row.
-- `recur(xp, state)`: the loop over time; only the recurrent product `H @ W_hh` is left in
-  it. For the first layer, xp is those gathered rows: the gather happens step by step. It is
-  the cell's scan (charrnn/rnn_cell.py, gru_cell.py, lstm_cell.py): one autograd Function
-  with a hand-written backward pass through time, one matmul per step going back, and each
-  weight gradient as one large matmul over all steps afterwards.
-- `step(xp_t, state)`: one time step, the matmul and then the cell file's `step` (the
-  equations the sampler also runs). `loop(xp, state)` runs it step by step under autograd:
-  the reference that `recur` is tested against.
-- `forward(inputs, state=None)`: the book's interface, `recur(project(inputs), state)`.
-
-State is a tensor `H` (RNN, GRU) or a tuple `(H, C)` (LSTM); `None` means zeros.
+- `model(X, state)`: the forward over a batch of sequences with its state (the fast scans);
+- `model.stepper()`: one step at a time for generation (Stepper, the fast inference path);
+- `model.activations(ids)`: every layer's state parts (H, and C where the cell has one)
+  after every character, for looking inside;
+- `model.zero_state(batch)`, `model.state_output(state)` and each cell's `state_parts`:
+  the state, a list with one entry per layer, each the cell's own layout.
 """
 
 from __future__ import annotations
@@ -28,174 +22,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from charrnn import gru_cell, lstm_cell, rnn_cell
-from charrnn.config import CELLS, INITS, ModelConfig
+from charrnn.kernels import cpu_matmul
+from charrnn.cells import cell_class
+from charrnn.cells.base import ScratchCell, dropout, keep_mask
+from charrnn.cells.gru import GRUScratch
+from charrnn.cells.lstm import LSTMScratch
+from charrnn.cells.rnn import RNNScratch
+from charrnn.cells.scan import Gathered
+from charrnn.config import INITS, ModelConfig
 from charrnn.kernels.cpu_matmul import linear
-from charrnn.scan import Gathered
 
-
-class ScratchCell(nn.Module):
-    """What the three cells share. Subclasses set `gates` (how many H-wide blocks the
-    input projection has) and implement `step` and `recur`; state is what `step` takes."""
-
-    gates = 1
-
-    def __init__(self, num_inputs: int, num_hiddens: int, sigma: float = 0.01):
-        super().__init__()
-        self.num_inputs, self.num_hiddens, self.sigma = num_inputs, num_hiddens, sigma
-        width = self.gates * num_hiddens
-        self.W_xh = nn.Parameter(torch.randn(num_inputs, width) * sigma)
-        self.W_hh = nn.Parameter(torch.randn(num_hiddens, width) * sigma)
-        self.weight_drop = 0.0
-
-    def recurrent_weight(self) -> torch.Tensor:
-        """W_hh as this batch's recurrence uses it: in training with weight_drop p, each entry
-        is zeroed with probability p and the rest scaled by 1/(1-p) (DropConnect, AWD-LSTM's
-        weight drop), one mask for every step of the batch. The scans take this tensor as
-        their input, so the gradient flows back to W_hh through the mask."""
-        if not (self.training and self.weight_drop):
-            return self.W_hh
-        return dropout(self.W_hh, self.weight_drop)
-
-    def input_bias(self) -> torch.Tensor:
-        raise NotImplementedError
-
-    def project(self, inputs: torch.Tensor) -> torch.Tensor:
-        """`inputs @ W_xh + b` for all steps in one matmul: (T, B, in) -> (T, B, gates*H)."""
-        return linear(inputs, self.W_xh, self.input_bias())
-
-    def zero_state(self, batch_size: int, like: torch.Tensor):
-        return like.new_zeros(batch_size, self.num_hiddens)
-
-    def forward(self, inputs: torch.Tensor, state=None):
-        """inputs (num_steps, batch, num_inputs) -> outputs (num_steps, batch, H), state."""
-        return self.recur(self.project(inputs), state)
-
-    def loop(self, xp, state=None):
-        """The recurrence step by step under autograd (the reference for `recur`)."""
-        state = self.zero_state(xp.shape[1], xp) if state is None else state
-        outputs = []
-        for xp_t in xp.unbind(0):
-            out, state = self.step(xp_t, state)
-            outputs.append(out)
-        return torch.stack(outputs), state
-
-    @classmethod
-    def from_torch(cls, module: nn.RNNBase, sigma: float = 0.01) -> "ScratchCell":
-        """A cell with the weights of a one-layer torch.nn.RNN/GRU/LSTM (same function)."""
-        if module.num_layers != 1 or module.bidirectional or module.batch_first:
-            raise ValueError("from_torch takes a one-layer, unidirectional, time-major module")
-        cell = cls(module.input_size, module.hidden_size, sigma)
-        cell.to(dtype=module.weight_ih_l0.dtype, device=module.weight_ih_l0.device)
-        with torch.no_grad():
-            cell.W_xh.copy_(module.weight_ih_l0.T)
-            cell.W_hh.copy_(module.weight_hh_l0.T)
-            cell._copy_torch_biases(module.bias_ih_l0, module.bias_hh_l0)
-        return cell
-
-
-class RNNScratch(ScratchCell):
-    """The book's RNN: `H_t = tanh(X_t W_xh + H_{t-1} W_hh + b_h)`."""
-
-    def __init__(self, num_inputs: int, num_hiddens: int, sigma: float = 0.01):
-        super().__init__(num_inputs, num_hiddens, sigma)
-        self.b_h = nn.Parameter(torch.zeros(num_hiddens))
-
-    def input_bias(self):
-        return self.b_h
-
-    def _copy_torch_biases(self, b_ih, b_hh):
-        self.b_h.copy_(b_ih + b_hh)
-
-    def step(self, xp_t, H):
-        H = rnn_cell.step(torch.addmm(xp_t, H, self.W_hh))
-        return H, H
-
-    def recur(self, xp, state=None):
-        H = self.zero_state(xp.shape[1], xp) if state is None else state
-        return rnn_cell.rnn_scan(xp, H, self.recurrent_weight())
-
-
-class GRUScratch(ScratchCell):
-    """Gated recurrent unit, in PyTorch's (and cuDNN's) form rather than the book's.
-
-    The book applies the reset gate before the hidden product, `tanh(X W_xh + (R * H) W_hh
-    + b_h)`; PyTorch applies it after, `tanh(X W_xn + b_xn + R * (H W_hn + b_hn))`. We follow
-    PyTorch on purpose: the three hidden products (reset, update, candidate) then become one
-    matmul `H @ W_hh`, and weights interoperate with torch.nn.GRU. That is also why the
-    hidden side keeps its own bias `b_hh`: the candidate's `b_hn` sits inside `R * (...)`
-    and cannot be folded into the input-side bias. Gate blocks are ordered r, z, n.
-    """
-
-    gates = 3
-
-    def __init__(self, num_inputs: int, num_hiddens: int, sigma: float = 0.01):
-        super().__init__(num_inputs, num_hiddens, sigma)
-        self.b_xh = nn.Parameter(torch.zeros(3 * num_hiddens))
-        self.b_hh = nn.Parameter(torch.zeros(3 * num_hiddens))
-
-    def input_bias(self):
-        return self.b_xh
-
-    def _copy_torch_biases(self, b_ih, b_hh):
-        self.b_xh.copy_(b_ih)
-        self.b_hh.copy_(b_hh)
-
-    def step(self, xp_t, H):
-        H, _ = gru_cell.step(xp_t, torch.addmm(self.b_hh, H, self.W_hh), H)
-        return H, H
-
-    def recur(self, xp, state=None):
-        H = self.zero_state(xp.shape[1], xp) if state is None else state
-        return gru_cell.gru_scan(xp, H, self.recurrent_weight(), self.b_hh)
-
-
-class LSTMScratch(ScratchCell):
-    """Long short-term memory; state `(H, C)`. Gate blocks are ordered i, f, g, o as in
-    torch.nn.LSTM, with one bias per gate (PyTorch's two biases add up to it)."""
-
-    gates = 4
-
-    def __init__(self, num_inputs: int, num_hiddens: int, sigma: float = 0.01):
-        super().__init__(num_inputs, num_hiddens, sigma)
-        self.b_h = nn.Parameter(torch.zeros(4 * num_hiddens))
-
-    def input_bias(self):
-        return self.b_h
-
-    def _copy_torch_biases(self, b_ih, b_hh):
-        self.b_h.copy_(b_ih + b_hh)
-
-    def zero_state(self, batch_size, like):
-        H = like.new_zeros(batch_size, self.num_hiddens)
-        return H, torch.zeros_like(H)
-
-    def step(self, xp_t, state):
-        H, C = state
-        H, C, _ = lstm_cell.step(torch.addmm(xp_t, H, self.W_hh), C)
-        return H, (H, C)
-
-    def recur(self, xp, state=None):
-        H, C = self.zero_state(xp.shape[1], xp) if state is None else state
-        outputs, H, C = lstm_cell.lstm_scan(xp, H, C, self.recurrent_weight())
-        return outputs, (H, C)
-
-
-CELL_CLASSES = {"rnn": RNNScratch, "gru": GRUScratch, "lstm": LSTMScratch}
-
-
-def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
-    """F.dropout(x, p) in training. On a CPU the mask is drawn with torch.rand, several times
-    faster there than F.dropout's Bernoulli sampling (docs/performance.md); CUDA's fused
-    dropout is kept."""
-    if x.device.type != "cpu":
-        return F.dropout(x, p, training=True)
-    return x * keep_mask(torch.empty_like(x), p)
-
-
-def keep_mask(buffer: torch.Tensor, p: float) -> torch.Tensor:
-    """`buffer` filled with a dropout mask: 0 with probability p, else 1/(1-p)."""
-    return buffer.uniform_().ge_(p).div_(1 - p)
+__all__ = ["RNNScratch", "GRUScratch", "LSTMScratch", "ScratchCell", "StackedScratch", "RNNLMScratch", "Stepper",
+           "ModelConfig", "build_model", "init_weights", "dropout", "keep_mask", "map_state", "copy_state",
+           "detach_state", "num_parameters"]
 
 
 class StackedScratch(nn.Module):
@@ -245,20 +84,38 @@ class StackedScratch(nn.Module):
         return self._run(self.gathered(tokens), state)
 
     def input_table(self) -> torch.Tensor:
-        """(num_inputs, gates*H): the first layer's input side for each one-hot input,
-        `W_xh + b`, or `E @ W_xh + b` with an embedding."""
-        first = self.cells[0]
-        return (first.W_xh if self.E is None else self.E @ first.W_xh) + first.input_bias()
+        """(num_inputs, gates*H): the first layer's input side for each one-hot input, the
+        first cell's `input_table` (`W_xh + b`, or `E @ W_xh + b` with an embedding, for the
+        plain cells)."""
+        return self.cells[0].input_table(self.E)
 
     def gathered(self, tokens: torch.Tensor) -> Gathered:
         """`one_hot(tokens) @ [E @] W_xh + b` as a row gather, (T, B) int -> (T, B, gates*H),
-        for the first cell's `recur` to gather step by step (see charrnn.scan.Gathered). The
+        for the first cell's `recur` to gather step by step (see charrnn.cells.scan.Gathered). The
         bias is added to the (vocabulary-sized) table rather than to every gathered row: the
         same numbers, and its gradient is a sum over the table's rows instead of over all T*B."""
         return Gathered(self.input_table(), tokens)
 
     def zero_state(self, batch_size, like):
         return [cell.zero_state(batch_size, like) for cell in self.cells]
+
+    def activations(self, tokens: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        """Each layer's state parts after every step of one stream from a zero state, tokens
+        (T,) -> per layer {part name: (T, H)}, with no dropout. Each cell's own `step` runs
+        one step at a time, as its reference `loop` does, so that every part of the state is
+        seen at every step (a scan returns only the last)."""
+        xp = self.input_table()[tokens].unsqueeze(1)  # (T, 1, gates*H): the gathered rows
+        layers = []
+        for layer, cell in enumerate(self.cells):
+            if layer > 0:
+                xp = cell.project(torch.stack(outputs))
+            state, outputs, parts = cell.zero_state(1, xp), [], []
+            for xp_t in xp.unbind(0):
+                out, state = cell.step(xp_t, state)
+                outputs.append(out)
+                parts.append(cell.split_state(state))
+            layers.append({name: torch.stack([p[k][0] for p in parts]) for k, name in enumerate(cell.state_parts)})
+        return layers
 
 
 class RNNLMScratch(nn.Module):
@@ -297,16 +154,65 @@ class RNNLMScratch(nn.Module):
     def zero_state(self, batch_size: int):
         return self.rnn.zero_state(batch_size, self.W_hq)
 
+    def state_output(self, state) -> torch.Tensor:
+        """The last layer's H (batch, H) from a state."""
+        last = self.rnn.cells[-1]
+        return last.split_state(state[-1])[last.state_parts.index("h")]
+
+    def activations(self, ids: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        """ids (T,) -> each layer's {state part: (T, H)} after every character (see
+        StackedScratch.activations)."""
+        return self.rnn.activations(ids.long().to(self.W_hq.device))
+
+    def stepper(self) -> "Stepper":
+        """One step at a time for generation, with as little per-step work as the model allows."""
+        return Stepper(self)
+
+
+class Stepper:
+    """The model one step at a time: the first layer's input side for every character
+    (`one_hot(id) @ W_xh + b`, with an embedding `one_hot(id) @ E @ W_xh + b`) is read from
+    a table made once (StackedScratch.input_table); each cell runs its `fast_input` (deeper
+    layers) and `fast_step`, made once per batch size with the weights packed for it; the
+    head's matmul is charrnn.kernels.cpu_matmul.Matmul's. Weights are read when it is made."""
+
+    def __init__(self, model: RNNLMScratch):
+        self.cells = model.rnn.cells
+        self.table = model.rnn.input_table()
+        self.W_hq, self.b_q = model.W_hq, model.b_q
+        self._steps, self._rows = None, None
+
+    def _prepare(self, rows: int) -> None:
+        """The per-layer step functions for batches of `rows`."""
+        self._steps = [(None if layer == 0 else cell.fast_input(rows), cell.fast_step(rows))
+                       for layer, cell in enumerate(self.cells)]
+        self._rows = rows
+        self._head = cpu_matmul.Matmul(self.W_hq, rows)
+
+    def step(self, ids, state: list):
+        """ids (batch,): a tensor or a list of ints; state: a list, one entry per layer ->
+        logits (batch, vocab) for the next character, and the state with each layer's entry
+        replaced (the old entries are not modified)."""
+        if isinstance(ids, list) and len(ids) == 1:
+            x = self.table[ids[0] : ids[0] + 1]  # a view: cheaper than any gather
+        else:
+            x = self.table.index_select(0, torch.as_tensor(ids, device=self.table.device))
+        if self._rows != x.shape[0]:
+            self._prepare(x.shape[0])
+        for layer, (project, step) in enumerate(self._steps):
+            if project is not None:
+                x = project(x)
+            x, state[layer] = step(x, state[layer])
+        return self._head(x, add=self.b_q), state
+
 
 def build_model(config: ModelConfig) -> RNNLMScratch:
     """The language model a ModelConfig describes, with fresh weights."""
-    if config.cell not in CELL_CLASSES:
-        raise ValueError(f"unknown cell {config.cell!r}; choose one of {', '.join(CELLS)}")
     if config.init not in INITS:
         raise ValueError(f"unknown init {config.init!r}; choose one of {', '.join(INITS)}")
-    cell_class, sigma = CELL_CLASSES[config.cell], config.init_sigma
+    cls, sigma = cell_class(config.cell), config.init_sigma
     sizes = [config.embedding or config.vocab_size] + [config.hidden] * config.layers
-    cells = [cell_class(n_in, n_out, sigma) for n_in, n_out in zip(sizes, sizes[1:])]
+    cells = [cls(n_in, n_out, sigma) for n_in, n_out in zip(sizes, sizes[1:])]
     for cell in cells:
         cell.weight_drop = config.weight_drop
     stack = StackedScratch(cells, config.dropout, config.locked_dropout,
@@ -332,7 +238,8 @@ def init_weights(model: RNNLMScratch, scheme: str, forget_bias: float = 0.0) -> 
     - orthogonal: as torch, but each H x H gate block of W_hh is a random orthogonal matrix
       (its gain is 1 in every direction, so the state neither explodes nor fades at first).
 
-    With `forget_bias` the LSTM's forget-gate bias starts at that value, whatever the scheme."""
+    Then each cell sets its own starting biases (ScratchCell.init_biases): with `forget_bias`
+    the LSTM's forget-gate bias starts at that value, whatever the scheme."""
     if scheme != "book":
         if model.rnn.E is not None:
             model.rnn.E.normal_(0, 1)
@@ -349,9 +256,7 @@ def init_weights(model: RNNLMScratch, scheme: str, forget_bias: float = 0.0) -> 
                     cell.W_hh[:, g * H : (g + 1) * H] = nn.init.orthogonal_(torch.empty(H, H))
         model.W_hq.uniform_(-1 / math.sqrt(model.rnn.num_hiddens), 1 / math.sqrt(model.rnn.num_hiddens))
     for cell in model.rnn.cells:
-        if isinstance(cell, LSTMScratch):
-            H = cell.num_hiddens
-            cell.b_h[H : 2 * H] = forget_bias
+        cell.init_biases(forget_bias)
 
 
 def map_state(fn, state):

@@ -3,7 +3,7 @@
 For each cell (RNN, GRU, LSTM) it times, in the same process and taking turns,
   ref      - the plain autograd loop over the recurrence (the cell's `loop`, its `step`
              under autograd),
-  scan     - the cell's scan (charrnn/rnn_cell.py, ...) with its hand-written backward
+  scan     - the cell's scan (charrnn/cells/rnn.py, ...) with its hand-written backward
              (default matmul backend: oneDNN for CPU float32 when available),
   blas     - the same scan with its matmuls forced to torch.mm/addmm (MKL here),
   scan+lin - the scan, with the input projection also through cpu_matmul.linear (oneDNN),
@@ -32,7 +32,7 @@ import torch  # noqa: E402
 
 from charrnn import cpu_matmul  # noqa: E402
 from charrnn.kernels.allocator import tune_allocator  # noqa: E402
-from charrnn.model import CELL_CLASSES  # noqa: E402
+from charrnn.cells import cell_class  # noqa: E402
 
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 
@@ -55,7 +55,7 @@ def make_step(cell, impl, T, B, I, H):
 
         return step
 
-    layer = CELL_CLASSES[cell](I, H)
+    layer = cell_class(cell)(I, H)
     with torch.no_grad():  # the scales of a trained layer, rather than the book's tiny init
         layer.W_xh.copy_(torch.randn(I, G, generator=g) / I**0.5)
         layer.W_hh.copy_(torch.randn(H, G, generator=g) / H**0.5)

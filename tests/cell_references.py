@@ -6,9 +6,10 @@ CPU. Used by test_cells.py, test_cpu_matmul.py, test_cuda_fused.py and test_cuda
 import torch
 
 from charrnn.kernels import cuda_fused
-from charrnn.gru_cell import gru_scan
-from charrnn.lstm_cell import lstm_scan
-from charrnn.rnn_cell import rnn_scan
+from charrnn.cells import gru, lstm
+from charrnn.cells.gru import gru_scan
+from charrnn.cells.lstm import lstm_scan
+from charrnn.cells.rnn import rnn_scan
 
 DT = torch.float64
 
@@ -84,9 +85,14 @@ def loss_weights(results, seed, use_outputs=True, use_final=True):
     return ws
 
 
+FUSED = {"gru": gru.FUSED, "lstm": lstm.FUSED}  # the cells with fused CUDA kernels
+
+
 def use_fused_cells_on_cpu(monkeypatch):
     """The scans' fused-kernel path (CUDA's) on the CPU, with the kernels' references
     standing in for the kernels."""
-    monkeypatch.setattr(cuda_fused, "KERNELS", cuda_fused.references())
     monkeypatch.setattr(cuda_fused, "DEVICES", ("cpu",))
-    monkeypatch.setattr(cuda_fused, "self_test_passed", {})
+    for fused in FUSED.values():
+        monkeypatch.setattr(fused, "forward", fused.forward_reference)
+        monkeypatch.setattr(fused, "backward", fused.backward_reference)
+        monkeypatch.setattr(fused, "self_test_passed", {})

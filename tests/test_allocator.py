@@ -10,7 +10,7 @@ def test_tune_allocator_is_idempotent_and_harmless():
     code = (
         "import platform, sys, torch\n"
         "from charrnn.kernels.allocator import tune_allocator\n"
-        "from charrnn.lstm_cell import lstm_scan\n"
+        "from charrnn.cells.lstm import lstm_scan\n"
         "first = tune_allocator()\n"
         "assert isinstance(first, bool) and tune_allocator() is first\n"
         "assert first == (sys.platform.startswith('linux') and platform.libc_ver()[0] == 'glibc')\n"

@@ -1,15 +1,15 @@
-"""The cells' scans (charrnn/rnn_cell.py, gru_cell.py, lstm_cell.py): values and hand-written
+"""The cells' scans (charrnn/cells/rnn.py, gru.py, lstm.py): values and hand-written
 gradients against plain autograd loops and torch.nn, on the plain and the fused-kernel path,
 and each cell's `step` as one step of its scan."""
 
 import pytest
 import torch
 
-from charrnn import gru_cell, lstm_cell, rnn_cell
-from charrnn.gru_cell import gru_scan
-from charrnn.lstm_cell import lstm_scan
-from charrnn.rnn_cell import rnn_scan
-from charrnn.scan import Gathered
+from charrnn.cells import gru as gru_cell, lstm as lstm_cell, rnn as rnn_cell
+from charrnn.cells.gru import gru_scan
+from charrnn.cells.lstm import lstm_scan
+from charrnn.cells.rnn import rnn_scan
+from charrnn.cells.scan import Gathered
 
 from cell_references import CELLS, DT, loss_of, loss_weights, make_inputs, ref_lstm, use_fused_cells_on_cpu
 

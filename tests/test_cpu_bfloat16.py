@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from charrnn.kernels import cpu_bfloat16, cpu_matmul
-from charrnn.gru_cell import gru_scan
-from charrnn.lstm_cell import lstm_scan
-from charrnn.rnn_cell import rnn_scan
+from charrnn.cells.gru import gru_scan
+from charrnn.cells.lstm import lstm_scan
+from charrnn.cells.rnn import rnn_scan
 
 from conftest import TINY
 

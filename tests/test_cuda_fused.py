@@ -1,25 +1,25 @@
 """charrnn/kernels/cuda_fused.py on a CPU, with the kernels' references (the cells' own equations)
 standing in for the CUDA kernels: the scans' fused path takes one kernel call per step each
-way, gives the plain path's results through the whole model, and kernels failing their
-self-test are not used. (tests/test_cuda.py runs the real kernels on a GPU.)"""
+way, gives the plain path's results through the whole model, and a cell's kernels failing
+their self-test are not used, while the other cell's still are. (tests/test_cuda.py runs the real kernels on a GPU.)"""
 
 import pytest
 import torch
 
-from charrnn.kernels import cuda_fused
-from charrnn.lstm_cell import lstm_scan
+from charrnn.cells.lstm import lstm_scan
 
-from cell_references import CELLS, loss_of, loss_weights, make_inputs, ref_lstm, use_fused_cells_on_cpu
+from cell_references import CELLS, FUSED, loss_of, loss_weights, make_inputs, ref_lstm, use_fused_cells_on_cpu
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_fused_path_runs_one_fused_call_per_step(cell, monkeypatch):
     use_fused_cells_on_cpu(monkeypatch)
-    assert cuda_fused.usable(torch.zeros(1))  # the self-test, before the counting starts
+    fused = FUSED[cell]
+    assert fused.usable(torch.zeros(1))  # the self-test, before the counting starts
     calls = {"forward": 0, "backward": 0}
 
-    def counted(name, what):
-        fn = cuda_fused.KERNELS[name]
+    def counted(what):
+        fn = getattr(fused, what)
 
         def wrapper(*a):
             calls[what] += 1
@@ -27,26 +27,29 @@ def test_fused_path_runs_one_fused_call_per_step(cell, monkeypatch):
 
         return wrapper
 
-    monkeypatch.setitem(cuda_fused.KERNELS, cell, counted(cell, "forward"))
-    monkeypatch.setitem(cuda_fused.KERNELS, cell + "_backward", counted(cell + "_backward", "backward"))
+    monkeypatch.setattr(fused, "forward", counted("forward"))
+    monkeypatch.setattr(fused, "backward", counted("backward"))
     args = make_inputs(cell, 7, 2, 3)
     res = CELLS[cell][0](*args)
     loss_of(res, loss_weights(res, seed=0)).backward()
     assert calls == {"forward": 7, "backward": 7}
 
 
-def test_fused_cells_are_not_used_on_the_cpu():
-    assert not cuda_fused.usable(torch.zeros(2, 2), torch.zeros(2, 2))
+@pytest.mark.parametrize("cell", FUSED)
+def test_fused_cells_are_not_used_on_the_cpu(cell):
+    assert not FUSED[cell].usable(torch.zeros(2, 2), torch.zeros(2, 2))
 
 
-@pytest.mark.parametrize("broken", ["lstm", "gru_backward"])
-def test_fused_cells_failing_their_self_test_are_not_used(broken, monkeypatch):
+@pytest.mark.parametrize("cell, kernel", [("lstm", "forward"), ("gru", "backward"), ("lstm", "backward")])
+def test_a_cell_whose_kernels_fail_their_self_test_runs_plain_and_alone(cell, kernel, monkeypatch):
     """A torch release that changed what a fused op computes (here: its workspace layout)
-    must send the scans back to the plain ops, not give wrong gradients."""
+    must send that cell's scan back to the plain ops, not give wrong gradients, and leave
+    the other cell's fused path alone."""
     use_fused_cells_on_cpu(monkeypatch)
-    right = cuda_fused.KERNELS[broken]
-    monkeypatch.setitem(cuda_fused.KERNELS, broken, lambda *a: tuple(t.flip(1) for t in right(*a)))
-    assert not cuda_fused.usable(torch.zeros(2, 2))
+    right = getattr(FUSED[cell], kernel)
+    monkeypatch.setattr(FUSED[cell], kernel, lambda *a: tuple(t.flip(1) for t in right(*a)))
+    assert not FUSED[cell].usable(torch.zeros(2, 2))
+    assert all(fused.usable(torch.zeros(2, 2)) for name, fused in FUSED.items() if name != cell)
     args = make_inputs("lstm", 4, 2, 3)
     torch.testing.assert_close(lstm_scan(*args)[0], ref_lstm(*args)[0], rtol=0, atol=1e-9)
 
@@ -57,8 +60,9 @@ def test_fused_cells_raising_are_not_used(monkeypatch):
     def missing(*a):
         raise RuntimeError("no such op")
 
-    monkeypatch.setitem(cuda_fused.KERNELS, "gru", missing)
-    assert not cuda_fused.usable(torch.zeros(2, 2))
+    monkeypatch.setattr(FUSED["gru"], "forward", missing)
+    assert not FUSED["gru"].usable(torch.zeros(2, 2))
+    assert FUSED["lstm"].usable(torch.zeros(2, 2))
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])

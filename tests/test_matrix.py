@@ -211,9 +211,13 @@ def serve_eval(cli, run, spec, root):
     # eval as one stream predicts every character (byte) after the first, as serve does
     cli_result = json.loads(ok(cli("eval", root / f"{spec.name}.txt", "--checkpoint", run, "--json",
                                    "--batch-size", "1")).stdout)
-    per_token = cli_result["bits_per_byte" if spec.vocab == "bytes" else "bits_per_char"]
-    bits = response.json()["surprisal"]  # of each character (byte) after the first
-    assert sum(bits) / len(bits) == pytest.approx(per_token, rel=1e-5)
+    answer = response.json()
+    if spec.vocab == "bytes":  # per byte, as eval; the surprisal is per character, its bytes' bits added up
+        assert answer["bits_per_byte"] == pytest.approx(cli_result["bits_per_byte"], rel=1e-5)
+        assert len(answer["surprisal"]) == len(text) - 1  # each character after the first
+    else:
+        bits = answer["surprisal"]  # of each character after the first
+        assert sum(bits) / len(bits) == pytest.approx(cli_result["bits_per_char"], rel=1e-5)
     assert len(response.json()["colours"]) == len(text)  # the page shades each character
 
 

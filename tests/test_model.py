@@ -20,6 +20,7 @@ from charrnn.model import (
     copy_state,
     detach_state,
 )
+from charrnn.cells import CELLS
 from charrnn.generation.sample import generate, warm_up
 
 TOL = dict(rtol=1e-9, atol=1e-9)
@@ -274,7 +275,7 @@ def test_book_init_is_the_books_whatever_else_is_set():
 
 
 def test_weight_drop_masks_the_recurrent_matrix_once_per_batch_in_training(monkeypatch):
-    from charrnn import lstm_cell
+    from charrnn.cells import lstm as lstm_cell
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(9, "lstm", 16, 1, weight_drop=0.5, init="torch"))
@@ -339,7 +340,7 @@ def double_model(cell, layers, vocab=11, hidden=8, seed=0, embedding=0):
     return build_model(ModelConfig(vocab, cell, hidden, layers, 0.0, init_sigma=0.4, embedding=embedding)).double()
 
 
-@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("layers,embedding", [(1, 0), (2, 0), (1, 5), (2, 5)])
 def test_forward_equals_book_one_hot_path(cell, layers, embedding):
     """The rows gathered from the input table (E @ W_xh + b with an embedding) and the
@@ -377,7 +378,7 @@ def test_forward_equals_book_one_hot_path(cell, layers, embedding):
 # ---------------------------------------------------------------- carried state
 
 
-@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("layers", [1, 2])
 def test_carried_state_makes_split_processing_equal_to_the_whole(cell, layers):
     model = double_model(cell, layers)
@@ -397,7 +398,7 @@ def test_carried_state_makes_split_processing_equal_to_the_whole(cell, layers):
 # ---------------------------------------------------------------- the sampler's step path
 
 
-@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("cell", CELLS)
 def test_greedy_generation_is_the_books_predict(cell):
     """generate(greedy) steps one token at a time through the Sampler; the book's predict
     reruns the whole text through forward and takes the argmax of the last logits."""
@@ -461,7 +462,7 @@ def test_generate_leaves_the_thread_count_alone_between_steps():
         torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("samples", [1, 16])
 @pytest.mark.parametrize("embedding", [0, 24])
 def test_sampler_steps_match_the_forward_in_float32(cell, samples, embedding):

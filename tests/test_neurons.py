@@ -11,6 +11,7 @@ import re
 import pytest
 import torch
 
+from charrnn.cells import CELLS
 from charrnn.model import ModelConfig, build_model
 from charrnn.inspection.neurons import Unit, best_units, correlations, record, text_properties
 
@@ -105,20 +106,34 @@ def test_eval_show_neuron_shades_by_activation(trained_run, cli, corpus_file):
     assert lines[1] == f"unit 1:3c on the first 80 characters of {corpus_file}"
 
 
-@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
-def test_record_follows_the_model_s_own_forward_pass(cell):
+@pytest.mark.parametrize("embedding", [0, 3])
+@pytest.mark.parametrize("cell", CELLS)
+def test_record_follows_the_model_s_own_forward_pass(cell, embedding):
     torch.manual_seed(0)
-    model = build_model(ModelConfig(vocab_size=7, cell=cell, hidden=5, layers=2, init_sigma=0.5)).eval()
+    model = build_model(ModelConfig(vocab_size=7, cell=cell, hidden=5, layers=2, init_sigma=0.5,
+                                    embedding=embedding)).eval()
     ids = torch.randint(0, 7, (40,))
     activations, units = record(model, ids)
     with torch.no_grad():
         outputs, state = model.rnn.forward_tokens(ids.unsqueeze(1))
     last_h = [units.index(Unit(2, i, "h")) for i in range(5)]
     torch.testing.assert_close(activations[:, last_h], outputs[:, 0])
-    if cell == "lstm":  # the memory cell after the last character is the final state's C
-        last_c = [units.index(Unit(2, i, "c")) for i in range(5)]
-        torch.testing.assert_close(activations[-1, last_c], state[1][1][0])
-    assert len(units) == (20 if cell == "lstm" else 10)
+    parts = model.rnn.cells[-1].state_parts
+    for k, part in enumerate(parts):  # every part of the state after the last character is the final state's
+        last = [units.index(Unit(2, i, part)) for i in range(5)]
+        torch.testing.assert_close(activations[-1, last], model.rnn.cells[-1].split_state(state[1])[k][0])
+    assert len(units) == 2 * 5 * len(parts)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_neurons_and_eval_neuron_work_on_a_model_with_an_embedding(tmp_path, cli, corpus_file, cell):
+    """The first layer's input is E @ W_xh there: a consumer that builds the one-hot input
+    itself (as record once did) fails on it."""
+    run = tmp_path / "run"
+    cli("train", corpus_file, "--cell", cell, "--embedding", 4, "--layers", 2, "--hidden", 8, "--max-steps", 2,
+        "--batch-size", 4, "--seq-len", 16, "--out", run, "--quiet").assert_ok()
+    assert "position in line" in cli("neurons", corpus_file, "--checkpoint", run).assert_ok().stdout
+    cli("eval", corpus_file, "--checkpoint", run, "--show", "--show-chars", 40, "--neuron", "2:1").assert_ok()
 
 
 def test_text_properties_after_each_character():

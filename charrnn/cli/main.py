@@ -19,6 +19,7 @@ from typing import Annotated, Optional
 import typer
 
 from charrnn import __version__
+from charrnn.cells import cells_help
 from charrnn.cli.evaluate import evaluate_command, neurons, threads_option
 from charrnn.cli.generate import generate, model_prefix, text_steps
 from charrnn.config import ServeLimits, TrainConfig, read_preset, resumed_config
@@ -102,7 +103,7 @@ def train(
     vocab: Annotated[str, Opt(help="chars: the training text's characters (UTF-8 files); bytes: the 256 byte values, so any file trains and the model learns UTF-8 itself.")] = D.vocab,
     sampling: Annotated[str, Opt(help="sequential: contiguous streams, state carried across batches; random: shuffled windows from a zero state (d2l).")] = D.sampling,
     stream_offsets: Annotated[str, Opt(help="sequential: random starts the streams at a new offset every epoch (other truncation points each time); fixed starts them at the text's start.")] = D.stream_offsets,
-    cell: Annotated[str, Opt(help="rnn, gru or lstm.")] = D.cell,
+    cell: Annotated[str, Opt(help=cells_help())] = D.cell,
     hidden: Annotated[int, Opt(help="Hidden units per layer.")] = D.hidden,
     layers: Annotated[int, Opt(help="Stacked recurrent layers.")] = D.layers,
     embedding: Annotated[int, Opt(help="0: one-hot characters times the input table W_xh (the book's). K > 0: that table factorised, E (vocabulary x K) @ W_xh, as nn.Embedding before nn.LSTM; Adam trains it better over a long run.")] = D.embedding,

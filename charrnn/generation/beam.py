@@ -11,7 +11,7 @@ import torch
 
 from charrnn.errors import CharrnnError
 from charrnn.model import RNNLMScratch, map_state
-from charrnn.generation.sample import Sampler, state_output, warm_up
+from charrnn.generation.sample import Sampler, warm_up
 
 
 @torch.inference_mode()
@@ -28,7 +28,7 @@ def beam_search(model: RNNLMScratch, prefix_ids: torch.Tensor, width: int,
     state, logits = warm_up(model, prefix_ids, 1)
     state = list(state)
     if logits is None:  # no prefix: the first character comes from the zero state's output
-        logits = model.output_layer(state_output(state).unsqueeze(0))[:, -1]
+        logits = model.output_layer(model.state_output(state).unsqueeze(0))[:, -1]
     device = model.W_hq.device
     scores = torch.zeros(1, dtype=torch.float64, device=device)  # float64: sums of many small terms
     history = torch.empty(1, 0, dtype=torch.long, device=device)

@@ -7,13 +7,12 @@ from collections.abc import Iterator
 
 import torch
 
-from charrnn import gru_cell, lstm_cell, rnn_cell
-from charrnn.kernels import cpu_matmul, cuda_graphs, fast_tanh
+from charrnn.kernels import cuda_graphs
 from charrnn.config import SAMPLING as S
 from charrnn.corpus.vocab import Vocab
 from charrnn.errors import CharrnnError
 from charrnn.scoring.evaluation import eval_mode
-from charrnn.model import GRUScratch, LSTMScratch, RNNLMScratch, copy_state, map_state
+from charrnn.model import RNNLMScratch, copy_state, map_state
 
 
 @torch.inference_mode()
@@ -61,37 +60,19 @@ def gumbel_noise(steps: int, batch: int, vocab: int, generator, device) -> torch
 
 
 class Sampler:
-    """One step of generation with as little per-step work as the model allows: the first
-    layer's input side for every character (`one_hot(id) @ W_xh + b`, with an embedding
-    `one_hot(id) @ E @ W_xh + b`) is read from a table made once (StackedScratch.input_table),
-    each cell's step is its cell file's `step` (the cells' equations) with CPU
-    float32's fast tanh, and the matmuls are charrnn.kernels.cpu_matmul.Matmul's (oneDNN with the
-    weights packed once, for batches large enough to gain from it; BLAS for a single
-    sequence, a matrix-vector product).
-
-    On CUDA, where each of a step's ~5-10 small kernels costs a launch, the step is captured
-    as a CUDA graph after one eager step and replayed for ids given as a tensor: the ids and
-    the state are copied into the graph's tensors, and the logits and new state come back in
-    its tensors, valid until the next step. If the capture fails the steps stay eager."""
+    """One step of generation: the model's own step (RNNLMScratch.stepper, its fast
+    inference path), and on CUDA, where each of a step's ~5-10 small kernels costs a launch,
+    that step captured as a CUDA graph after one eager step and replayed for ids given as a
+    tensor: the ids and the state are copied into the graph's tensors, and the logits and new
+    state come back in its tensors, valid until the next step. If the capture fails the
+    steps stay eager."""
 
     GRAPH_DEVICES = ("cuda",)
 
     def __init__(self, model: RNNLMScratch):
-        self.cells = model.rnn.cells
-        self.table = model.rnn.input_table()
-        self.W_hq, self.b_q = model.W_hq, model.b_q
-        self._steps, self._rows = None, None
-        self.graphs = self.table.device.type in self.GRAPH_DEVICES
+        self.stepper = model.stepper()
+        self.graphs = model.W_hq.device.type in self.GRAPH_DEVICES
         self._graph, self._eager_rows = None, None
-
-    def _prepare(self, rows: int) -> None:
-        """The per-layer step functions for batches of `rows` (weights packed for that)."""
-        steps = []
-        for layer, cell in enumerate(self.cells):
-            project = None if layer == 0 else (cpu_matmul.Matmul(cell.W_xh, rows), cell.input_bias())
-            steps.append((project, _fast_step(cell, rows)))
-        self._steps, self._rows = steps, rows
-        self._head = cpu_matmul.Matmul(self.W_hq, rows)
 
     def step(self, ids, state: list):
         """ids (batch,): a tensor or a list of ints -> logits (batch, vocab) for the next
@@ -123,45 +104,7 @@ class Sampler:
     _capture_graph = staticmethod(cuda_graphs.capture)  # (a hook the tests replace)
 
     def _eager_step(self, ids, state: list):
-        if isinstance(ids, list) and len(ids) == 1:
-            x = self.table[ids[0] : ids[0] + 1]  # a view: cheaper than any gather
-        else:
-            x = self.table.index_select(0, torch.as_tensor(ids, device=self.table.device))
-        if self._rows != x.shape[0]:
-            self._prepare(x.shape[0])
-        for layer, (project, step) in enumerate(self._steps):
-            if project is not None:
-                mm, bias = project
-                x = mm(x, add=bias)
-            x, state[layer] = step(x, state[layer])
-        return self._head(x, add=self.b_q), state
-
-
-def _fast_step(cell, rows: int):
-    """`cell.step` for inference on `rows` sequences: the matmul with the weight packed once
-    for that many rows, then the cell file's `step` with the fast CPU tanh."""
-    mm = cpu_matmul.Matmul(cell.W_hh, rows)
-
-    if isinstance(cell, LSTMScratch):
-        def lstm_step(x, state):
-            h, c, _ = lstm_cell.step(mm(state[0], add=x), state[1], tanh=fast_tanh.tanh)
-            return h, (h, c)
-
-        return lstm_step
-    if isinstance(cell, GRUScratch):
-        b_hh = cell.b_hh
-
-        def gru_step(x, h):
-            h, _ = gru_cell.step(x, mm(h, add=b_hh), h, tanh=fast_tanh.tanh)
-            return h, h
-
-        return gru_step
-
-    def rnn_step(x, h):
-        h = rnn_cell.step(mm(h, add=x), tanh=fast_tanh.tanh)
-        return h, h
-
-    return rnn_step
+        return self.stepper.step(ids, state)
 
 
 NOISE_CHUNK = 256  # steps of Gumbel noise drawn at once
@@ -193,6 +136,13 @@ class GenerationStream:
             self.generator.manual_seed(seed)
         self.state, self.logits = None, None
 
+    def continue_from(self, state, logits: torch.Tensor) -> None:
+        """Go on from one stream's `state` and its `logits` (1, vocab) for the next character,
+        in every one of the samples, as if that stream had been fed."""
+        rows = self.samples
+        self.state = [map_state(lambda t: t.expand(rows, -1).contiguous(), layer) for layer in state]
+        self.logits = logits.expand(rows, -1).contiguous()
+
     def feed(self, text: str, what: str = "the prefix") -> None:
         """Run text through the model; a character outside the vocabulary raises CharrnnError
         (naming the text as `what`) before anything changes."""
@@ -222,7 +172,7 @@ class GenerationStream:
                 self.state = model.zero_state(self.samples)
             self.state = list(self.state)
             if self.logits is None:  # nothing fed yet: the first character comes from the zero state's output
-                self.logits = model.output_layer(state_output(self.state).unsqueeze(0))[:, -1]
+                self.logits = model.output_layer(model.state_output(self.state).unsqueeze(0))[:, -1]
             sampler = Sampler(model)
         tokens, device = self.vocab.idx_to_token, model.W_hq.device
         s = self.settings
@@ -262,9 +212,3 @@ def generate(model: RNNLMScratch, vocab: Vocab, prefix: str = "", length: int = 
                               samples=samples, seed=seed)
     stream.feed(prefix)
     return stream.sample(length)
-
-
-def state_output(state) -> torch.Tensor:
-    """The last layer's H from a stacked state."""
-    last = state[-1]
-    return last[0] if isinstance(last, tuple) else last

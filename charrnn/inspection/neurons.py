@@ -4,8 +4,9 @@ Understanding Recurrent Networks", 2015): every unit's activation after every ch
 whose activation correlates best with each property (`best_units`), and a text shaded by
 one unit's activation for a terminal (`shaded_by_unit`) or an HTML page (`activation_html`).
 
-A unit is named `L:Uh` (layer L's output H, unit U) or `L:Uc` (an LSTM's memory cell);
-layers count from 1, units from 0.
+A unit is named `L:Uh` (layer L's output H, unit U) or, for another part of a cell's state
+(its `state_parts`), by that part's name: `L:Uc` is an LSTM's memory cell; layers count from
+1, units from 0.
 """
 
 from __future__ import annotations
@@ -16,12 +17,11 @@ import re
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from rich.style import Style
 from rich.text import Text
 
 from charrnn.errors import CharrnnError
-from charrnn.model import LSTMScratch, RNNLMScratch
+from charrnn.model import RNNLMScratch
 from charrnn.inspection.surprisal import html_page, shaded_runs
 
 # ---------------------------------------------------------------- units and their activations
@@ -31,7 +31,7 @@ from charrnn.inspection.surprisal import html_page, shaded_runs
 class Unit:
     layer: int  # from 1
     index: int  # from 0
-    state: str  # "h" (the layer's output) or "c" (an LSTM's memory cell)
+    state: str  # a part of the layer's state: "h" (its output) or e.g. "c" (an LSTM's memory cell)
 
     def __str__(self) -> str:
         return f"{self.layer}:{self.index}{self.state}"
@@ -39,7 +39,7 @@ class Unit:
 
 def parse_unit(name: str, model: RNNLMScratch) -> Unit:
     """`L:U` (the output H), `L:Uh` or `L:Uc` (an LSTM's memory cell), checked against the model."""
-    match = re.fullmatch(r"\s*(\d+):(\d+)([hc]?)\s*", name)
+    match = re.fullmatch(r"\s*(\d+):(\d+)([a-z]?)\s*", name)
     if not match:
         raise CharrnnError(f"a unit is LAYER:UNIT, e.g. 1:37 (or 1:37c for an LSTM's memory cell), got {name!r}")
     cells = model.rnn.cells
@@ -48,35 +48,25 @@ def parse_unit(name: str, model: RNNLMScratch) -> Unit:
         raise CharrnnError(f"unit {name}: the model has layers 1 to {len(cells)}")
     if unit.index >= cells[unit.layer - 1].num_hiddens:
         raise CharrnnError(f"unit {name}: layer {unit.layer} has units 0 to {cells[unit.layer - 1].num_hiddens - 1}")
-    if unit.state == "c" and not isinstance(cells[unit.layer - 1], LSTMScratch):
-        raise CharrnnError(f"unit {name}: only an LSTM has a memory cell (c); this model is not one")
+    parts = cells[unit.layer - 1].state_parts
+    if unit.state not in parts:
+        if unit.state == "c":
+            raise CharrnnError(f"unit {name}: only an LSTM has a memory cell (c); this model is not one")
+        raise CharrnnError(f"unit {name}: layer {unit.layer}'s state has the parts {', '.join(parts)}")
     return unit
 
 
 @torch.inference_mode()
 def record(model: RNNLMScratch, ids: torch.Tensor) -> tuple[torch.Tensor, list[Unit]]:
     """Every unit's value after each character of `ids`, run as one stream from a zero
-    state: activations (len(ids), units) and the units, layer by layer (H, then an LSTM's C).
-
-    The cells' own `step` runs one character at a time, as the model's reference `loop` does,
-    so that the memory cell C is seen at every step (the fast scan returns only the last)."""
+    state (the model's `activations`): activations (len(ids), units) and the units, layer by
+    layer and within a layer by the parts of its state (H, then an LSTM's C)."""
     model.eval()
-    inputs = F.one_hot(ids.long().to(model.W_hq.device), model.vocab_size).to(model.W_hq.dtype).unsqueeze(1)
     columns, units = [], []
-    for layer, cell in enumerate(model.rnn.cells, 1):
-        xp = cell.project(inputs)
-        state = cell.zero_state(1, xp)
-        outputs, memory = [], []
-        for xp_t in xp.unbind(0):
-            out, state = cell.step(xp_t, state)
-            outputs.append(out[0])
-            if isinstance(cell, LSTMScratch):
-                memory.append(state[1][0])
-        inputs = torch.stack(outputs).unsqueeze(1)
-        for state_name, values in (("h", outputs), ("c", memory)):
-            if values:
-                columns.append(torch.stack(values))
-                units += [Unit(layer, i, state_name) for i in range(cell.num_hiddens)]
+    for layer, parts in enumerate(model.activations(ids), 1):
+        for state_name, values in parts.items():
+            columns.append(values)
+            units += [Unit(layer, i, state_name) for i in range(values.shape[1])]
     return torch.cat(columns, 1).float().cpu(), units
 
 

@@ -12,7 +12,7 @@ where g is the gradient of the segment's mean loss, rms the root mean square of 
 gradients over the training text (measured once, before reading), and the decay λ pulls
 the weights back towards the trained ones (its per-parameter rate clipped at 1, as the
 paper does). Each segment is one forward and one backward through the model's own fast
-recurrences (the cells' scans, charrnn/rnn_cell.py and its siblings), the state carried
+recurrences (the cells' scans, charrnn/cells/), the state carried
 from segment to segment.
 
 lr and decay suit one model and not another, so `tune` chooses them per model on a text
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from charrnn.config import DYNAMIC_DECAYS, DYNAMIC_LRS, TUNE_CHARS, TUNE_SECONDS, DynamicSettings
 from charrnn.errors import CharrnnError
 from charrnn.scoring.evaluation import eval_mode, evaluate
-from charrnn.model import detach_state, map_state
+from charrnn.model import detach_state
 
 # The gradient statistics: segments of this many parallel streams from the start of the
 # training text, up to STATS_CHARS characters in all (a few seconds of training's work).
@@ -195,6 +195,4 @@ def adapt_stream(stream, ids: torch.Tensor, train_ids: torch.Tensor, settings: D
     adapted) and leave the stream where the text ends, for every one of its samples."""
     reader = DynamicEvaluation(stream.model, gradient_rms(stream.model, train_ids, settings.seq_len), settings)
     _, state, logits = reader.read(ids)
-    rows = stream.samples
-    stream.state = [map_state(lambda t: t.expand(rows, -1).contiguous(), layer) for layer in state]
-    stream.logits = logits.expand(rows, -1).contiguous()
+    stream.continue_from(state, logits)

@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 def charrnn_internals() -> SimpleNamespace:
     """charrnn's matmul backend and tuning, under the names the bench uses."""
-    from charrnn import scan
-    from charrnn.kernels import allocator, cpu_matmul, cuda_fused
+    from charrnn.kernels import allocator, cpu_matmul
+    from charrnn.cells import gru, lstm, scan
 
     return SimpleNamespace(
         tune_allocator=allocator.tune_allocator,  # glibc malloc tuning, as `charrnn train` does
@@ -17,5 +17,6 @@ def charrnn_internals() -> SimpleNamespace:
         matmul=cpu_matmul.matmul,  # (a, b, add=, out=, onednn=)
         product=cpu_matmul.product,  # a @ b through the backend chosen for its shape
         weight_grad=scan.weight_grad,  # a scan's weight gradient: (h0, out, dA) -> dW
-        fused_cuda_cells=cuda_fused.usable,  # whether the CUDA scans use fused cell kernels
+        # whether the CUDA scans use fused cell kernels (each cell that has them)
+        fused_cuda_cells=lambda *tensors: all(cell.FUSED.usable(*tensors) for cell in (gru, lstm)),
     )

@@ -1,28 +1,61 @@
 """The Elman RNN cell, ``H_t = tanh(xp[t] + H_{t-1} @ W_hh)`` with ``xp[t] = X_t W_xh + b``:
-its step, then its scan over a sequence with a hand-written backward pass through time.
+the module (RNNScratch), its step, then its scan over a sequence with a hand-written
+backward pass through time.
 
-`step` is the cell's equation after the step's matmul: the model's step-by-step reference
-(charrnn.model.RNNScratch.step) and the sampler call it. The scan (`rnn_scan`) computes the
-same function over all T steps into preallocated buffers; what the three scans share is in
-charrnn/scan.py.
+`step` is the cell's equation after the step's matmul: RNNScratch's step-by-step reference
+and its fast inference step call it. The scan (`rnn_scan`) computes the same function over
+all T steps into preallocated buffers; what the scans share is in charrnn/cells/scan.py.
 """
 
 from __future__ import annotations
 
 import torch
+from torch import nn
 from torch.autograd.function import once_differentiable
 
 from charrnn.kernels import cpu_bfloat16, cpu_matmul, fast_tanh
-from charrnn.scan import (check_shapes, final_grad, float32_recurrence, input_grad, join_input, needs_grad,
-                          split_input, weight_grad)
+from charrnn.cells.base import ScratchCell
+from charrnn.cells.scan import (check_shapes, final_grad, float32_recurrence, input_grad, join_input, needs_grad,
+                                split_input, weight_grad)
 
-__all__ = ["step", "rnn_scan"]
+__all__ = ["RNNScratch", "step", "rnn_scan"]
 
 
 def step(pre: torch.Tensor, tanh=torch.tanh) -> torch.Tensor:
     """One step after its matmul: pre (B, H) = xp[t] + H_{t-1} @ W_hh -> H_t (B, H).
     (The sampler passes fast_tanh.tanh for tanh.)"""
     return tanh(pre)
+
+
+class RNNScratch(ScratchCell):
+    """The book's RNN: `H_t = tanh(X_t W_xh + H_{t-1} W_hh + b_h)`; state H."""
+
+    def __init__(self, num_inputs: int, num_hiddens: int, sigma: float = 0.01):
+        super().__init__(num_inputs, num_hiddens, sigma)
+        self.b_h = nn.Parameter(torch.zeros(num_hiddens))  # (H,)
+
+    def input_bias(self):
+        return self.b_h
+
+    def _copy_torch_biases(self, b_ih, b_hh):
+        self.b_h.copy_(b_ih + b_hh)
+
+    def step(self, xp_t, H):
+        H = step(torch.addmm(xp_t, H, self.W_hh))
+        return H, H
+
+    def recur(self, xp, state=None):
+        H = self.zero_state(xp.shape[1], xp) if state is None else state
+        return rnn_scan(xp, H, self.recurrent_weight())
+
+    def fast_step(self, rows: int):
+        mm = cpu_matmul.Matmul(self.W_hh, rows)
+
+        def rnn_step(x, h):
+            h = step(mm(h, add=x), tanh=fast_tanh.tanh)
+            return h, h
+
+        return rnn_step
 
 
 @float32_recurrence

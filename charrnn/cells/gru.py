@@ -1,28 +1,30 @@
-"""The GRU cell in torch.nn.GRU's form, gate order (r, z, n): its step, then its scan over a
-sequence with a hand-written backward pass through time.
+"""The GRU cell in torch.nn.GRU's form, gate order (r, z, n): the module (GRUScratch), its
+step, then its scan over a sequence with a hand-written backward pass through time.
 
 With ``hh = H_{t-1} @ W_hh + b_hh`` and both ``xp[t]`` and ``hh`` split into (r, z, n):
 
     R = sigmoid(x_r + h_r);  Z = sigmoid(x_z + h_z);  N = tanh(x_n + R * h_n)
     H_t = (1 - Z) * N + Z * H_{t-1} = N + Z * (H_{t-1} - N)
 
-`step` is these equations after the step's matmul: the model's step-by-step reference
-(charrnn.model.GRUScratch.step), the sampler's step, and (through `fused_reference`) what the
-fused CUDA kernel is checked against. The scan (`gru_scan`) computes the same function over
-all T steps into preallocated buffers; on CUDA it runs the fused kernels instead
-(charrnn/kernels/cuda_fused.py). What the three scans share is in charrnn/scan.py.
+`step` is these equations after the step's matmul: GRUScratch's step-by-step reference,
+its fast inference step, and (through `fused_reference`) what the fused CUDA kernel is
+checked against. The scan (`gru_scan`) computes the same function over all T steps into
+preallocated buffers; on CUDA it runs the fused kernels instead (FUSED, charrnn/kernels/cuda_fused.py).
+What the scans share is in charrnn/cells/scan.py.
 """
 
 from __future__ import annotations
 
 import torch
+from torch import nn
 from torch.autograd.function import once_differentiable
 
 from charrnn.kernels import cpu_bfloat16, cpu_matmul, cuda_fused, fast_tanh
-from charrnn.scan import (check_shapes, final_grad, float32_recurrence, input_grad, join_input, needs_grad,
-                          split_input, weight_grad)
+from charrnn.cells.base import ScratchCell
+from charrnn.cells.scan import (check_shapes, final_grad, float32_recurrence, input_grad, join_input, needs_grad,
+                                split_input, weight_grad)
 
-__all__ = ["step", "gru_scan", "fused_reference", "fused_backward_reference"]
+__all__ = ["GRUScratch", "step", "gru_scan", "fused_reference", "fused_backward_reference", "FUSED"]
 
 
 def step(x: torch.Tensor, hh: torch.Tensor, h: torch.Tensor, tanh=torch.tanh):
@@ -36,8 +38,51 @@ def step(x: torch.Tensor, hh: torch.Tensor, h: torch.Tensor, tanh=torch.tanh):
     return torch.lerp(N, h, Z), (R, Z, N)  # H_t = N + Z * (H_{t-1} - N)
 
 
+class GRUScratch(ScratchCell):
+    """Gated recurrent unit, in PyTorch's (and cuDNN's) form rather than the book's; state H.
+
+    The book applies the reset gate before the hidden product, `tanh(X W_xh + (R * H) W_hh
+    + b_h)`; PyTorch applies it after, `tanh(X W_xn + b_xn + R * (H W_hn + b_hn))`. We follow
+    PyTorch on purpose: the three hidden products (reset, update, candidate) then become one
+    matmul `H @ W_hh`, and weights interoperate with torch.nn.GRU. That is also why the
+    hidden side keeps its own bias `b_hh`: the candidate's `b_hn` sits inside `R * (...)`
+    and cannot be folded into the input-side bias. Gate blocks are ordered r, z, n.
+    """
+
+    gates = 3
+
+    def __init__(self, num_inputs: int, num_hiddens: int, sigma: float = 0.01):
+        super().__init__(num_inputs, num_hiddens, sigma)
+        self.b_xh = nn.Parameter(torch.zeros(3 * num_hiddens))  # (3H,)
+        self.b_hh = nn.Parameter(torch.zeros(3 * num_hiddens))  # (3H,)
+
+    def input_bias(self):
+        return self.b_xh
+
+    def _copy_torch_biases(self, b_ih, b_hh):
+        self.b_xh.copy_(b_ih)
+        self.b_hh.copy_(b_hh)
+
+    def step(self, xp_t, H):
+        H, _ = step(xp_t, torch.addmm(self.b_hh, H, self.W_hh), H)
+        return H, H
+
+    def recur(self, xp, state=None):
+        H = self.zero_state(xp.shape[1], xp) if state is None else state
+        return gru_scan(xp, H, self.recurrent_weight(), self.b_hh)
+
+    def fast_step(self, rows: int):
+        mm, b_hh = cpu_matmul.Matmul(self.W_hh, rows), self.b_hh
+
+        def gru_step(x, h):
+            h, _ = step(x, mm(h, add=b_hh), h, tanh=fast_tanh.tanh)
+            return h, h
+
+        return gru_step
+
+
 def fused_reference(x: torch.Tensor, hh: torch.Tensor, h: torch.Tensor):
-    """What the fused kernel (cuda_fused.kernel("gru")) computes: the step, and the
+    """What the fused kernel (FUSED.forward) computes: the step, and the
     workspace its backward reads, (B, 5H) = [R, Z, N, h, h_n]."""
     H = h.shape[-1]
     h_new, (R, Z, N) = step(x, hh, h)
@@ -45,7 +90,7 @@ def fused_reference(x: torch.Tensor, hh: torch.Tensor, h: torch.Tensor):
 
 
 def fused_backward_reference(dh: torch.Tensor, work: torch.Tensor):
-    """The step's backward from that workspace (cuda_fused.kernel("gru_backward")): the
+    """The step's backward from that workspace (FUSED.backward): the
     gradients w.r.t. the pre-activations on the input side [dR, dZ, dN] and on the hidden
     side [dR, dZ, R dN], (B, 3H) each, and the part of dH_{t-1} through Z, dH Z."""
     R, Z, N, h, hn = work.chunk(5, 1)
@@ -53,6 +98,20 @@ def fused_backward_reference(dh: torch.Tensor, work: torch.Tensor):
     dN = dh * (1 - Z) * (1 - N * N)
     dR = dN * hn * R * (1 - R)
     return torch.cat([dR, dZ, dN], 1), torch.cat([dR, dZ, dN * R], 1), dh * Z
+
+
+def _fused_test_cases(rand, B: int = 3, H: int = 5):
+    """The self-test's inputs (see cuda_fused.FusedStep)."""
+    args, dh = (rand(B, 3 * H), rand(B, 3 * H), rand(B, H)), rand(B, H)
+    return args, lambda want: [(dh, want[1])]
+
+
+FUSED = cuda_fused.FusedStep(
+    # (input gates, hidden gates incl. b_hh, h_prev) -> (h, workspace [R, Z, N, h_prev, h_n])
+    forward=lambda ig, hg, hx: torch.ops.aten._thnn_fused_gru_cell(ig, hg, hx),
+    # (dH, workspace) -> (d input gates, d hidden gates, the dH_prev part through Z)
+    backward=lambda dh, ws: torch.ops.aten._thnn_fused_gru_cell_backward(dh, ws, False)[:3],
+    forward_reference=fused_reference, backward_reference=fused_backward_reference, test_cases=_fused_test_cases)
 
 
 @float32_recurrence
@@ -73,7 +132,7 @@ def gru_scan(
         src, tokens = split_input(xp)
         return _GRUScan.apply(src, h0, W_hh, b_hh, tokens)
     with torch.no_grad():
-        forward = _forward_fused if cuda_fused.usable(split_input(xp)[0], h0, W_hh) else _forward
+        forward = _forward_fused if FUSED.usable(split_input(xp)[0], h0, W_hh) else _forward
         out, _ = forward(xp, h0, W_hh, b_hh, save=False)
         return out, out[-1].clone()
 
@@ -124,7 +183,7 @@ def _forward(xp, h0, W_hh, b_hh, save: bool):
 def _forward_fused(xp, h0, W_hh, b_hh, save: bool):
     """The scan with one fused kernel per step (CUDA): returns the outputs (T, B, H) and, with
     save, each step's workspace (B, 5H)."""
-    cell, W = cuda_fused.kernel("gru"), cpu_matmul.gemm_operand(W_hh)
+    cell, W = FUSED.forward, cpu_matmul.gemm_operand(W_hh)
     h, outs, works = h0, [], []
     for x_t in xp.unbind(0):
         h, work = cell(x_t, torch.addmm(b_hh, h, W), h)
@@ -137,7 +196,7 @@ def _forward_fused(xp, h0, W_hh, b_hh, save: bool):
 def _backward_fused(h0, W_hh, out, works, g_out, g_hT):
     """Backward of _forward_fused: (Dx, Dh, dh0), Dx and Dh as in _GRUScan.backward."""
     T = out.shape[0]
-    cell_backward, W_t = cuda_fused.kernel("gru_backward"), cpu_matmul.gemm_operand(W_hh.t())
+    cell_backward, W_t = FUSED.backward, cpu_matmul.gemm_operand(W_hh.t())
     gos = g_out.unbind(0) if g_out is not None else None
     dh = final_grad(gos, g_hT, h0)
     Dx, Dh = [None] * T, [None] * T
@@ -154,7 +213,7 @@ class _GRUScan(torch.autograd.Function):
     def forward(ctx, src, h0, W_hh, b_hh, tokens):
         ctx.matmul_dtype = cpu_bfloat16.active_dtype()
         ctx.set_materialize_grads(False)
-        ctx.fused = cuda_fused.usable(src, h0, W_hh)
+        ctx.fused = FUSED.usable(src, h0, W_hh)
         if ctx.fused:
             out, works = _forward_fused(join_input(src, tokens), h0, W_hh, b_hh, save=True)
             ctx.save_for_backward(h0, W_hh, out, src, tokens, *works)

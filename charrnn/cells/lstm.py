@@ -1,28 +1,30 @@
-"""The LSTM cell, gate order (i, f, g, o) as in torch.nn.LSTM: its step, then its scan over a
-sequence with a hand-written backward pass through time.
+"""The LSTM cell, gate order (i, f, g, o) as in torch.nn.LSTM: the module (LSTMScratch), its
+step, then its scan over a sequence with a hand-written backward pass through time.
 
 With ``[i, f, g, o] = xp[t] + H_{t-1} @ W_hh`` (xp includes all biases):
 
     I, F, O = sigmoid(i, f, o);  G = tanh(g)
     C_t = F * C_{t-1} + I * G;   H_t = O * tanh(C_t)
 
-`step` is these equations after the step's matmul: the model's step-by-step reference
-(charrnn.model.LSTMScratch.step), the sampler's step, and (through `fused_reference`) what
-the fused CUDA kernel is checked against. The scan (`lstm_scan`) computes the same function
-over all T steps into preallocated buffers; on CUDA it runs the fused kernels instead
-(charrnn/kernels/cuda_fused.py). What the three scans share is in charrnn/scan.py.
+`step` is these equations after the step's matmul: LSTMScratch's step-by-step reference,
+its fast inference step, and (through `fused_reference`) what the fused CUDA kernel is
+checked against. The scan (`lstm_scan`) computes the same function over all T steps into
+preallocated buffers; on CUDA it runs the fused kernels instead (FUSED, charrnn/kernels/cuda_fused.py).
+What the scans share is in charrnn/cells/scan.py.
 """
 
 from __future__ import annotations
 
 import torch
+from torch import nn
 from torch.autograd.function import once_differentiable
 
 from charrnn.kernels import cpu_bfloat16, cpu_matmul, cuda_fused, fast_tanh
-from charrnn.scan import (check_shapes, final_grad, float32_recurrence, input_grad, join_input, needs_grad,
-                          split_input, weight_grad)
+from charrnn.cells.base import ScratchCell
+from charrnn.cells.scan import (check_shapes, final_grad, float32_recurrence, input_grad, join_input, needs_grad,
+                                split_input, weight_grad)
 
-__all__ = ["step", "lstm_scan", "fused_reference", "fused_backward_reference"]
+__all__ = ["LSTMScratch", "step", "lstm_scan", "fused_reference", "fused_backward_reference", "FUSED"]
 
 
 def step(gates: torch.Tensor, c: torch.Tensor, tanh=torch.tanh):
@@ -38,8 +40,50 @@ def step(gates: torch.Tensor, c: torch.Tensor, tanh=torch.tanh):
     return O * tanh(c), c, (I, F, G, O)  # H_t = O * tanh(C_t)
 
 
+class LSTMScratch(ScratchCell):
+    """Long short-term memory; state `(H, C)`. Gate blocks are ordered i, f, g, o as in
+    torch.nn.LSTM, with one bias per gate (PyTorch's two biases add up to it)."""
+
+    gates = 4
+    state_parts = ("h", "c")
+
+    def __init__(self, num_inputs: int, num_hiddens: int, sigma: float = 0.01):
+        super().__init__(num_inputs, num_hiddens, sigma)
+        self.b_h = nn.Parameter(torch.zeros(4 * num_hiddens))  # (4H,)
+
+    def input_bias(self):
+        return self.b_h
+
+    def init_biases(self, forget_bias: float) -> None:
+        """The forget gate's bias at forget_bias (1 keeps the memory early on)."""
+        H = self.num_hiddens
+        self.b_h[H : 2 * H] = forget_bias
+
+    def _copy_torch_biases(self, b_ih, b_hh):
+        self.b_h.copy_(b_ih + b_hh)
+
+    def step(self, xp_t, state):
+        H, C = state
+        H, C, _ = step(torch.addmm(xp_t, H, self.W_hh), C)
+        return H, (H, C)
+
+    def recur(self, xp, state=None):
+        H, C = self.zero_state(xp.shape[1], xp) if state is None else state
+        outputs, H, C = lstm_scan(xp, H, C, self.recurrent_weight())
+        return outputs, (H, C)
+
+    def fast_step(self, rows: int):
+        mm = cpu_matmul.Matmul(self.W_hh, rows)
+
+        def lstm_step(x, state):
+            h, c, _ = step(mm(state[0], add=x), state[1], tanh=fast_tanh.tanh)
+            return h, (h, c)
+
+        return lstm_step
+
+
 def fused_reference(ig: torch.Tensor, hg: torch.Tensor, c: torch.Tensor):
-    """What the fused kernel (cuda_fused.kernel("lstm")) computes from the input and hidden
+    """What the fused kernel (FUSED.forward) computes from the input and hidden
     sides' gates: the step, and the workspace its backward reads, (B, 4H) = [I, F, G, O]."""
     h, c, gates = step(ig + hg, c)
     return h, c, torch.cat(gates, 1)
@@ -47,7 +91,7 @@ def fused_reference(ig: torch.Tensor, hg: torch.Tensor, c: torch.Tensor):
 
 def fused_backward_reference(dh: torch.Tensor, dc: torch.Tensor | None, c_prev: torch.Tensor, c: torch.Tensor,
                              work: torch.Tensor):
-    """The step's backward (cuda_fused.kernel("lstm_backward")), from dH and the gradient dC
+    """The step's backward (FUSED.backward), from dH and the gradient dC
     from above (None: zero): the gradients w.r.t. the pre-activations [dI, dF, dG, dO] (B, 4H)
     and dC_{t-1}."""
     I, F, G, O = work.chunk(4, 1)
@@ -55,6 +99,22 @@ def fused_backward_reference(dh: torch.Tensor, dc: torch.Tensor | None, c_prev: 
     dC = dh * O * (1 - tc * tc) + (0 if dc is None else dc)
     d = torch.cat([dC * G * I * (1 - I), dC * c_prev * F * (1 - F), dC * I * (1 - G * G), dh * tc * O * (1 - O)], 1)
     return d, dC * F
+
+
+def _fused_test_cases(rand, B: int = 3, H: int = 5):
+    """The self-test's inputs (see cuda_fused.FusedStep): the backward with and without a
+    gradient from above for C."""
+    args, dh, dc = (rand(B, 4 * H), rand(B, 4 * H), rand(B, H)), rand(B, H), rand(B, H)
+    return args, lambda want: [(dh, dc, args[2], want[1], want[2]), (dh, None, args[2], want[1], want[2])]
+
+
+FUSED = cuda_fused.FusedStep(
+    # (input gates, hidden gates, c_prev) -> (h, c, workspace [I, F, G, O])
+    forward=lambda ig, hg, cx: torch.ops.aten._thnn_fused_lstm_cell(ig, hg, cx),
+    # (dH, dC from above or None, c_prev, c, workspace) -> (d gates pre-activation, dC_prev)
+    backward=lambda dh, dc, cx, cy, ws: torch.ops.aten._thnn_fused_lstm_cell_backward_impl(dh, dc, cx, cy, ws,
+                                                                                          False)[:2],
+    forward_reference=fused_reference, backward_reference=fused_backward_reference, test_cases=_fused_test_cases)
 
 
 @float32_recurrence
@@ -75,7 +135,7 @@ def lstm_scan(
         src, tokens = split_input(xp)
         return _LSTMScan.apply(src, h0, c0, W_hh, tokens)
     with torch.no_grad():
-        if cuda_fused.usable(split_input(xp)[0], h0, c0, W_hh):
+        if FUSED.usable(split_input(xp)[0], h0, c0, W_hh):
             out, cT, _, _ = _forward_fused(xp, h0, c0, W_hh, save=False)
             return out, out[-1].clone(), cT.clone()
         out, _, cT, _ = _forward(xp, h0, c0, W_hh, save=False)
@@ -145,7 +205,7 @@ def _forward(xp, h0, c0, W_hh, save: bool):
 def _forward_fused(xp, h0, c0, W_hh, save: bool):
     """The scan with one fused kernel per step (CUDA): returns the outputs (T, B, H), the last
     cell state and, with save, each step's cell state (B, H) and workspace (B, 4H)."""
-    cell, W = cuda_fused.kernel("lstm"), cpu_matmul.gemm_operand(W_hh)
+    cell, W = FUSED.forward, cpu_matmul.gemm_operand(W_hh)
     h, c, outs, cells, works = h0, c0, [], [], []
     for x_t in xp.unbind(0):
         h, c, work = cell(x_t, torch.mm(h, W), c)
@@ -159,7 +219,7 @@ def _forward_fused(xp, h0, c0, W_hh, save: bool):
 def _backward_fused(h0, c0, W_hh, cells, works, g_out, g_hT, g_cT):
     """Backward of _forward_fused: (D, dh0, dc0), D as in _LSTMScan.backward."""
     T = len(cells)
-    cell_backward, W_t = cuda_fused.kernel("lstm_backward"), cpu_matmul.gemm_operand(W_hh.t())
+    cell_backward, W_t = FUSED.backward, cpu_matmul.gemm_operand(W_hh.t())
     gos = g_out.unbind(0) if g_out is not None else None
     dh, dc = final_grad(gos, g_hT, h0), g_cT
     D = [None] * T
@@ -174,7 +234,7 @@ class _LSTMScan(torch.autograd.Function):
     def forward(ctx, src, h0, c0, W_hh, tokens):
         ctx.matmul_dtype = cpu_bfloat16.active_dtype()
         ctx.set_materialize_grads(False)
-        ctx.fused = cuda_fused.usable(src, h0, c0, W_hh)
+        ctx.fused = FUSED.usable(src, h0, c0, W_hh)
         if ctx.fused:
             out, cT, cells, works = _forward_fused(join_input(src, tokens), h0, c0, W_hh, save=True)
             ctx.save_for_backward(h0, c0, W_hh, out, src, tokens, *cells, *works)

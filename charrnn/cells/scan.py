@@ -1,4 +1,4 @@
-"""What the three cells' scans (rnn_cell.py, gru_cell.py, lstm_cell.py) share.
+"""What the cells' scans (charrnn/cells/rnn.py, gru.py, lstm.py, ...) share.
 
 A scan runs a cell over a sequence. The model computes the input projection of every time
 step in one matmul (``xp = X @ W_xh + b``, shape (T, B, G) with G = gates * H); only the
