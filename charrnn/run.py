@@ -25,7 +25,7 @@ from charrnn.checkpoint import LAST_FIRST, load_checkpoint, resolve_checkpoint
 from charrnn.config import ModelConfig, TrainConfig, parse_duration
 from charrnn.batches import StreamBatches, WindowBatches, make_batches
 from charrnn.data import Corpus, load_corpus, reload_corpus
-from charrnn.distributed import data_parallel, from_rank_zero, process_device, rank, world_size
+from charrnn.distributed import all_reduce, data_parallel, from_rank_zero, process_device, rank, world_size
 from charrnn.errors import CharrnnError
 from charrnn.evaluation import evaluate
 from charrnn.model import build_model, map_state, num_parameters
@@ -169,8 +169,9 @@ def plan_steps(run: Run, resumed: bool) -> tuple[dict[str, int], float, budget.P
         # a new run trains at least one step
         progress.planned_steps = progress.step + max(time_plan.steps, 0 if resumed else 1)
         progress.planned_for = max_time
-        progress.speed = budget.Speed(time_plan.step_seconds, time_plan.eval_seconds,
-                                      since=run.clock() - run.started, since_step=progress.step)
+        # the window starts on the clock all processes agree on (so they agree when to revise)
+        since = all_reduce([run.clock() - run.started], "max")[0]
+        progress.speed = budget.Speed(time_plan.step_seconds, time_plan.eval_seconds, since, progress.step)
     if config.max_time:
         limits["--max-time"] = progress.planned_steps
     run.limits = limits
