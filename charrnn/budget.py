@@ -52,8 +52,9 @@ class Plan:
 @dataclass
 class Speed:
     """What the plan knows of the machine: the seconds of a step and of an evaluation
-    (with its checkpoints), and the window since the last revision that the next one
-    measures. Every checkpoint holds it (as a dict), so a resumed run revises as the
+    (with its checkpoints) and the step's seconds when that evaluation ran (a machine
+    that slows its steps slows its evaluations alike), and the window since the last
+    revision that the next one measures. Every checkpoint holds it (as a dict), so a resumed run revises as the
     run would have revised had it never stopped."""
 
     step_seconds: float
@@ -61,6 +62,7 @@ class Speed:
     since: float  # the run's elapsed seconds at the last revision ...
     since_step: int  # ... its step then ...
     eval_since: float = 0.0  # ... and the seconds spent evaluating since
+    eval_step_seconds: float = 0.0  # the step's seconds around the last evaluation (0: unknown)
 
 
 def evaluation_count(step: int, steps: int, eval_every: int) -> int:
@@ -101,12 +103,18 @@ def revision_due(speed: Speed, step: int, elapsed: float, budget: float, eval_ev
 def revise(speed: Speed, step: int, elapsed: float, budget: float, eval_every: int) -> int:
     """The step the budget now reaches: the steps since the last revision give the step's
     seconds (the evaluations among them apart), and the steps that fit in what is left
-    follow. The window starts again here."""
+    follow, the last evaluation's seconds scaled as the step's have changed since. The
+    window starts again here."""
     steps = step - speed.since_step
     if steps > 0:
         speed.step_seconds = max(elapsed - speed.since - speed.eval_since, 0.0) / steps
+    if speed.eval_since > 0:  # an evaluation among these steps ran at their speed
+        speed.eval_step_seconds = speed.step_seconds
     speed.since, speed.since_step, speed.eval_since = elapsed, step, 0.0
-    return step + steps_that_fit(budget - elapsed, speed.step_seconds, speed.eval_seconds, eval_every, step)
+    eval_seconds = speed.eval_seconds
+    if speed.eval_step_seconds > 0:  # as much slower or faster as the step has become since
+        eval_seconds *= speed.step_seconds / speed.eval_step_seconds
+    return step + steps_that_fit(budget - elapsed, speed.step_seconds, eval_seconds, eval_every, step)
 
 
 def evaluated(speed: Speed, seconds: float) -> None:

@@ -171,7 +171,8 @@ def plan_steps(run: Run, resumed: bool) -> tuple[dict[str, int], float, budget.P
         progress.planned_for = max_time
         # the window starts on the clock all processes agree on (so they agree when to revise)
         since = all_reduce([run.clock() - run.started], "max")[0]
-        progress.speed = budget.Speed(time_plan.step_seconds, time_plan.eval_seconds, since, progress.step)
+        progress.speed = budget.Speed(time_plan.step_seconds, time_plan.eval_seconds, since, progress.step,
+                                      eval_step_seconds=time_plan.step_seconds)
     if config.max_time:
         limits["--max-time"] = progress.planned_steps
     run.limits = limits

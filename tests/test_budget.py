@@ -84,7 +84,7 @@ def simulate(machine: Machine, seconds: float, eval_every: int, revising: bool) 
     measured = machine.step * machine.slowdown(0.0)  # the trial steps
     machine.spend(8 * machine.step + machine.evaluation)
     progress = Progress(planned_for=seconds)
-    progress.speed = Speed(measured, machine.evaluation, since=machine.now, since_step=0)
+    progress.speed = Speed(measured, machine.evaluation, since=machine.now, since_step=0, eval_step_seconds=measured)
     change_total(progress, 0, steps_that_fit(seconds - machine.now, measured, machine.evaluation, eval_every))
     seen = []
     while True:
@@ -121,6 +121,13 @@ def test_the_plan_made_once_misses_the_budget_the_revised_one_keeps():
 
     assert simulate(Machine(slowdown=slower), 40.0, eval_every=50, revising=False)[0] > 40.0 * 1.5
     assert simulate(Machine(slowdown=slower), 40.0, eval_every=50, revising=True)[0] == pytest.approx(40.0, rel=0.01)
+
+
+def test_the_last_evaluation_is_expected_as_much_slower_as_the_steps_have_become():
+    # long evaluations (3 s, every 100 steps of 0.1 s); the machine halves its speed after
+    # the last evaluation before the end: the final one then takes 6 s, not the 3 s measured
+    machine = Machine(step=0.1, evaluation=3.0, slowdown=lambda t: 1.0 if t < 28 else 2.0)
+    assert simulate(machine, 40.0, eval_every=100, revising=True)[0] == pytest.approx(40.0, rel=0.01)
 
 
 # ---------------------------------------------------------------- the plan, in train()
