@@ -39,6 +39,9 @@ MAX_MEASURE = 10.0
 REVISE_FRACTION = 0.01
 MIN_REVISE = 0.5
 MAX_REVISE = 30.0
+# A revision's window counts as PRIOR_STEPS more steps at the last estimate: a window of
+# one or two steps on a machine whose speed jitters moves the estimate only part of the way.
+PRIOR_STEPS = 2
 
 
 @dataclass
@@ -102,12 +105,13 @@ def revision_due(speed: Speed, step: int, elapsed: float, budget: float, eval_ev
 
 def revise(speed: Speed, step: int, elapsed: float, budget: float, eval_every: int) -> int:
     """The step the budget now reaches: the steps since the last revision give the step's
-    seconds (the evaluations among them apart), and the steps that fit in what is left
+    seconds (the evaluations among them apart; PRIOR_STEPS), and the steps that fit in what is left
     follow, the last evaluation's seconds scaled as the step's have changed since. The
     window starts again here."""
     steps = step - speed.since_step
     if steps > 0:
-        speed.step_seconds = max(elapsed - speed.since - speed.eval_since, 0.0) / steps
+        took = max(elapsed - speed.since - speed.eval_since, 0.0)
+        speed.step_seconds = (took + PRIOR_STEPS * speed.step_seconds) / (steps + PRIOR_STEPS)
     if speed.eval_since > 0:  # an evaluation among these steps ran at their speed
         speed.eval_step_seconds = speed.step_seconds
     speed.since, speed.since_step, speed.eval_since = elapsed, step, 0.0
