@@ -14,7 +14,9 @@ a hostile file cannot run code from it. Keys:
     progress      charrnn.training.run.Progress: step, epoch, index (position in the data),
                   chars_seen, elapsed, best_val_loss, last_val_loss, evals_since_best and
                   lr_scale (patience and the plateau schedule), world_size (processes
-                  that trained it), planned_steps and planned_for (--max-time's plan)
+                  that trained it), planned_steps, planned_for and speed (--max-time's
+                  plan), totals and anchor (every change of the step total, the
+                  cosine's place at the last), script (a replay's plan to follow)
     corpus        where the text came from: kind, path or name, sha256, split
     rng           processes: every process's generator states (cpu, and cuda when it
                   trained on a GPU), rank by rank, for exact resume (charrnn.training.streams)

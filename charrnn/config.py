@@ -247,21 +247,59 @@ RESUMABLE = {"max_steps", "epochs", "max_time", "patience", "eval_every", "devic
              "cuda_graphs", "sample_prefix", "sample_length", "sample_greedy"}
 
 
-def resumed_config(run: Path, given: dict) -> dict:
+# What may change when a run is replayed (--replay): where and how fast it runs.
+REPLAYABLE = {"out", "device", "threads", "tf32", "cuda_graphs", "sample_prefix", "sample_length", "sample_greedy"}
+
+
+def resumed_config(run: Path, given: dict, replay: bool = False) -> dict:
     """The settings of the run that `run` (a run directory or checkpoint) holds, with the
-    options `given` on the command line; an option that may not change is refused."""
+    options `given` on the command line; an option that may not change is refused. On a
+    resume, --max-steps +N and --max-time +D add to the run's budget (budget_given); a
+    replay is a new run (its own run directory)."""
     from charrnn.checkpoint import LAST_FIRST, load_checkpoint, resolve_checkpoint
 
     path = resolve_checkpoint(run, order=LAST_FIRST)
-    values = load_checkpoint(path).get("config")
+    ckpt = load_checkpoint(path)
+    values = ckpt.get("config")
     if not isinstance(values, dict):
-        raise CharrnnError(f"{path} records no training settings, so it cannot be resumed")
+        raise CharrnnError(f"{path} records no training settings, so it cannot be {'replayed' if replay else 'resumed'}")
     values = {**BEFORE_THEY_EXISTED, **values}
-    unchangeable = sorted(k for k in given if k not in RESUMABLE and given[k] != values.get(k))
+    if replay:
+        values["out"] = ""
+    else:
+        given = budget_given(given, ckpt.get("progress") or {})
+    allowed, doing = (REPLAYABLE, "replaying") if replay else (RESUMABLE, "resuming")
+    unchangeable = sorted(k for k in given if k not in allowed and given[k] != values.get(k))
     if unchangeable:
         names = ", ".join("--" + k.replace("_", "-") for k in unchangeable)
-        raise CharrnnError(f"{names} cannot change when resuming a run (start a new run instead)")
-    return values
+        raise CharrnnError(f"{names} cannot change when {doing} a run (start a new run instead)")
+    return {**values, **given}
+
+
+def budget_given(given: dict, progress: dict | None = None) -> dict:
+    """--max-steps and --max-time as typed: a whole budget (500, 10m), or on a resumed run
+    (its checkpoint's `progress`) +N / +D, added to what the run had: its step total, its
+    time budget (without one, its training time so far)."""
+    given = dict(given)
+    steps = given.get("max_steps")
+    if isinstance(steps, str):
+        adds = steps.strip().startswith("+")
+        if adds and progress is None:
+            raise CharrnnError(f"--max-steps {steps} adds to a resumed run's steps; a new run takes a number")
+        try:
+            count = int(steps.strip().lstrip("+"))
+        except ValueError:
+            raise CharrnnError(f"--max-steps takes a number of steps (or +N on --resume), got {steps!r}") from None
+        saved = progress or {}
+        totals = saved.get("totals") or [[0, saved.get("planned_steps") or saved.get("step", 0)]]
+        given["max_steps"] = totals[-1][1] + count if adds else count
+    duration = given.get("max_time")
+    if isinstance(duration, str) and duration.strip().startswith("+"):
+        if progress is None:
+            raise CharrnnError(f"--max-time {duration} adds to a resumed run's budget; a new run takes a duration")
+        had = progress.get("planned_for") or progress.get("elapsed", 0.0)
+        given["max_time"] = f"{had + parse_duration(duration.strip()[1:]):g}s"
+    return given
 
 
 @dataclass

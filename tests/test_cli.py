@@ -150,7 +150,7 @@ def test_resume_through_runs_latest(cli, corpus_file, tmp_path, monkeypatch):
     resumed = cli("train", "--resume", "runs/latest", "--max-steps", "4", "--eval-every", "5").assert_ok()
     # the start line says it goes on, from where, and names the run as the user did
     start = resumed.stdout.splitlines()[0]
-    assert start.startswith("resuming runs/latest at step 2 of 4 steps: a 1-layer LSTM (16 hidden, ")
+    assert start.startswith("resuming runs/latest at step 2 of 4 steps (+2 on the run's 2): a 1-layer LSTM (16 hidden, ")
     assert "training a" not in start and str(tmp_path) not in start
     assert (tmp_path / "runs" / "latest").resolve().is_dir()
     assert load_checkpoint(tmp_path / "runs" / "latest" / "last.pt")["progress"]["step"] == 4

@@ -174,6 +174,19 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path, corpus):
     assert f"torchrun --nproc_per_node=2 -m charrnn train --resume {out}" in stderr  # how to go on, as it ran
 
 
+def test_every_process_follows_rank_zeros_revisions_of_the_time_plan_and_a_replay_repeats_them(tmp_path, corpus):
+    timed, replay = tmp_path / "timed", tmp_path / "replay"
+    args = [str(corpus), *TINY, "--batch-size", "2", "--eval-every", "5", "--dropout", "0.3"]
+    stderr, ranks = finish(torchrun(timed, [*args, "--max-time", "3s", "--out", str(timed)]), timed, timeout=120)
+    assert [r["exit_code"] for r in ranks] == [0, 0], stderr
+    progress = checkpoint(timed / "last.pt")["progress"]
+    assert ranks[0]["steps"] == ranks[1]["steps"] == progress["step"] == progress["totals"][-1][1]
+    assert_same_model(ranks[1]["model"], ranks[0]["model"], atol=0)
+    stderr, ranks = finish(torchrun(replay, ["--replay", str(timed), "--out", str(replay)]), replay, timeout=120)
+    assert [r["exit_code"] for r in ranks] == [0, 0], stderr
+    assert_same_model(checkpoint(replay / "last.pt")["model"], checkpoint(timed / "last.pt")["model"], atol=0)
+
+
 def test_shares_of_an_evaluation_add_up_to_the_whole():
     from charrnn.model import ModelConfig, build_model
     from charrnn.scoring.evaluation import evaluate

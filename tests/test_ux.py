@@ -131,7 +131,7 @@ def test_every_training_setting_given_on_the_command_line_reaches_train(tmp_path
         expected[field.name] = value
         args += [str(value)] if param.param_type_name == "argument" else [param.opts[0], str(value)]
 
-    def handed(config, reporter, resume=None):
+    def handed(config, reporter, resume=None, replay=None):
         raise Handed(config)
 
     monkeypatch.setattr(charrnn.training.train, "train", handed)

@@ -22,7 +22,7 @@ from charrnn import __version__
 from charrnn.cells import cells_help
 from charrnn.cli.evaluate import evaluate_command, neurons, threads_option
 from charrnn.cli.generate import generate, model_prefix, text_steps
-from charrnn.config import ServeLimits, TrainConfig, read_preset, resumed_config
+from charrnn.config import ServeLimits, TrainConfig, budget_given, read_preset, resumed_config
 from charrnn.errors import CharrnnError
 
 app = typer.Typer(
@@ -124,12 +124,12 @@ def train(
     clip: Annotated[float, Opt(help="Clip gradients to this global L2 norm.")] = D.clip,
     batch_size: Annotated[int, Opt(help="Sequences per batch (per process under torchrun).")] = D.batch_size,
     seq_len: Annotated[int, Opt(help="Characters per sequence (truncated BPTT length).")] = D.seq_len,
-    max_steps: Annotated[int, Opt(help="Stop after this many steps in all (0: no limit).")] = D.max_steps,
+    max_steps: Annotated[str, Opt(help="Stop after this many steps in all (0: no limit); with --resume, +N: N more than the run's step total.")] = D.max_steps,
     epochs: Annotated[float, Opt(help="Stop after this many passes over the training text (0: no limit; 10 when no other limit is given).")] = D.epochs,
-    max_time: Annotated[str, Opt(help="A time budget: 90s, 10m, 1h (empty: none). Turned once into a step count, from the measured time of a step and of an evaluation; the count is printed and recorded, so --max-steps with it repeats the run.", show_default=False)] = D.max_time,
+    max_time: Annotated[str, Opt(help="A time budget: 90s, 10m, 1h (empty: none); with --resume, +10m: 10 minutes more than the run's budget. The run plans the steps that fit from the measured time of a step and of an evaluation, and revises the plan as it goes, so it ends on its budget; --replay repeats it exactly.", show_default=False)] = D.max_time,
     patience: Annotated[int, Opt(help="Early stopping: stop after this many evaluations without a new best validation loss (0: off).")] = D.patience,
     eval_every: Annotated[int, Opt(help="Evaluate (and checkpoint) every N steps.")] = D.eval_every,
-    seed: Annotated[int, Opt(help="Random seed; a CPU run repeats exactly with the same seed, settings and number of processes (a --max-time run: with --max-steps of the step count it printed).")] = D.seed,
+    seed: Annotated[int, Opt(help="Random seed; a CPU run repeats exactly with the same seed, settings and number of processes (a --max-time run: with --replay).")] = D.seed,
     device: Annotated[str, Opt(help="auto, cpu or cuda.")] = D.device,
     threads: Annotated[int, threads_option()] = D.threads,
     tf32: Annotated[bool, Opt("--tf32/--no-tf32", help="CUDA: TF32 float32 matmuls (faster on Ampere and later GPUs, products rounded to 10 mantissa bits). No effect on a CPU.")] = D.tf32,
@@ -139,7 +139,8 @@ def train(
     sample_prefix: Annotated[str, Opt(help="After training, print a sample that continues this text (empty: none).", show_default=False)] = D.sample_prefix,
     sample_length: Annotated[int, Opt(help="Characters of that sample.")] = D.sample_length,
     sample_greedy: Annotated[bool, Opt("--sample-greedy/--sample-random", help="Whether that sample always takes the most likely character.")] = D.sample_greedy,
-    resume: Annotated[Optional[Path], Opt(help="Continue this run directory exactly where it stopped; --max-steps, --epochs and --max-time count the run's total.")] = None,
+    resume: Annotated[Optional[Path], Opt(help="Continue this run directory exactly where it stopped; --max-steps, --epochs and --max-time count the run's total (+N, +10m: added to it).")] = None,
+    replay: Annotated[Optional[Path], Opt(help="Train a new run with this run directory's settings, following its recorded plan (the step totals its --max-time revisions chose) instead of the clock: it repeats that run exactly.")] = None,
     quiet: Annotated[bool, Opt("--quiet", "-q", help="Print only the final summary.")] = False,
 ):
     """Train a character-level language model; checkpoints go to a run directory.
@@ -163,18 +164,20 @@ def train(
     from charrnn.training.report import TerminalReporter
     from charrnn.training.train import train as run_training
 
-    if resume:
-        values = resumed_config(resume, given)
+    if resume and replay:
+        raise CharrnnError("--resume continues a run and --replay starts a new one: give one of them")
+    if resume or replay:
+        values = resumed_config(resume or replay, given, replay=bool(replay))
     else:
         values = read_preset(config) if config else {}
         if "corpus" in given:
             values.pop("dataset", None)  # a corpus on the command line replaces the preset's dataset
-    values.update(given)
+        values.update(budget_given(given))
     settings = TrainConfig.from_dict(values, str(config) if config else "config")
     # Rank 0's writing stays inside the group, which all processes leave together: torchrun
     # stops every process as soon as one exits with an error code (130 after a signal).
     with process_group(settings.device):  # under torchrun; nothing otherwise
-        summary = run_training(settings, TerminalReporter(quiet=quiet), resume=resume)
+        summary = run_training(settings, TerminalReporter(quiet=quiet), resume=resume, replay=replay)
         is_rank_zero = rank() == 0  # only rank 0 prints and writes
         if is_rank_zero:
             write_curve(Path(summary["run"]), quiet)

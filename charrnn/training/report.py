@@ -50,6 +50,32 @@ class Reporter:
     def finish(self, summary: dict) -> None: ...
 
 
+def budget_text(info: dict) -> str:
+    """The start line's budget: the steps, what limits them, and on a resumed run whose
+    budget changed, what it adds to the run's."""
+    c, plan, limit, had = info["config"], info.get("time_plan"), info.get("limited_by"), info.get("had") or {}
+    text = f"{info['total_steps']} steps"
+    more = ""
+    if limit == "--max-time" and had.get("seconds") and had["seconds"] != info["max_time"]:
+        more = f" ({format_seconds(info['max_time'] - had['seconds'])} more than the run had)"
+    elif limit == "--max-steps" and had.get("steps") and had["steps"] != info["total_steps"]:
+        more = f" ({info['total_steps'] - had['steps']:+d} on the run's {had['steps']})"
+    if limit == "--max-time" and plan:
+        return text + (f" (what fits in --max-time {c['max_time']}{more}: {plan.step_seconds * 1000:.3g} ms a step "
+                       f"and {plan.eval_seconds:.2g} s an evaluation, measured; revised as it goes)")
+    if limit == "--max-time":
+        return text + f" (planned for --max-time {c['max_time']}; revised as it goes)"
+    if limit == "the plan it replays":
+        return text + " (the plan it replays)"
+    return text + more
+
+
+def format_seconds(seconds: float) -> str:
+    sign = "-" if seconds < 0 else ""
+    seconds = abs(seconds)
+    return sign + (f"{seconds / 60:g}m" if seconds >= 60 and seconds % 60 == 0 else f"{seconds:g}s")
+
+
 class TerminalReporter(Reporter):
     def __init__(self, console: Console | None = None, quiet: bool = False):
         self.console = console or Console(soft_wrap=True)
@@ -64,20 +90,13 @@ class TerminalReporter(Reporter):
         if self.quiet:
             return
         c = info["config"]
-        budget = f"{info['total_steps']} steps"
-        plan = info.get("time_plan")
-        if info.get("limited_by") == "--max-time" and plan:
-            budget += (f" (what fits in --max-time {c['max_time']}: {plan.step_seconds * 1000:.3g} ms a step "
-                       f"and {plan.eval_seconds:.2g} s an evaluation, measured)")
-        elif info.get("limited_by") == "--max-time":
-            budget += f" (planned for --max-time {c['max_time']})"
         model = (f"{c['layers']}-layer {c['cell'].upper()} ({c['hidden']} hidden, {info['parameters']:,} parameters) "
                  f"on {info['train_chars']:,} characters (vocabulary {info['vocab_size']}; "
                  f"{info['val_chars']:,} for validation)")
         if info.get("resumed_from"):  # named as the user gave it, which a fresh run's start line does too
-            line = f"resuming {info['resumed_from']} at step {info['step']} of {budget}: a {model}, on {info['device']}"
+            line = f"resuming {info['resumed_from']} at step {info['step']} of {budget_text(info)}: a {model}, on {info['device']}"
         else:
-            line = f"training a {model}, {budget} on {info['device']}; run: {info['run']}"
+            line = f"training a {model}, {budget_text(info)} on {info['device']}; run: {info['run']}"
         self.console.print(line, highlight=False, markup=False)
         if self.live:
             resumed_best = info["best_val_loss"]  # a resumed run already has a best
@@ -99,6 +118,7 @@ class TerminalReporter(Reporter):
         print(f"warning: {text}", file=sys.stderr, flush=True)
 
     def progress(self, p):
+        self.total_steps = p["total_steps"]  # the --max-time plan's revisions move it
         if self.progress_bar:
             fraction = max(p["step"] / p["total_steps"] if p["total_steps"] else 0,
                            p["elapsed"] / p["max_time"])

@@ -6,15 +6,16 @@ progress, set up new or resumed exactly where it stopped (set_up).
     read_data()   the corpus, its texts on the device, the batches
     restore()     weights, optimizer, progress, random streams and carried state
     plan_steps()  --max-steps, --epochs, and --max-time's plan (charrnn.training.budget)
+    follow_plan() before each step: --max-time's revision, or a replay's recorded total
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
@@ -25,22 +26,24 @@ from charrnn.checkpoint import LAST_FIRST, load_checkpoint, resolve_checkpoint
 from charrnn.config import ModelConfig, TrainConfig, parse_duration
 from charrnn.corpus.batches import StreamBatches, WindowBatches, make_batches
 from charrnn.corpus.data import Corpus, load_corpus, reload_corpus
-from charrnn.training.distributed import data_parallel, from_rank_zero, process_device, rank, world_size
+from charrnn.training.distributed import all_reduce, data_parallel, from_rank_zero, process_device, rank, world_size
 from charrnn.errors import CharrnnError
 from charrnn.scoring.evaluation import evaluate
 from charrnn.model import build_model, map_state, num_parameters
+from charrnn.kernels.device import pick_device, set_threads
 from charrnn.training.run_dir import check_writable, new_run_dir, prepare_run_dir
-from charrnn.training.schedule import make_optimizer, nothing_left, step_limits
+from charrnn.training.schedule import change_total, make_optimizer, nothing_left, step_limits
 from charrnn.training.train_step import TrainStep, cuda_precision
-from charrnn.kernels.device import set_threads
-from charrnn.kernels.device import pick_device
 
 if TYPE_CHECKING:
     from charrnn.training.report import Reporter
 
 
-def set_up(config: TrainConfig, reporter: Reporter, resume: str | Path | None) -> Run:
-    """A run ready for its first step: a new one, or `resume`'s exactly where it stopped."""
+def set_up(config: TrainConfig, reporter: Reporter, resume: str | Path | None, replay: str | Path | None = None,
+           clock: Callable[[], float] = time.perf_counter) -> Run:
+    """A run ready for its first step: a new one, or `resume`'s exactly where it stopped;
+    with `replay` (a run directory), a new run that follows that run's recorded step
+    totals instead of the clock. `clock` times the run (tests give a simulated one)."""
     device = process_device(pick_device(config.device))
     if config.amp == "auto":  # settled once, so the run and its resumption compute alike
         config = replace(config, amp="bf16" if from_rank_zero(cpu_bfloat16.bfloat16_pays(device)) else "none")
@@ -51,7 +54,8 @@ def set_up(config: TrainConfig, reporter: Reporter, resume: str | Path | None) -
     # dropout masks
     torch.manual_seed(config.seed)
     resumed = Resumed.open(resume) if resume else None
-    corpus, train_ids, val_ids, batches = read_data(config, resumed, device, reporter)
+    replayed = Resumed.open(replay, writable=False) if replay else None
+    corpus, train_ids, val_ids, batches = read_data(config, resumed or replayed, device, reporter)
     # the data are good: now a new run gets its directory
     directory = resumed.directory if resumed else from_rank_zero(new_run_dir(config.out) if rank() == 0 else None)
     model_config = config.model_config(len(corpus.vocab))
@@ -59,20 +63,29 @@ def set_up(config: TrainConfig, reporter: Reporter, resume: str | Path | None) -
     streams.split(config.seed)
     params = list(model.parameters())
     run = Run(config, reporter, device, directory, corpus, train_ids, val_ids, batches, model_config, model, params,
-              make_optimizer(config, params), Progress(world_size=world_size()))
+              make_optimizer(config, params), Progress(world_size=world_size()), clock=clock)
     if resumed:
         restore(run, resumed)
+    if replayed:
+        run.progress.script = replayed_totals(replayed)
+    elif resumed and run.progress.script is not None and any(
+            resumed.ckpt["config"].get(name) != getattr(config, name) for name in ("max_steps", "epochs", "max_time")):
+        raise CharrnnError(f"{directory} replays another run's plan: its --max-steps, --epochs and --max-time "
+                           "cannot change")
     if rank() == 0:
         prepare_run_dir(directory, config, corpus)
     parallel_model = data_parallel(model, device)
     model.train()
-    run.started = time.perf_counter() - run.progress.elapsed  # (the time budget's measurement counts)
+    run.started = clock() - run.progress.elapsed  # (the time budget's measurement counts)
     amp = config.amp == "bf16"
     # CUDA graphs with one process only (DDP's gradient hooks are not captured here)
     run.train_step = TrainStep(parallel_model, params, config.clip, amp,
                                graphs=config.cuda_graphs and device.type == "cuda" and parallel_model is model)
+    had = {"steps": run.total_steps if run.progress.totals else None, "seconds": run.progress.planned_for}
     limits, max_time, time_plan = plan_steps(run, resumed is not None)
-    run.total_steps = min(limits.values())
+    if run.progress.step >= run.total_steps and run.progress.script is not None:
+        raise CharrnnError(f"nothing left to train: {directory} has done {run.progress.step} steps, all of the "
+                           "plan it replays")
     if run.progress.step >= run.total_steps:
         raise nothing_left(directory, run.progress.step, limits, config)
     device_text = f"{world_size()} processes ({device.type})" if world_size() > 1 else str(device)
@@ -81,7 +94,7 @@ def set_up(config: TrainConfig, reporter: Reporter, resume: str | Path | None) -
     reporter.start({"run": str(directory), "device": device_text, "parameters": num_parameters(model),
                     "vocab_size": len(corpus.vocab), "train_chars": len(train_ids), "val_chars": len(val_ids),
                     "total_steps": run.total_steps, "max_time": max_time, "time_plan": time_plan,
-                    "limited_by": min(limits, key=limits.get),
+                    "limited_by": min(limits, key=limits.get), "had": had if resumed else None,
                     "step": run.progress.step, "best_val_loss": run.progress.best_val_loss,
                     "resumed_from": str(resume) if resume else None,  # as the user named it
                     "batches_per_epoch": batches.batches_per_epoch, "config": asdict(config)})
@@ -89,7 +102,7 @@ def set_up(config: TrainConfig, reporter: Reporter, resume: str | Path | None) -
 
 
 def read_data(config: TrainConfig, resumed: Resumed | None, device: torch.device, reporter: Reporter):
-    """The corpus (a resumed run's own, checked against its sha256), its texts on the
+    """The corpus (a resumed or replayed run's own, checked against its sha256), its texts on the
     device, and the batches over the training text."""
     if resumed:
         corpus = reload_corpus(resumed.ckpt["corpus"], cache_dir=resumed.directory)
@@ -141,10 +154,16 @@ def restore(run: Run, resumed: Resumed) -> None:
 
 
 def plan_steps(run: Run, resumed: bool) -> tuple[dict[str, int], float, budget.Plan | None]:
-    """The steps each limit allows (--max-steps, --epochs, --max-time), the time budget in
-    seconds (inf: none) and the plan measured for it now: on a new run or a new --max-time
-    (otherwise the run's progress keeps the plan it made)."""
+    """The steps each limit allows (--max-steps, --epochs, --max-time, or a replay's
+    recorded plan), the time budget in seconds (inf: none) and the plan measured for it
+    now: on a new run or a new --max-time (otherwise the run's progress keeps the plan it
+    made). The run's total becomes the lowest of them."""
     config, progress = run.config, run.progress
+    if progress.script is not None:  # a replay: the recorded totals, not the clock
+        run.limits = {"the plan it replays": progress.script[-1][1]}
+        if not progress.totals:
+            change_total(progress, 0, progress.script[0][1])
+        return run.limits, math.inf, None
     limits = step_limits(config, run.batches.batches_per_epoch)
     max_time, time_plan = parse_duration(config.max_time) if config.max_time else math.inf, None
     if config.max_time and progress.planned_for != max_time:  # a new run, or a new --max-time
@@ -152,9 +171,45 @@ def plan_steps(run: Run, resumed: bool) -> tuple[dict[str, int], float, budget.P
         # a new run trains at least one step
         progress.planned_steps = progress.step + max(time_plan.steps, 0 if resumed else 1)
         progress.planned_for = max_time
+        # the window starts on the clock all processes agree on (so they agree when to revise)
+        since = all_reduce([run.clock() - run.started], "max")[0]
+        progress.speed = budget.Speed(time_plan.step_seconds, time_plan.eval_seconds, since, progress.step,
+                                      eval_step_seconds=time_plan.step_seconds)
     if config.max_time:
         limits["--max-time"] = progress.planned_steps
+    run.limits = limits
+    change_total(progress, progress.step, min(limits.values()))
     return limits, max_time, time_plan
+
+
+def follow_plan(run: Run, elapsed: float) -> None:
+    """Before each step: a replay's recorded change of the total at this step; or, when
+    one is due, a revision of the --max-time plan from the steps since the last one.
+    Under torchrun all processes measure (so all start the next window together) and
+    all follow rank 0's plan."""
+    config, progress = run.config, run.progress
+    if progress.script is not None:
+        following = len(progress.totals)  # the script's changes made so far
+        if following < len(progress.script) and progress.script[following][0] == progress.step:
+            change_total(progress, progress.step, progress.script[following][1])
+        return
+    speed = progress.speed
+    if not (config.max_time and speed and budget.revision_due(speed, progress.step, elapsed, progress.planned_for,
+                                                              config.eval_every)):
+        return
+    planned = budget.revise(speed, progress.step, elapsed, progress.planned_for, config.eval_every)
+    progress.planned_steps = run.limits["--max-time"] = from_rank_zero(planned)
+    change_total(progress, progress.step, min(run.limits.values()))
+
+
+def replayed_totals(replayed: Resumed) -> list[list[int]]:
+    """The step totals a run went through (the whole plan of a replay it was itself)."""
+    saved = replayed.ckpt.get("progress", {})
+    totals = saved.get("script") or saved.get("totals")
+    if not totals:
+        raise CharrnnError(f"{replayed.path} records no plan to replay (it was saved before runs recorded "
+                           "their plans); --max-steps with its step count repeats a run that kept one plan")
+    return [list(change) for change in totals]
 
 
 def plan_time(run: Run, seconds: float) -> budget.Plan:
@@ -168,14 +223,15 @@ def plan_time(run: Run, seconds: float) -> budget.Plan:
 
     trial_optimizer = make_optimizer(run.config, run.params)
     with cuda_precision(run.device, run.config.tf32):
-        return budget.plan(seconds, run.config.eval_every, trial_step, run.validation_sums, run.params, run.device)
+        return budget.plan(seconds, run.config.eval_every, trial_step, run.validation_sums, run.params, run.device,
+                           run.clock, run.progress.step)
 
 
 @dataclass
 class Progress:
     """Where a run stands. Every checkpoint holds it (as a dict), so that a resumed run
     continues its counters, its place in the data, --patience, the plateau schedule and
-    the --max-time plan exactly."""
+    the --max-time plan with its revisions exactly."""
 
     step: int = 0
     epoch: int = 0
@@ -189,13 +245,22 @@ class Progress:
     world_size: int = 1  # the processes that trained it
     planned_steps: int | None = None  # --max-time's plan: the steps that fit ...
     planned_for: float | None = None  # ... in this many seconds
+    speed: budget.Speed | None = None  # what the plan's revisions measure
+    # [step, total]: every change of the run's step total, at the step before which it
+    # came (the plan a resumed run and --replay follow) ...
+    totals: list = field(default_factory=list)
+    anchor: list = field(default_factory=lambda: [0, 0.0])  # ... the cosine's (step, progress) at the last
+    script: list | None = None  # a replay's: the totals it follows instead of the clock
 
     @classmethod
     def from_checkpoint(cls, saved: dict) -> Progress:
         """A checkpoint's progress (an older one's lacks the later fields: their defaults),
         now trained by this run's processes."""
         known = {f.name for f in fields(cls)} - {"world_size"}
-        return cls(**{name: value for name, value in saved.items() if name in known}, world_size=world_size())
+        values = {name: value for name, value in saved.items() if name in known}
+        if values.get("speed") is not None:
+            values["speed"] = budget.Speed(**values["speed"])
+        return cls(**values, world_size=world_size())
 
 
 @dataclass
@@ -207,12 +272,12 @@ class Resumed:
     ckpt: dict
 
     @classmethod
-    def open(cls, resume: str | Path) -> Resumed:
+    def open(cls, resume: str | Path, writable: bool = True) -> Resumed:
         path = resolve_checkpoint(resume, order=LAST_FIRST)
         directory = path.parent.resolve()  # runs/latest names the run itself
         ckpt = load_checkpoint(path)
         cpu_matmul.adopt_gemm_choices(ckpt.get("gemm", []))  # compute as the run did before
-        if rank() == 0:
+        if writable and rank() == 0:
             check_writable(directory)
         return cls(path, directory, ckpt)
 
@@ -236,8 +301,14 @@ class Run:
     progress: Progress
     carried: object = None  # the hidden state carried into the next batch (None: zero)
     train_step: TrainStep | None = None
-    total_steps: int = 0
-    started: float = 0.0  # time.perf_counter() at which progress.elapsed was 0
+    limits: dict[str, int] = field(default_factory=dict)  # the steps each limit allows
+    clock: Callable[[], float] = time.perf_counter
+    started: float = 0.0  # clock() at which progress.elapsed was 0
+
+    @property
+    def total_steps(self) -> int:
+        """The steps the run is planned to reach now."""
+        return self.progress.totals[-1][1]
 
     @property
     def global_batch(self) -> int:

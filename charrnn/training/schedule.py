@@ -13,7 +13,7 @@ from charrnn.config import TrainConfig
 from charrnn.errors import CharrnnError
 
 if TYPE_CHECKING:
-    from charrnn.training.train import Progress
+    from charrnn.training.run import Progress
 
 
 def make_optimizer(config: TrainConfig, params):
@@ -35,6 +35,31 @@ def lr_at(config: TrainConfig, progress: float, step: int, plateau_scale: float 
     if config.lr_schedule == "plateau":
         return config.lr * plateau_scale
     return config.lr
+
+
+def plan_progress(step: int, total: int, anchor: tuple[int, float]) -> float:
+    """How far through its plan a run is at `step` (0..1), for the cosine. A run whose
+    total never changes is at step / total. When a revision changes the total at step a,
+    the run is at p there (`anchor` (a, p)) and the rest, 1 - p, is spread evenly over the
+    steps to the new total: the learning rate bends but never jumps, and reaches its end
+    at the last step."""
+    anchor_step, anchor_progress = anchor
+    if total <= anchor_step:
+        return 1.0
+    return anchor_progress + (1 - anchor_progress) * (step - anchor_step) / (total - anchor_step)
+
+
+def change_total(progress: Progress, step: int, total: int) -> None:
+    """The run's step total becomes `total` before `step`: recorded in `progress.totals`
+    (what a resumed run and `--replay` follow), the cosine's anchor moved to `step`. Two
+    changes at one step keep the last."""
+    if progress.totals and progress.totals[-1][1] == total:
+        return
+    if progress.totals:
+        progress.anchor = [step, plan_progress(step, progress.totals[-1][1], tuple(progress.anchor))]
+        if progress.totals[-1][0] == step:
+            progress.totals.pop()
+    progress.totals.append([step, total])
 
 
 def after_evaluation(config: TrainConfig, progress: Progress, val_loss: float) -> None:

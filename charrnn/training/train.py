@@ -10,8 +10,9 @@ evaluation and the summary.
     finish()             the last evaluation, or last.pt when a signal stopped the run
 
 The step itself is charrnn.training.train_step's, the learning rate and the step limits
-charrnn.training.schedule's, the run directory charrnn.training.run_dir's, the --max-time plan
-charrnn.training.budget's, and the checkpoint format charrnn.checkpoint's.
+charrnn.training.schedule's, the run directory charrnn.training.run_dir's, the --max-time plan and its
+revisions charrnn.training.budget's (follow_plan, before every step, charrnn.training.run's), and the
+checkpoint format charrnn.checkpoint's.
 """
 
 from __future__ import annotations
@@ -21,21 +22,22 @@ import math
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from charrnn.kernels import cpu_matmul
-from charrnn.training import streams
+from charrnn.training import budget, streams
 from charrnn.checkpoint import save_checkpoint
 from charrnn.config import TrainConfig
 from charrnn.training.distributed import agree_to_stop, all_reduce, gather_rows, rank, world_size
 from charrnn.errors import CharrnnError
 from charrnn.model import detach_state, map_state
-from charrnn.training.run import Run, set_up
-from charrnn.training.schedule import after_evaluation, lr_at
 from charrnn.training.report import Reporter
+from charrnn.training.run import Run, follow_plan, set_up
+from charrnn.training.schedule import after_evaluation, lr_at, plan_progress
 from charrnn.training.train_step import cuda_precision
 
 # Training stops as diverged when the mean training loss since the last evaluation is this many
@@ -44,39 +46,46 @@ from charrnn.training.train_step import cuda_precision
 DIVERGENCE_FACTOR = 3.0
 
 
-def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | Path | None = None) -> dict:
+def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | Path | None = None,
+          replay: str | Path | None = None, clock: Callable[[], float] = time.perf_counter) -> dict:
     """Train a model as `config` says; returns a summary dict (run directory, steps, losses,
     `interrupted` when Ctrl-C or SIGTERM stopped it, `stopped_early` when --patience did).
 
     With `resume` (a run directory or a checkpoint file), continue that run exactly where
     it stopped: weights, optimizer, step, position in the data, hidden state and random
     number generator; `config` is then that run's settings with any changes to how long
-    it trains (its model and data settings must be the run's own).
+    it trains (its model and data settings must be the run's own). With `replay` (a run
+    directory), train a new run that follows that run's recorded plan (charrnn.training.budget):
+    with its settings, it repeats that run exactly. `clock` times the run and its
+    --max-time plan (tests give a simulated one).
 
     In a torch.distributed process group (charrnn.training.distributed), every process trains on
     its own `batch_size` rows of a global batch of batch_size x world_size, and only rank
     0 reports and writes files."""
     reporter = (reporter or Reporter()) if rank() == 0 else Reporter()
-    run = set_up(config, reporter, resume)
-    tally = Tally(loss_sum=torch.zeros((), device=run.device))
+    run = set_up(config, reporter, resume, replay, clock)
+    tally = Tally(loss_sum=torch.zeros((), device=run.device), window_start=clock())
     stopped_early = False
     with StopRequest() as stop, cuda_precision(run.device, config.tf32):
         while True:
             # all processes leave the loop at the same step (nothing to agree on alone)
-            run.progress.elapsed, stopped_by = agree_to_stop(time.perf_counter() - run.started, stop.requested)
+            run.progress.elapsed, stopped_by = agree_to_stop(clock() - run.started, stop.requested)
+            if not stopped_by:
+                follow_plan(run, run.progress.elapsed)
             if stopped_by or run.progress.step >= run.total_steps:
                 break
             lr = train_one_step(run, tally)
             at_eval = run.progress.step % config.eval_every == 0
             report_progress(run, tally, lr, at_eval)
             if at_eval:
-                tally.last_record = evaluate_and_save(run, tally.train_loss, tally.chars_per_s)
+                tally.last_record = timed_evaluation(run, tally)
                 tally.loss_sum.zero_()
                 tally.loss_steps = 0
                 if config.patience and run.progress.evals_since_best >= config.patience:
                     stopped_early = True
                     break
         finish(run, tally, stopped_by)
+    run.progress.elapsed = clock() - run.started  # the last evaluation counts
     summary = summary_of(run, tally, stopped_by, stopped_early)
     reporter.finish(summary)
     return summary
@@ -89,9 +98,9 @@ class Tally:
     progress report (chars/s over the last half second or so)."""
 
     loss_sum: torch.Tensor
+    window_start: float  # the run's clock at the last progress report
     loss_steps: int = 0
     window_chars: int = 0
-    window_start: float = field(default_factory=time.perf_counter)
     train_loss: float = math.nan  # the mean at the last report
     chars_per_s: float = 0.0
     loss_limit: float = math.inf  # DIVERGENCE_FACTOR times the untrained model's loss, set at the first step
@@ -105,7 +114,8 @@ def train_one_step(run: Run, tally: Tally) -> float:
     """One batch: the learning rate of this step, forward and backward (TrainStep), the
     optimizer's step; the progress and the tallies move on. Returns the learning rate."""
     progress, batches = run.progress, run.batches
-    lr = lr_at(run.config, progress.step / run.total_steps, progress.step, progress.lr_scale)
+    lr = lr_at(run.config, plan_progress(progress.step, run.total_steps, progress.anchor), progress.step,
+               progress.lr_scale)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     X, Y = batches.batch(progress.epoch, progress.index)  # slices of the text, on the device
@@ -137,7 +147,7 @@ def train_one_step(run: Run, tally: Tally) -> float:
 def report_progress(run: Run, tally: Tally, lr: float, at_eval: bool) -> None:
     """At an evaluation, or half a second after the last report: the mean training loss
     since the last evaluation (stopping a diverged run) and the speed."""
-    now = time.perf_counter()
+    now = run.clock()
     if not (at_eval or now - tally.window_start > 0.5):
         return
     tally.train_loss = tally.loss_sum.item() / tally.loss_steps
@@ -148,6 +158,15 @@ def report_progress(run: Run, tally: Tally, lr: float, at_eval: bool) -> None:
                            "lr": lr, "chars_per_s": tally.chars_per_s, "elapsed": run.progress.elapsed,
                            "max_time": math.inf, "epoch": run.progress.epoch})  # steps, not the clock
     tally.window_chars, tally.window_start = 0, now
+
+
+def timed_evaluation(run: Run, tally: Tally) -> dict:
+    """evaluate_and_save, its seconds told to the --max-time plan."""
+    started = run.clock()
+    record = evaluate_and_save(run, tally.train_loss, tally.chars_per_s)
+    if run.progress.speed:
+        budget.evaluated(run.progress.speed, run.clock() - started)
+    return record
 
 
 def evaluate_and_save(run: Run, train_loss: float, chars_per_s: float) -> dict:
@@ -224,7 +243,7 @@ def finish(run: Run, tally: Tally, stopped_by: str | None) -> None:
         tally.train_loss = all_reduce([tally.loss_sum.item() / tally.loss_steps])[0] / world_size()
         check_train_loss(run, tally)
     if stopped_by:
-        run.progress.elapsed = time.perf_counter() - run.started
+        run.progress.elapsed = run.clock() - run.started
         save(run, "last.pt")
     elif tally.last_record is None or tally.last_record["step"] != run.progress.step:
         tally.last_record = evaluate_and_save(run, tally.train_loss, tally.chars_per_s)
