@@ -25,6 +25,8 @@ a hostile file cannot run code from it. Keys:
 Writes are atomic: a temporary file in the same directory, flushed and fsynced, then
 renamed over the target, so a crash never leaves a half-written checkpoint in its place.
 `load_model` makes a checkpoint the model that generate, eval, neurons and serve use.
+An exported folder (charrnn.export: model.safetensors, config.json, vocab.json) is read
+wherever a checkpoint is, as a checkpoint of its model, vocabulary, progress and corpus.
 """
 
 from __future__ import annotations
@@ -103,6 +105,10 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     path = Path(path)
     if path.is_dir():
         path = resolve_checkpoint(path)
+    if path.is_dir():  # an exported folder
+        from charrnn.export import read_export
+
+        return read_export(path, map_location)
     if not path.is_file():
         raise CharrnnError(f"checkpoint not found: {path}")
     if not zipfile.is_zipfile(path):  # torch.save has written zip archives since PyTorch 1.6
@@ -151,7 +157,7 @@ LAST_FIRST = ("last.pt", "best.pt")
 
 def resolve_checkpoint(where: str | Path | None, runs_dir: str | Path = "runs", order=BEST_FIRST) -> Path:
     """A checkpoint file from a file, a run directory (the first of `order` there), or
-    nothing (runs/latest)."""
+    nothing (runs/latest); an exported folder is its own checkpoint."""
     if where is None:
         where = Path(runs_dir) / "latest"
         if not where.exists():
@@ -161,6 +167,10 @@ def resolve_checkpoint(where: str | Path | None, runs_dir: str | Path = "runs", 
         for name in order:
             if (where / name).is_file():
                 return where / name
+        from charrnn.export import is_export
+
+        if is_export(where):
+            return where
         raise CharrnnError(f"no checkpoint ({' or '.join(order)}) in {where}")
     return where
 

@@ -26,7 +26,7 @@ from charrnn.errors import CharrnnError
 
 app = typer.Typer(
     help="Character-level recurrent language models written from scratch in PyTorch "
-    "(RNN, GRU, LSTM): train, generate, eval, neurons, info, plot, serve.",
+    "(RNN, GRU, LSTM): train, generate, eval, neurons, info, export, plot, serve.",
     no_args_is_help=True,
     # markdown, not rich markup: rich would take "[default: 256]" in a help text for a style tag and drop it
     rich_markup_mode="markdown",
@@ -272,6 +272,27 @@ def info(
     typer.echo(shown)
 
 
+def export(
+    run: Annotated[Optional[Path], typer.Argument(help="A run directory, checkpoint file or exported folder. [default: the best checkpoint of runs/latest]", show_default=False)] = None,
+    out: Annotated[Path, Opt(help="The folder to write (made if needed; files of an earlier export there are replaced).")] = Path("export"),
+    onnx: Annotated[bool, Opt("--onnx", help="Also model.onnx, one step of the model, checked by onnxruntime against PyTorch.")] = False,
+):
+    """Take a model out of charrnn: model.safetensors, config.json, vocab.json and README.md.
+
+    The layout the Hugging Face Hub uses; nothing in it is a pickle. --checkpoint OUT then
+    works wherever a checkpoint does, with the run's own results. Needs the export extra:
+    pip install -e ".[export]" in a checkout. See docs/export.md.
+    """
+    from charrnn.export import export_model
+
+    written = export_model(run, out, onnx)
+    typer.echo(f"exported {written['source']} to {written['out']}: {', '.join(written['files'])}")
+    if written["onnx_check"]:
+        check = written["onnx_check"]
+        typer.echo(f"model.onnx ({check['exporter']} exporter): onnxruntime's logits agree with PyTorch's over "
+                   f"{check['steps']} steps (largest difference {check['max_logit_difference']:.2g})")
+
+
 def plot(
     runs: Annotated[Optional[list[Path]], typer.Argument(metavar="RUN...", help="Run directories (or their metrics.jsonl files). [default: runs/latest]", show_default=False)] = None,
     out: Annotated[Path, Opt(help="The image to write; its suffix picks the format (.png, .svg, .pdf).")] = Path("curves.png"),
@@ -294,4 +315,5 @@ app.command("eval")(user_errors(evaluate_command))
 app.command()(user_errors(neurons))
 app.command()(user_errors(serve))
 app.command()(user_errors(info))
+app.command()(user_errors(export))
 app.command()(user_errors(plot))
