@@ -21,7 +21,7 @@ import typer
 from charrnn import __version__
 from charrnn.cli_eval import evaluate_command, neurons
 from charrnn.cli_generate import generate, model_prefix, text_steps
-from charrnn.config import TrainConfig, read_preset, resumed_config
+from charrnn.config import TrainConfig, fine_tune_config, read_preset, resumed_config
 from charrnn.errors import CharrnnError
 
 app = typer.Typer(
@@ -96,7 +96,7 @@ def train(
     val_fraction: Annotated[float, Opt(help="The last fraction of the text (of each file, for documents) used for validation.")] = D.val_fraction,
     train_windows: Annotated[int, Opt(help="With --val-windows: split the d2l book's way, the first N stride-1 windows for training (0: by --val-fraction).")] = D.train_windows,
     val_windows: Annotated[int, Opt(help="With --train-windows: the next N windows for validation.")] = D.val_windows,
-    unknown: Annotated[str, Opt(help="Validation characters the training text lacks: error, or skip (drop them, with a warning).")] = D.unknown,
+    unknown: Annotated[str, Opt(help="Validation characters the training text lacks: error, or skip (drop them, with a warning). With --init-from, characters outside the checkpoint's vocabulary: extend (its default: new rows), error or skip.")] = D.unknown,
     doc_sep: Annotated[Optional[str], Opt(help="Ends each document of several files (\\n, \\t, \\r and \\xHH are escapes). [default: a blank line; with --vocab bytes \\x03, end of text]", show_default=False)] = D.doc_sep,
     normalize: Annotated[str, Opt(help="none, or letters: the d2l book's preprocessing (non-letters to one space, lowercase).")] = D.normalize,
     vocab: Annotated[str, Opt(help="chars: the training text's characters (UTF-8 files); bytes: the 256 byte values, so any file trains and the model learns UTF-8 itself.")] = D.vocab,
@@ -138,6 +138,7 @@ def train(
     sample_prefix: Annotated[str, Opt(help="After training, print a sample that continues this text (empty: none).", show_default=False)] = D.sample_prefix,
     sample_length: Annotated[int, Opt(help="Characters of that sample.")] = D.sample_length,
     sample_greedy: Annotated[bool, Opt("--sample-greedy/--sample-random", help="Whether that sample always takes the most likely character.")] = D.sample_greedy,
+    init_from: Annotated[Optional[Path], Opt(help="Start from this trained model's weights (a run directory, checkpoint or exported folder): a new run, its own optimizer, schedule and budget. The model's shape comes from it; its vocabulary grows by the new text's characters (--unknown error refuses them, skip drops them).", show_default=False)] = D.init_from,
     resume: Annotated[Optional[Path], Opt(help="Continue this run directory exactly where it stopped; --max-steps, --epochs and --max-time count the run's total.")] = None,
     quiet: Annotated[bool, Opt("--quiet", "-q", help="Print only the final summary.")] = False,
 ):
@@ -169,6 +170,8 @@ def train(
         if "corpus" in given:
             values.pop("dataset", None)  # a corpus on the command line replaces the preset's dataset
     values.update(given)
+    if values.get("init_from") and not resume:
+        values = fine_tune_config(values)
     settings = TrainConfig.from_dict(values, str(config) if config else "config")
     # Rank 0's writing stays inside the group, which all processes leave together: torchrun
     # stops every process as soon as one exits with an error code (130 after a signal).

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from charrnn.train import Reporter
+from charrnn.vocab import escape_chars
 
 
 def eval_line(r: dict, total_steps: int | None) -> str:
@@ -65,6 +66,11 @@ class TerminalReporter(Reporter):
             f"{budget} on {info['device']}; run: {info['run']}",
             highlight=False,
         )
+        if info.get("init_from"):
+            added = info["init_from"]["added"]
+            shown = f": {escape_chars(added[:20])}{', ...' if len(added) > 20 else ''}" if added else ""
+            self.console.print(f"starting from {info['init_from']['from']}; {len(added)} character(s) added to its "
+                               f"vocabulary{shown}", highlight=False, markup=False)
         if self.live:
             resumed_best = info["best_val_loss"]  # a resumed run already has a best
             best = f"{math.exp(min(resumed_best, 50)):.2f}" if math.isfinite(resumed_best) else "-"
