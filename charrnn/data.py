@@ -108,6 +108,14 @@ def load_corpus(
         vocab = grown_vocab(base_vocab, text, train_span, unknown)
     else:
         vocab = corpus_vocab(text, train_span, normalize_how)
+    train_ids, val_ids = encode_split(vocab, text, train_span, val_text, val_span, unknown, notes)
+    return Corpus(train_ids, val_ids, vocab, source, notes)
+
+
+def encode_split(vocab, text: Text, train_span, val_text: Text, val_span, unknown: str, notes: list[str]):
+    """The training and validation ids in `vocab`: validation characters outside it are an
+    error or dropped (`unknown`; with "extend" an error), training characters only with
+    "skip" (a run --init-from a checkpoint that keeps its vocabulary); notes say how many."""
     unknown = "error" if unknown == "extend" else unknown  # (the validation text's characters are not added)
     val_ids, dropped = vocab.ids_of(val_text, *val_span, what="the validation text", unknown=unknown,
                                     hint=" (--unknown skip drops them)", in_place=val_text is not text)
@@ -121,7 +129,7 @@ def load_corpus(
                                       hint=" (--unknown extend adds them, skip drops them)")
     if dropped:
         notes.append(skipped_note(dropped, "the training text"))
-    return Corpus(train_ids, val_ids, vocab, source, notes)
+    return train_ids, val_ids
 
 
 def grown_vocab(base_vocab: dict, text: Text, train_span: tuple[int, int], unknown: str) -> Vocab:

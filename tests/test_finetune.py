@@ -44,7 +44,7 @@ def new_text(tmp_path) -> Path:
     """A new corpus with characters the bases never saw, in its training and validation parts."""
     path = tmp_path / "new.txt"
     text = make_text(900, seed=5)
-    path.write_text(NEW_CHARS + " " + text[:500] + NEW_CHARS + text[500:], encoding="utf-8")
+    path.write_text(NEW_CHARS + " " + text[:500] + NEW_CHARS + text[500:850] + NEW_CHARS + text[850:], encoding="utf-8")
     return path
 
 
@@ -127,3 +127,22 @@ def test_extend_goes_with_init_from(new_text, cli, tmp_path):
 
 def test_a_missing_checkpoint_is_one_line(new_text, cli, tmp_path):
     cli("train", new_text, "--init-from", tmp_path / "nowhere").assert_one_line_error("not found")
+
+
+def test_the_measurement_script_prints_its_table(bases, new_text, tmp_path):
+    """scripts/finetune_compare.py on a tiny base and preset (the real measurement is in its docstring)."""
+    import subprocess
+    import sys
+
+    preset = tmp_path / "tiny.toml"
+    preset.write_text('cell = "gru"\nhidden = 12\nlayers = 2\nbatch_size = 4\nseq_len = 16\neval_every = 5\n'
+                      'init = "orthogonal"\nthreads = 1\n')
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, root / "scripts" / "finetune_compare.py", bases["gru-stacked"], new_text,
+                             "--config", preset, "--max-time", "2s", "--out", tmp_path / "compare"],
+                            capture_output=True, text=True, env={**__import__("os").environ, "PYTHONPATH": str(root)})
+    assert result.returncode == 0, result.stderr
+    rows = result.stdout.strip().splitlines()
+    assert len(rows) == 5 and rows[2].startswith("| unchanged") and rows[3].startswith("| fine-tuned for 2s")
+    dropped = [int(row.rsplit("|", 2)[1]) for row in rows[2:]]
+    assert dropped[0] > 0 and dropped[1:] == [0, 0]  # the new characters: unknown to the unchanged model only
