@@ -196,3 +196,19 @@ def test_a_bytes_vocabulary_is_the_256_values(exported, cli, tmp_path):
 
 def test_an_exported_folder_cannot_be_resumed(exported, cli):
     cli("train", "--resume", exported["rnn"]).assert_one_line_error("cannot be resumed")
+
+
+def test_serve_answers_from_an_exported_folder_as_from_the_run(runs, exported):
+    pytest.importorskip("starlette", reason="charrnn serve needs the serve extra")
+    from starlette.testclient import TestClient
+
+    from charrnn.checkpoint import load_model
+    from charrnn.serve import Limits, create_app
+
+    answers = []
+    for where in (runs["gru-stacked"], exported["gru-stacked"]):
+        client = TestClient(create_app(*load_model(where, "cpu"), "the model", Limits(max_length=100, max_text=100)))
+        settings = {"prefix": "the ", "length": 40, "seed": 2}
+        answers.append((client.get("/api/info").json(), client.post("/api/generate", json=settings).text,
+                        client.post("/api/eval", json={"text": "the time traveller"}).json()))
+    assert answers[0] == answers[1]
