@@ -101,7 +101,7 @@ def model_card(config: dict, vocab, source: Path, onnx: bool) -> str:
     where = corpus.get("path") or corpus.get("name") or (f"{len(corpus['files'])} files" if corpus.get("files")
                                                          else corpus.get("kind", "unknown"))
     loss = t.get("best_val_loss")
-    loss_text = f"{loss:.4f} nats per {'byte' if vocab.kind == 'bytes' else 'character'}" if loss else "not measured"
+    loss_text = f"{loss:.4f} nats per {'byte' if vocab.kind == 'bytes' else 'character'}" if loss is not None else "not measured"
     embedding = f", an embedding of {m['embedding']}" if m.get("embedding") else ""
     return f"""# charrnn model: {m['layers']}-layer {m['cell'].upper()}, {m['hidden']} hidden
 
@@ -217,10 +217,9 @@ def read_weights(path: Path, model_config: dict) -> dict:
     from charrnn.config import ModelConfig
     from charrnn.model import build_model
 
+    reader = safetensors_torch()
     try:
-        weights = safetensors_torch().load_file(str(path))
-    except CharrnnError:
-        raise
+        weights = reader.load_file(str(path))
     except Exception as e:  # a damaged file fails in the reader's own ways
         raise CharrnnError(f"{path} is not a readable safetensors file: {str(e).splitlines()[0]}") from None
     try:

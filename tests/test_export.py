@@ -143,6 +143,24 @@ def test_an_onnx_file_that_disagrees_is_removed(runs, tmp_path, monkeypatch):
     assert not (tmp_path / "out" / "model.onnx").exists()
 
 
+def test_where_torch_export_fails_the_torchscript_exporter_does(runs, tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    import torch
+
+    from charrnn.export import export_model
+
+    real_export = torch.onnx.export
+
+    def without_dynamo(*args, dynamo, **options):
+        if dynamo:
+            raise RuntimeError("torch.export cannot trace this")
+        return real_export(*args, dynamo=False, **options)
+
+    monkeypatch.setattr(torch.onnx, "export", without_dynamo)
+    written = export_model(runs["lstm-embedding"], tmp_path / "out", onnx=True)
+    assert written["onnx_check"]["exporter"] == "torchscript" and written["onnx_check"]["max_logit_difference"] < 1e-5
+
+
 # ---------------------------------------------------------------- damaged or hostile folders
 
 
