@@ -75,10 +75,11 @@ def export_model(where, out: str | Path, onnx: bool = False) -> dict:
     (out / CONFIG).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     (out / VOCAB).write_text(json.dumps(vocab_json(vocab), ensure_ascii=False) + "\n", encoding="utf-8")
     (out / CARD).write_text(model_card(config, vocab, source, onnx), encoding="utf-8")
-    files, check = [*FILES, CARD], None
-    if onnx:
-        from charrnn.onnx_export import ONNX_FILE, write_onnx
+    from charrnn.onnx_export import ONNX_FILE, write_onnx
 
+    files, check = [*FILES, CARD], None
+    (out / ONNX_FILE).unlink(missing_ok=True)  # an earlier export's would be another model's
+    if onnx:
         check = write_onnx(model, out / ONNX_FILE)
         files.append(ONNX_FILE)
     return {"source": source, "out": out, "files": files, "onnx_check": check}

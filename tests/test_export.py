@@ -8,6 +8,7 @@ import importlib.util
 import json
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -159,6 +160,8 @@ def test_where_torch_export_fails_the_torchscript_exporter_does(runs, tmp_path, 
     monkeypatch.setattr(torch.onnx, "export", without_dynamo)
     written = export_model(runs["lstm-embedding"], tmp_path / "out", onnx=True)
     assert written["onnx_check"]["exporter"] == "torchscript" and written["onnx_check"]["max_logit_difference"] < 1e-5
+    export_model(runs["rnn"], tmp_path / "out")  # another model into the same folder: no stale model.onnx
+    assert not (tmp_path / "out" / "model.onnx").exists()
 
 
 # ---------------------------------------------------------------- damaged or hostile folders
@@ -230,3 +233,9 @@ def test_serve_answers_from_an_exported_folder_as_from_the_run(runs, exported):
         answers.append((client.get("/api/info").json(), client.post("/api/generate", json=settings).text,
                         client.post("/api/eval", json={"text": "the time traveller"}).json()))
     assert answers[0] == answers[1]
+
+
+def test_without_the_extra_export_says_what_to_install(runs, cli, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "safetensors", None)  # as if not installed
+    monkeypatch.setitem(sys.modules, "safetensors.torch", None)
+    cli("export", runs["rnn"], "--out", tmp_path / "x").assert_one_line_error("pip install 'charrnn-scratch[export]'")
