@@ -211,7 +211,11 @@ def fine_tune_config(values: dict) -> dict:
     from charrnn.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(values["init_from"])
-    fixed = {name: ckpt["model_config"].get(name) for name in FROM_CHECKPOINT}
+    try:  # (a checkpoint from before a setting existed has its default)
+        model = ModelConfig(**ckpt["model_config"])
+    except TypeError as e:
+        raise CharrnnError(f"{values['init_from']} has a damaged model config: {e}") from None
+    fixed = {name: getattr(model, name) for name in FROM_CHECKPOINT}
     fixed["vocab"] = ckpt["vocab"].get("kind", "chars")
     for name, value in fixed.items():
         if name in values and values[name] != value:
