@@ -85,6 +85,8 @@ class TrainConfig:
     train_windows: int = 0  # with both windows > 0: the d2l split by windows instead of val_fraction
     val_windows: int = 0
     unknown: str = "error"  # validation characters the training text lacks: error | skip (drop them)
+    # with init_from: characters outside the checkpoint's vocabulary: extend (new rows) | error | skip
+    init_from: str | None = None  # a checkpoint, run or exported folder whose weights this run starts from
     doc_sep: str | None = None  # ends each document of a many-file corpus; None: "\n\n", with bytes "\x03"
     # model
     cell: str = "lstm"
@@ -154,7 +156,7 @@ class TrainConfig:
         choices = {"cell": CELLS, "optimizer": OPTIMIZERS, "lr_schedule": SCHEDULES,
                    "sampling": ("sequential", "random"), "stream_offsets": ("random", "fixed"),
                    "init": INITS, "device": DEVICES,
-                   "unknown": UNKNOWN_CHOICES, "amp": ("none", "bf16", "auto"), "vocab": VOCAB_KINDS}
+                   "unknown": UNKNOWN_CHOICES + (("extend",) if self.init_from else ()), "amp": ("none", "bf16", "auto"), "vocab": VOCAB_KINDS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise CharrnnError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -247,6 +249,31 @@ RESUMABLE = {"max_steps", "epochs", "max_time", "patience", "eval_every", "devic
              "cuda_graphs", "sample_prefix", "sample_length", "sample_greedy"}
 
 
+# What a run started --init-from a checkpoint takes from it: its model's shape and how its
+# weights were started (its new vocabulary rows start the same way), and its vocabulary's kind.
+FROM_CHECKPOINT = ("cell", "hidden", "layers", "embedding", "init", "init_sigma", "forget_bias")
+
+
+def fine_tune_config(values: dict) -> dict:
+    """The settings `values` (a preset's and the command line's) of a run --init-from a
+    checkpoint, with the model settings that checkpoint fixes; one set otherwise is refused.
+    --unknown is extend unless set: the vocabulary grows by the new text's characters."""
+    from charrnn.storage.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(values["init_from"])
+    try:  # (a checkpoint from before a setting existed has its default)
+        model = ModelConfig(**ckpt["model_config"])
+    except TypeError as e:
+        raise CharrnnError(f"{values['init_from']} has a damaged model config: {e}") from None
+    fixed = {name: getattr(model, name) for name in FROM_CHECKPOINT}
+    fixed["vocab"] = ckpt["vocab"].get("kind", "chars")
+    for name, value in fixed.items():
+        if name in values and values[name] != value:
+            raise CharrnnError(f"--{name.replace('_', '-')} {values[name]} differs from the checkpoint's {value} "
+                               f"({values['init_from']}): a run --init-from it keeps its model")
+    return {"unknown": "extend", **values, **fixed}
+
+
 # What may change when a run is replayed (--replay): where and how fast it runs.
 REPLAYABLE = {"out", "device", "threads", "tf32", "cuda_graphs", "sample_prefix", "sample_length", "sample_greedy"}
 
@@ -256,7 +283,7 @@ def resumed_config(run: Path, given: dict, replay: bool = False) -> dict:
     options `given` on the command line; an option that may not change is refused. On a
     resume, --max-steps +N and --max-time +D add to the run's budget (budget_given); a
     replay is a new run (its own run directory)."""
-    from charrnn.checkpoint import LAST_FIRST, load_checkpoint, resolve_checkpoint
+    from charrnn.storage.checkpoint import LAST_FIRST, load_checkpoint, resolve_checkpoint
 
     path = resolve_checkpoint(run, order=LAST_FIRST)
     ckpt = load_checkpoint(path)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from charrnn.checkpoint import load_checkpoint
+from charrnn.storage.checkpoint import load_checkpoint
 from charrnn.config import read_preset
 from charrnn.corpus.vocab import Vocab
 from charrnn.model import ModelConfig, build_model

@@ -1,10 +1,10 @@
-"""charrnn.atomic: every file written in place of another is whole or not there."""
+"""charrnn.storage.atomic: every file written in place of another is whole or not there."""
 
 import os
 
 import pytest
 
-from charrnn.atomic import remove_stale_temporaries, umask, write_atomically, write_bytes, write_text
+from charrnn.storage.atomic import remove_stale_temporaries, umask, write_atomically, write_bytes, write_text
 
 
 def test_a_write_replaces_the_file_whole_as_an_ordinary_file(tmp_path):

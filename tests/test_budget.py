@@ -16,7 +16,7 @@ from rich.console import Console
 
 from charrnn.training import budget
 from charrnn.training.budget import Speed, steps_that_fit
-from charrnn.checkpoint import load_checkpoint
+from charrnn.storage.checkpoint import load_checkpoint
 from charrnn.config import TrainConfig
 from charrnn.training.report import TerminalReporter
 from charrnn.training.run import Progress, Run

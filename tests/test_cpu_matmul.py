@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from charrnn.kernels import cpu_matmul, fast_tanh
-from charrnn.checkpoint import load_checkpoint
+from charrnn.storage.checkpoint import load_checkpoint
 
 from cell_references import CELLS, DT, loss_of, loss_weights, make_inputs
 from conftest import TINY

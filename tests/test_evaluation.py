@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from charrnn.scoring import evaluation
-from charrnn.checkpoint import load_checkpoint, save_checkpoint
+from charrnn.storage.checkpoint import load_checkpoint, save_checkpoint
 from charrnn.corpus.vocab import Vocab
 from charrnn.scoring.evaluation import evaluate, recorded_layout
 from charrnn.inspection.surprisal import surprisal
@@ -60,7 +60,7 @@ def test_eval_options_override_the_recorded_layout(cli, trained_run):
 
 
 def trained_model_and_val(run):
-    from charrnn.checkpoint import load_model
+    from charrnn.storage.checkpoint import load_model
     from charrnn.corpus.data import reload_corpus
 
     model, _, ckpt = load_model(run, "cpu")

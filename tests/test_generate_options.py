@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from charrnn.checkpoint import load_model
+from charrnn.storage.checkpoint import load_model
 from charrnn.generation.stops import StopScanner, parse_stops
 
 PREFIX = "The time "

@@ -18,11 +18,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import charrnn.checkpoint
+import charrnn.storage.checkpoint
 import charrnn.corpus.sources
 import charrnn.corpus.text
 import charrnn.training.train
-from charrnn.checkpoint import FORMAT_VERSION, load_checkpoint
+from charrnn.storage.checkpoint import FORMAT_VERSION, load_checkpoint
 from charrnn.cli.main import app
 from charrnn.corpus.data import load_corpus
 from charrnn.errors import CharrnnError
@@ -272,7 +272,7 @@ def test_a_full_disk_at_a_save_stops_in_one_line_and_keeps_the_previous_checkpoi
 
     class FillDisk(Reporter):
         def evaluation(self, record):  # after the first checkpoint, the disk is full
-            monkeypatch.setattr(charrnn.checkpoint.torch, "save", disk_full)
+            monkeypatch.setattr(charrnn.storage.checkpoint.torch, "save", disk_full)
 
     with pytest.raises(CharrnnError) as failure:
         train(tiny(tmp_path, corpus, max_steps=10), FillDisk())
@@ -395,7 +395,7 @@ def test_generation_prefixes_work_or_are_one_line(tmp_path):
 
 
 def load_tiny_model(run: Path):
-    from charrnn.checkpoint import load_model
+    from charrnn.storage.checkpoint import load_model
 
     model, vocab, _ = load_model(run, "cpu")
     return model, vocab

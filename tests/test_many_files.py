@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from charrnn.checkpoint import load_checkpoint
+from charrnn.storage.checkpoint import load_checkpoint
 from charrnn.corpus.vocab import Vocab
 
 from conftest import TINY, make_text

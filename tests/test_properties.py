@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 import charrnn.corpus.text
-from charrnn.checkpoint import load_checkpoint, load_model, save_checkpoint
+from charrnn.storage.checkpoint import load_checkpoint, load_model, save_checkpoint
 from charrnn.cli.main import app
 from charrnn.errors import CharrnnError
 from charrnn.model import ModelConfig, build_model

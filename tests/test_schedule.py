@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import charrnn.training.run as run_module
-from charrnn.checkpoint import load_checkpoint
+from charrnn.storage.checkpoint import load_checkpoint
 from charrnn.config import TrainConfig
 from charrnn.training.run import Progress
 from charrnn.training.schedule import after_evaluation, lr_at

@@ -12,7 +12,7 @@ import torch
 
 import charrnn.training.run as run_module
 from charrnn.corpus.batches import StreamBatches
-from charrnn.checkpoint import load_checkpoint
+from charrnn.storage.checkpoint import load_checkpoint
 from charrnn.config import TrainConfig
 from charrnn.corpus.data import load_corpus
 from charrnn.training.train import train

@@ -52,7 +52,7 @@ def evaluate_command(
     With --dynamic, also dynamic evaluation (Krause et al., 2018), its learning rate and decay
     tuned on the tail of the training text unless given; see docs/dynamic-evaluation.md.
     """
-    from charrnn.checkpoint import load_model
+    from charrnn.storage.checkpoint import load_model
     from charrnn.corpus.data import check_unknown
     from charrnn.scoring.evaluation import evaluate, nats_summary, recorded_layout
     from charrnn.inspection.neurons import parse_unit
@@ -120,7 +120,7 @@ def neurons(
     sign). Units are L:Uh or L:Uc, layers from 1, units from 0; see one with
     `charrnn eval --show --neuron L:U`.
     """
-    from charrnn.checkpoint import load_model
+    from charrnn.storage.checkpoint import load_model
     from charrnn.corpus.byte_vocab import per_character
     from charrnn.corpus.data import check_unknown
     from charrnn.inspection.neurons import best_units, best_units_lines, record, text_properties
@@ -276,7 +276,7 @@ def show_text(model, vocab, ids, what: str, show: bool, html_file: Path | None, 
         title = f"perplexity {mean_perplexity(bits):.3f} on {what}"
         page, shaded, legend = surprisal_html(text, bits, title), shaded_text(text, bits), legend_text()
     if html_file:
-        from charrnn.atomic import write_text
+        from charrnn.storage.atomic import write_text
 
         try:
             write_text(html_file, page)

@@ -22,12 +22,12 @@ from charrnn import __version__
 from charrnn.cells import cells_help
 from charrnn.cli.evaluate import evaluate_command, neurons, threads_option
 from charrnn.cli.generate import generate, model_prefix, text_steps
-from charrnn.config import ServeLimits, TrainConfig, budget_given, read_preset, resumed_config
+from charrnn.config import ServeLimits, TrainConfig, budget_given, fine_tune_config, read_preset, resumed_config
 from charrnn.errors import CharrnnError
 
 app = typer.Typer(
     help="Character-level recurrent language models written from scratch in PyTorch "
-    "(RNN, GRU, LSTM): train, generate, eval, neurons, info, plot, serve.",
+    "(RNN, GRU, LSTM): train, generate, eval, neurons, info, export, plot, serve.",
     no_args_is_help=True,
     # markdown, not rich markup: rich would take "[default: 256]" in a help text for a style tag and drop it
     rich_markup_mode="markdown",
@@ -97,7 +97,7 @@ def train(
     val_fraction: Annotated[float, Opt(help="The last fraction of the text (of each file, for documents) used for validation.")] = D.val_fraction,
     train_windows: Annotated[int, Opt(help="With --val-windows: split the d2l book's way, the first N stride-1 windows for training (0: by --val-fraction).")] = D.train_windows,
     val_windows: Annotated[int, Opt(help="With --train-windows: the next N windows for validation.")] = D.val_windows,
-    unknown: Annotated[str, Opt(help="Validation characters the training text lacks: error, or skip (drop them, with a warning).")] = D.unknown,
+    unknown: Annotated[str, Opt(help="Validation characters the training text lacks: error, or skip (drop them, with a warning). With --init-from, characters outside the checkpoint's vocabulary: extend (its default: new rows), error or skip.")] = D.unknown,
     doc_sep: Annotated[Optional[str], Opt(help="Ends each document of several files (\\n, \\t, \\r and \\xHH are escapes). [default: a blank line; with --vocab bytes \\x03, end of text]", show_default=False)] = D.doc_sep,
     normalize: Annotated[str, Opt(help="none, or letters: the d2l book's preprocessing (non-letters to one space, lowercase).")] = D.normalize,
     vocab: Annotated[str, Opt(help="chars: the training text's characters (UTF-8 files); bytes: the 256 byte values, so any file trains and the model learns UTF-8 itself.")] = D.vocab,
@@ -139,6 +139,7 @@ def train(
     sample_prefix: Annotated[str, Opt(help="After training, print a sample that continues this text (empty: none).", show_default=False)] = D.sample_prefix,
     sample_length: Annotated[int, Opt(help="Characters of that sample.")] = D.sample_length,
     sample_greedy: Annotated[bool, Opt("--sample-greedy/--sample-random", help="Whether that sample always takes the most likely character.")] = D.sample_greedy,
+    init_from: Annotated[Optional[Path], Opt(help="Start from this trained model's weights (a run directory, checkpoint or exported folder): a new run, its own optimizer, schedule and budget. The model's shape comes from it; its vocabulary grows by the new text's characters (--unknown error refuses them, skip drops them).", show_default=False)] = D.init_from,
     resume: Annotated[Optional[Path], Opt(help="Continue this run directory exactly where it stopped; --max-steps, --epochs and --max-time count the run's total (+N, +10m: added to it).")] = None,
     replay: Annotated[Optional[Path], Opt(help="Train a new run with this run directory's settings, following its recorded plan (the step totals its --max-time revisions chose) instead of the clock: it repeats that run exactly.")] = None,
     quiet: Annotated[bool, Opt("--quiet", "-q", help="Print only the final summary.")] = False,
@@ -173,6 +174,8 @@ def train(
         if "corpus" in given:
             values.pop("dataset", None)  # a corpus on the command line replaces the preset's dataset
         values.update(budget_given(given))
+        if values.get("init_from"):
+            values = fine_tune_config(values)
     settings = TrainConfig.from_dict(values, str(config) if config else "config")
     # Rank 0's writing stays inside the group, which all processes leave together: torchrun
     # stops every process as soon as one exits with an error code (130 after a signal).
@@ -190,7 +193,7 @@ def train(
         raise typer.Exit(130)
     if settings.sample_prefix and is_rank_zero:
         from charrnn.corpus.byte_vocab import shown
-        from charrnn.checkpoint import load_model
+        from charrnn.storage.checkpoint import load_model
         from charrnn.generation.sample import generate as generate_chars
 
         model, vocab, ckpt = load_model(Path(summary["run"]) / "best.pt", "cpu")
@@ -242,7 +245,7 @@ def serve(
         from charrnn.serve import create_app
     except ModuleNotFoundError as e:
         raise CharrnnError(f"charrnn serve needs {e.name}: pip install -e '.[serve]' in a checkout") from None
-    from charrnn.checkpoint import load_model
+    from charrnn.storage.checkpoint import load_model
     from charrnn.kernels.device import set_threads
 
     limits = ServeLimits(max_length, max_text)
@@ -265,7 +268,7 @@ def info(
     as_json: Annotated[bool, Opt("--json", help="Print one JSON object.")] = False,
 ):
     """What a checkpoint holds: model, vocabulary, training so far, corpus and its sha256."""
-    from charrnn.checkpoint import load_checkpoint, resolve_checkpoint
+    from charrnn.storage.checkpoint import load_checkpoint, resolve_checkpoint
     from charrnn.inspection.surprisal import checkpoint_info, info_lines
 
     path = resolve_checkpoint(checkpoint)
@@ -275,6 +278,27 @@ def info(
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise CharrnnError(f"{path} is a checkpoint with missing or malformed fields ({e!r})") from None
     typer.echo(shown)
+
+
+def export(
+    run: Annotated[Optional[Path], typer.Argument(help="A run directory, checkpoint file or exported folder. [default: the best checkpoint of runs/latest]", show_default=False)] = None,
+    out: Annotated[Path, Opt(help="The folder to write (made if needed; files of an earlier export there are replaced).")] = Path("export"),
+    onnx: Annotated[bool, Opt("--onnx", help="Also model.onnx, one step of the model, checked by onnxruntime against PyTorch.")] = False,
+):
+    """Take a model out of charrnn: model.safetensors, config.json, vocab.json and README.md.
+
+    The layout the Hugging Face Hub uses; nothing in it is a pickle. --checkpoint OUT then
+    works wherever a checkpoint does, with the run's own results. Needs the export extra:
+    pip install -e ".[export]" in a checkout. See docs/export.md.
+    """
+    from charrnn.storage.export import export_model
+
+    written = export_model(run, out, onnx)
+    typer.echo(f"exported {written['source']} to {written['out']}: {', '.join(written['files'])}")
+    if written["onnx_check"]:
+        check = written["onnx_check"]
+        typer.echo(f"model.onnx ({check['exporter']} exporter): onnxruntime's logits agree with PyTorch's over "
+                   f"{check['steps']} steps (largest difference {check['max_logit_difference']:.2g})")
 
 
 def plot(
@@ -299,4 +323,5 @@ app.command("eval")(user_errors(evaluate_command))
 app.command()(user_errors(neurons))
 app.command()(user_errors(serve))
 app.command()(user_errors(info))
+app.command()(user_errors(export))
 app.command()(user_errors(plot))

@@ -50,6 +50,7 @@ def load_corpus(
     unknown: str = "error",
     quiet: bool = False,
     vocab_kind: str = "chars",
+    base_vocab: dict | None = None,
 ) -> Corpus:
     """Read a corpus (`path`: a file, or several paths, folders and globs read as documents
     each ended by `doc_sep`, see charrnn.corpus.sources), a named dataset, or (neither given) the
@@ -59,8 +60,10 @@ def load_corpus(
     windows for training and the next val_windows for validation. Validation characters
     the training text lacks are an error that names them, or with `unknown="skip"` are
     dropped, with a note saying how many. `vocab_kind="bytes"` reads the files as bytes,
-    for a vocabulary of the 256 byte values."""
-    check_corpus_options(path, dataset, val_file, val_dir, unknown)
+    for a vocabulary of the 256 byte values. `base_vocab` (a Vocab.to_dict(): a run --init-from
+    a checkpoint) is the vocabulary to start from: with `unknown="extend"` grown by the
+    training text's other characters, with "error" or "skip" kept, as the validation text's is."""
+    check_corpus_options(path, dataset, val_file, val_dir, unknown, fine_tuning=base_vocab is not None)
     by_bytes = check_vocab_kind(vocab_kind, normalize_how) == "bytes"
     documents = is_documents(path, val_dir)
     doc_sep = separator(doc_sep, vocab_kind)
@@ -72,6 +75,8 @@ def load_corpus(
         source["doc_sep"] = doc_sep
     if by_bytes:  # (only then: the sources of character runs stay as they were)
         source["vocab"] = "bytes"
+    elif base_vocab is not None:
+        source["base_vocab"] = base_vocab
     notes, length = text.notes, len(text.ids)
 
     val_text = text
@@ -97,7 +102,21 @@ def load_corpus(
     if val_span[1] - val_span[0] < 2:
         raise CharrnnError(f"the validation split has {val_span[1] - val_span[0]} character(s); it needs at least 2")
 
-    vocab = ByteVocab() if by_bytes else corpus_vocab(text, train_span, normalize_how)
+    if by_bytes:
+        vocab = ByteVocab()
+    elif base_vocab is not None:
+        vocab = grown_vocab(base_vocab, text, train_span, unknown)
+    else:
+        vocab = corpus_vocab(text, train_span, normalize_how)
+    train_ids, val_ids = encode_split(vocab, text, train_span, val_text, val_span, unknown, notes)
+    return Corpus(train_ids, val_ids, vocab, source, notes)
+
+
+def encode_split(vocab, text: Text, train_span, val_text: Text, val_span, unknown: str, notes: list[str]):
+    """The training and validation ids in `vocab`: validation characters outside it are an
+    error or dropped (`unknown`; with "extend" an error), training characters only with
+    "skip" (a run --init-from a checkpoint that keeps its vocabulary); notes say how many."""
+    unknown = "error" if unknown == "extend" else unknown  # (the validation text's characters are not added)
     val_ids, dropped = vocab.ids_of(val_text, *val_span, what="the validation text", unknown=unknown,
                                     hint=" (--unknown skip drops them)", in_place=val_text is not text)
     if dropped:
@@ -106,11 +125,29 @@ def load_corpus(
             raise CharrnnError(f"the validation text has {len(val_ids)} character(s) left after --unknown skip; "
                                "it needs at least 2")
     # Last, and in place: the training ids take the place of the text's own.
-    train_ids, _ = vocab.ids_of(text, *train_span, what="the training text", in_place=True)
-    return Corpus(train_ids, val_ids, vocab, source, notes)
+    train_ids, dropped = vocab.ids_of(text, *train_span, what="the training text", in_place=True, unknown=unknown,
+                                      hint=" (--unknown extend adds them, skip drops them)")
+    if dropped:
+        notes.append(skipped_note(dropped, "the training text"))
+    return train_ids, val_ids
 
 
-def check_corpus_options(path, dataset, val_file, val_dir, unknown: str) -> None:
+def grown_vocab(base_vocab: dict, text: Text, train_span: tuple[int, int], unknown: str) -> Vocab:
+    """The vocabulary a run --init-from a checkpoint starts with: the checkpoint's, and with
+    --unknown extend the training text's characters it lacks."""
+    try:
+        base = Vocab.from_dict(base_vocab)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise CharrnnError("the checkpoint's vocabulary is damaged") from None
+    if base.kind != "chars":
+        raise CharrnnError("a byte model's vocabulary is every byte: it goes with --vocab bytes")
+    new = [] if base.unk is not None else sorted(set(characters(text, *train_span)) - set(base.idx_to_token))
+    if unknown == "error" and new:
+        raise Vocab.unknown_error(new, "the training text", " (--unknown extend adds them, skip drops them)")
+    return Vocab(base.idx_to_token + new, unk=base.unk is not None) if unknown == "extend" else base
+
+
+def check_corpus_options(path, dataset, val_file, val_dir, unknown: str, fine_tuning: bool = False) -> None:
     """The corpus options that exclude each other, and --unknown's value."""
     if path and dataset:
         raise CharrnnError("give a corpus file or --dataset, not both")
@@ -118,7 +155,8 @@ def check_corpus_options(path, dataset, val_file, val_dir, unknown: str) -> None
         raise CharrnnError("give --val-file or --val-dir, not both")
     if val_dir and not path:
         raise CharrnnError("--val-dir goes with a CORPUS of files, not with --dataset or the built-in corpus")
-    check_unknown(unknown)
+    if not (fine_tuning and unknown == "extend"):
+        check_unknown(unknown)
 
 
 def corpus_vocab(text: Text, train_span: tuple[int, int], normalize_how: str) -> Vocab:
@@ -197,6 +235,7 @@ def reload_corpus(source: dict, cache_dir: str | Path | None = None) -> Corpus:
         unknown=source.get("unknown", "error"),
         quiet=True,
         vocab_kind=source.get("vocab", "chars"),
+        base_vocab=source.get("base_vocab"),
     )
     change = first_change(source, corpus.source)
     if change:
@@ -221,7 +260,7 @@ def save_encoded(corpus: Corpus, run_dir: str | Path) -> None:
     path = encoded_path(run_dir, corpus.source)
     if path.exists():
         return
-    from charrnn.checkpoint import atomic_save
+    from charrnn.storage.checkpoint import atomic_save
 
     try:
         atomic_save({"format": ENCODED_FORMAT, "source": corpus.source, "vocab": corpus.vocab.to_dict(),

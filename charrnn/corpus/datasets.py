@@ -13,7 +13,7 @@ mirror must serve byte-identical files.
 
 A download streams into a temporary file inside the cache directory, hashing as it
 writes; only a file whose sha256 matches is moved into place (atomically, with
-charrnn.atomic). On any failure the temporary file is removed, nothing partial stays in
+charrnn.storage.atomic). On any failure the temporary file is removed, nothing partial stays in
 the cache, and a one-line `CharrnnError` says what went wrong.
 
 Standard library only: importing this module does not import torch.
@@ -30,7 +30,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from charrnn.atomic import write_atomically
+from charrnn.storage.atomic import write_atomically
 from charrnn.errors import CharrnnError
 
 DOWNLOAD_TIMEOUT_S = 60

@@ -217,6 +217,8 @@ def well_formed(source) -> bool:
         return False
     if type(source.get("val_fraction")) not in (int, float) or not isinstance(source.get("vocab", "chars"), str):
         return False
+    if not isinstance(source.get("base_vocab", {}), dict):  # (a run --init-from a checkpoint: its vocabulary)
+        return False
     if source["kind"] == "files" and not (file_list(source.get("files")) and source["files"]):
         return False
     windows, val_file = source.get("windows"), source.get("val_file")

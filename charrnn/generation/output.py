@@ -1,4 +1,4 @@
-"""Where generated text goes: stdout, or a file written atomically (charrnn.atomic: a
+"""Where generated text goes: stdout, or a file written atomically (charrnn.storage.atomic: a
 reader never sees half a file and an interrupted run leaves the old one as it was)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import io
 import sys
 from pathlib import Path
 
-from charrnn.atomic import write_bytes
+from charrnn.storage.atomic import write_bytes
 from charrnn.corpus.byte_vocab import raw_bytes, shown
 from charrnn.errors import CharrnnError
 

@@ -1,0 +1,1 @@
+"""Looking inside a model: surprisal per character and single units' activations."""

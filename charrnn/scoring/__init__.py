@@ -1,0 +1,1 @@
+"""How well a model predicts a text: the validation loss (one layout for training and eval) and dynamic evaluation."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from charrnn.atomic import write_atomically
+from charrnn.storage.atomic import write_atomically
 from charrnn.errors import CharrnnError
 
 MISSING_MATPLOTLIB = "matplotlib is not installed (pip install matplotlib)"

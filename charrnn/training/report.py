@@ -9,6 +9,8 @@ import sys
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from charrnn.corpus.vocab import escape_chars
+
 
 def eval_line(r: dict, total_steps: int | None) -> str:
     of = f"/{total_steps}" if total_steps else ""
@@ -98,6 +100,11 @@ class TerminalReporter(Reporter):
         else:
             line = f"training a {model}, {budget_text(info)} on {info['device']}; run: {info['run']}"
         self.console.print(line, highlight=False, markup=False)
+        if info.get("init_from"):
+            added = info["init_from"]["added"]
+            shown = f": {escape_chars(added[:20])}{', ...' if len(added) > 20 else ''}" if added else ""
+            self.console.print(f"starting from {info['init_from']['from']}; {len(added)} character(s) added to its "
+                               f"vocabulary{shown}", highlight=False, markup=False)
         if self.live:
             resumed_best = info["best_val_loss"]  # a resumed run already has a best
             best = f"{math.exp(min(resumed_best, 50)):.2f}" if math.isfinite(resumed_best) else "-"

@@ -22,13 +22,14 @@ import torch
 from charrnn.kernels import cpu_bfloat16, cpu_matmul
 from charrnn.training import budget, streams
 from charrnn.kernels.allocator import tune_allocator
-from charrnn.checkpoint import LAST_FIRST, load_checkpoint, resolve_checkpoint
+from charrnn.storage.checkpoint import LAST_FIRST, load_checkpoint, resolve_checkpoint
 from charrnn.config import ModelConfig, TrainConfig, parse_duration
 from charrnn.corpus.batches import StreamBatches, WindowBatches, make_batches
 from charrnn.corpus.data import Corpus, load_corpus, reload_corpus
 from charrnn.training.distributed import all_reduce, data_parallel, from_rank_zero, process_device, rank, world_size
 from charrnn.errors import CharrnnError
 from charrnn.scoring.evaluation import evaluate
+from charrnn.training.finetune import load_trained, start_from
 from charrnn.model import build_model, map_state, num_parameters
 from charrnn.kernels.device import pick_device, set_threads
 from charrnn.training.run_dir import check_writable, new_run_dir, prepare_run_dir
@@ -55,11 +56,14 @@ def set_up(config: TrainConfig, reporter: Reporter, resume: str | Path | None, r
     torch.manual_seed(config.seed)
     resumed = Resumed.open(resume) if resume else None
     replayed = Resumed.open(replay, writable=False) if replay else None
-    corpus, train_ids, val_ids, batches = read_data(config, resumed or replayed, device, reporter)
+    trained = load_trained(config.init_from) if config.init_from and not resumed else None
+    corpus, train_ids, val_ids, batches = read_data(config, resumed or replayed, device, reporter,
+                                                    trained[1].to_dict() if trained else None)
     # the data are good: now a new run gets its directory
     directory = resumed.directory if resumed else from_rank_zero(new_run_dir(config.out) if rank() == 0 else None)
     model_config = config.model_config(len(corpus.vocab))
     model = build_model(model_config).to(device)
+    fine_tune = start_from(model, model_config, corpus.vocab, *trained) if trained else None
     streams.split(config.seed)
     params = list(model.parameters())
     run = Run(config, reporter, device, directory, corpus, train_ids, val_ids, batches, model_config, model, params,
@@ -97,13 +101,15 @@ def set_up(config: TrainConfig, reporter: Reporter, resume: str | Path | None, r
                     "limited_by": min(limits, key=limits.get), "had": had if resumed else None,
                     "step": run.progress.step, "best_val_loss": run.progress.best_val_loss,
                     "resumed_from": str(resume) if resume else None,  # as the user named it
-                    "batches_per_epoch": batches.batches_per_epoch, "config": asdict(config)})
+                    "batches_per_epoch": batches.batches_per_epoch, "config": asdict(config), "init_from": fine_tune})
     return run
 
 
-def read_data(config: TrainConfig, resumed: Resumed | None, device: torch.device, reporter: Reporter):
-    """The corpus (a resumed or replayed run's own, checked against its sha256), its texts on the
-    device, and the batches over the training text."""
+def read_data(config: TrainConfig, resumed: Resumed | None, device: torch.device, reporter: Reporter,
+              base_vocab: dict | None = None):
+    """The corpus (a resumed or replayed run's own, checked against its sha256; a run
+    --init-from a checkpoint's over that `base_vocab`), its texts on the device, and the
+    batches over the training text."""
     if resumed:
         corpus = reload_corpus(resumed.ckpt["corpus"], cache_dir=resumed.directory)
     else:
@@ -112,7 +118,7 @@ def read_data(config: TrainConfig, resumed: Resumed | None, device: torch.device
             val_fraction=config.val_fraction, doc_sep=config.doc_sep, normalize_how=config.normalize,
             windows=(config.train_windows, config.val_windows, config.seq_len)
             if config.train_windows and config.val_windows else None,
-            unknown=config.unknown, vocab_kind=config.vocab,
+            unknown=config.unknown, vocab_kind=config.vocab, base_vocab=base_vocab,
         )
     for note in corpus.notes:
         reporter.note(note)

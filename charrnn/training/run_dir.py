@@ -3,7 +3,7 @@
     runs/
       latest -> 20250101-120000      the newest run (a relative symlink)
       20250101-120000/
-        best.pt, last.pt             checkpoints (charrnn.checkpoint)
+        best.pt, last.pt             checkpoints (charrnn.storage.checkpoint)
         config.toml                  the run's settings, usable again as --config
         metrics.jsonl                one record per evaluation
         encoded-<sha256>.pt          the corpus as ids, so that a resume skips encoding it
@@ -18,7 +18,7 @@ from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 
-from charrnn.atomic import remove_stale_temporaries, write_text
+from charrnn.storage.atomic import remove_stale_temporaries, write_text
 from charrnn.config import TrainConfig
 from charrnn.corpus.data import Corpus, save_encoded
 from charrnn.errors import CharrnnError

@@ -12,7 +12,7 @@ evaluation and the summary.
 The step itself is charrnn.training.train_step's, the learning rate and the step limits
 charrnn.training.schedule's, the run directory charrnn.training.run_dir's, the --max-time plan and its
 revisions charrnn.training.budget's (follow_plan, before every step, charrnn.training.run's), and the
-checkpoint format charrnn.checkpoint's.
+checkpoint format charrnn.storage.checkpoint's.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import torch
 
 from charrnn.kernels import cpu_matmul
 from charrnn.training import budget, streams
-from charrnn.checkpoint import save_checkpoint
+from charrnn.storage.checkpoint import save_checkpoint
 from charrnn.config import TrainConfig
 from charrnn.training.distributed import agree_to_stop, all_reduce, gather_rows, rank, world_size
 from charrnn.errors import CharrnnError
@@ -197,7 +197,7 @@ def evaluate_and_save(run: Run, train_loss: float, chars_per_s: float) -> dict:
 
 
 def save(run: Run, name: str) -> None:
-    """The run as it stands, as a checkpoint (charrnn.checkpoint lists its sections). Every
+    """The run as it stands, as a checkpoint (charrnn.storage.checkpoint lists its sections). Every
     process calls it, for the carried state of all streams and every process's random
     generators; rank 0 writes."""
     # Never replace a good checkpoint with a broken model.

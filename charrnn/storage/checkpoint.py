@@ -24,9 +24,11 @@ a hostile file cannot run code from it. Keys:
     evaluation    the layout of the logged validation loss: batch_size, seq_len,
                   carry_state (charrnn.scoring.evaluation.recorded_layout; older files lack it)
 
-Writes are atomic (charrnn.atomic), so a crash never leaves a half-written checkpoint in
+Writes are atomic (charrnn.storage.atomic), so a crash never leaves a half-written checkpoint in
 its place.
 `load_model` makes a checkpoint the model that generate, eval, neurons and serve use.
+An exported folder (charrnn.storage.export: model.safetensors, config.json, vocab.json) is read
+wherever a checkpoint is, as a checkpoint of its model, vocabulary, progress and corpus.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from charrnn.atomic import write_atomically
+from charrnn.storage.atomic import write_atomically
 from charrnn.errors import CharrnnError
 
 if TYPE_CHECKING:
@@ -65,7 +67,7 @@ def save_checkpoint(payload: dict, path: str | Path) -> None:
 
 
 def atomic_save(obj, path: str | Path) -> None:
-    """torch.save `obj` to `path` atomically (charrnn.atomic): on any failure `path` is
+    """torch.save `obj` to `path` atomically (charrnn.storage.atomic): on any failure `path` is
     untouched and no temporary file is left; OSError (disk full, read-only) propagates."""
     write_atomically(path, lambda f: torch.save(obj, f))
 
@@ -76,6 +78,10 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     path = Path(path)
     if path.is_dir():
         path = resolve_checkpoint(path)
+    if path.is_dir():  # an exported folder
+        from charrnn.storage.export import read_export
+
+        return read_export(path, map_location)
     if not path.is_file():
         raise CharrnnError(f"checkpoint not found: {path}")
     if not zipfile.is_zipfile(path):  # torch.save has written zip archives since PyTorch 1.6
@@ -124,7 +130,7 @@ LAST_FIRST = ("last.pt", "best.pt")
 
 def resolve_checkpoint(where: str | Path | None, runs_dir: str | Path = "runs", order=BEST_FIRST) -> Path:
     """A checkpoint file from a file, a run directory (the first of `order` there), or
-    nothing (runs/latest)."""
+    nothing (runs/latest); an exported folder is its own checkpoint."""
     if where is None:
         where = Path(runs_dir) / "latest"
         if not where.exists():
@@ -134,6 +140,10 @@ def resolve_checkpoint(where: str | Path | None, runs_dir: str | Path = "runs", 
         for name in order:
             if (where / name).is_file():
                 return where / name
+        from charrnn.storage.export import is_export
+
+        if is_export(where):
+            return where
         raise CharrnnError(f"no checkpoint ({' or '.join(order)}) in {where}")
     return where
 
