@@ -106,12 +106,12 @@ def test_fine_tuning_trains_resumes_and_evaluates(kind, bases, new_text, cli, tm
 
 def test_new_characters_can_be_refused_or_dropped(bases, new_text, cli, tmp_path):
     cli("train", new_text, "--init-from", bases["rnn"], "--unknown", "error", "--out", tmp_path / "a",
-        *SIZES).assert_one_line_error("the training text has 5 character(s)", "'Q'", "--unknown extend")
+        *SIZES).assert_one_line_error("the training text has 5 distinct characters", "'Q'", "--unknown extend")
     result = cli("train", new_text, "--init-from", bases["rnn"], "--unknown", "skip", "--max-steps", "2",
                  "--out", tmp_path / "b", *SIZES).assert_ok()
     assert "dropped" in result.stderr and "the training text" in result.stderr
-    old_vocab = load_model(bases["rnn"], "cpu")[1]
-    assert load_model(tmp_path / "b", "cpu")[1] == old_vocab
+    old_vocab = load_model(bases["rnn"], "cpu").vocab
+    assert load_model(tmp_path / "b", "cpu").vocab == old_vocab
 
 
 @pytest.mark.parametrize("option", [["--hidden", "16"], ["--cell", "lstm"], ["--layers", "2"], ["--embedding", "4"],

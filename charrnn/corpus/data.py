@@ -143,7 +143,8 @@ def grown_vocab(base_vocab: dict, text: Text, train_span: tuple[int, int], unkno
         raise CharrnnError("a byte model's vocabulary is every byte: it goes with --vocab bytes")
     new = [] if base.unk is not None else sorted(set(characters(text, *train_span)) - set(base.idx_to_token))
     if unknown == "error" and new:
-        raise Vocab.unknown_error(new, "the training text", " (--unknown extend adds them, skip drops them)")
+        # (raises, naming them and counting their occurrences)
+        base.ids_of(text, *train_span, what="the training text", hint=" (--unknown extend adds them, skip drops them)")
     return Vocab(base.idx_to_token + new, unk=base.unk is not None) if unknown == "extend" else base
 
 
