@@ -254,13 +254,10 @@ RESUMABLE = {"max_steps", "epochs", "max_time", "patience", "eval_every", "devic
 FROM_CHECKPOINT = ("cell", "hidden", "layers", "embedding", "init", "init_sigma", "forget_bias")
 
 
-def fine_tune_config(values: dict) -> dict:
-    """The settings `values` (a preset's and the command line's) of a run --init-from a
-    checkpoint, with the model settings that checkpoint fixes; one set otherwise is refused.
-    --unknown is extend unless set: the vocabulary grows by the new text's characters."""
-    from charrnn.storage.checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(values["init_from"])
+def fine_tune_config(values: dict, ckpt: dict) -> dict:
+    """The settings `values` (a preset's and the command line's) of a run --init-from the
+    checkpoint `ckpt`, with the model settings that checkpoint fixes; one set otherwise is
+    refused. --unknown is extend unless set: the vocabulary grows by the new text's characters."""
     try:  # (a checkpoint from before a setting existed has its default)
         model = ModelConfig(**ckpt["model_config"])
     except TypeError as e:
@@ -278,15 +275,11 @@ def fine_tune_config(values: dict) -> dict:
 REPLAYABLE = {"out", "device", "threads", "tf32", "cuda_graphs", "sample_prefix", "sample_length", "sample_greedy"}
 
 
-def resumed_config(run: Path, given: dict, replay: bool = False) -> dict:
-    """The settings of the run that `run` (a run directory or checkpoint) holds, with the
+def resumed_config(ckpt: dict, path: Path, given: dict, replay: bool = False) -> dict:
+    """The settings of the run whose checkpoint `ckpt` (read from `path`) is, with the
     options `given` on the command line; an option that may not change is refused. On a
     resume, --max-steps +N and --max-time +D add to the run's budget (budget_given); a
     replay is a new run (its own run directory)."""
-    from charrnn.storage.checkpoint import LAST_FIRST, load_checkpoint, resolve_checkpoint
-
-    path = resolve_checkpoint(run, order=LAST_FIRST)
-    ckpt = load_checkpoint(path)
     values = ckpt.get("config")
     if not isinstance(values, dict):
         raise CharrnnError(f"{path} records no training settings, so it cannot be {'replayed' if replay else 'resumed'}")

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from charrnn.storage.checkpoint import load_model
+from charrnn.storage.load import load_model
 from charrnn.corpus.data import reload_corpus
 from charrnn.config import DYNAMIC_DECAYS, DYNAMIC_LRS, TUNE_CHARS, DynamicSettings
 from charrnn.scoring.dynamic import STATS_CHARS, dynamic_evaluate, gradient_rms, training_tail, tune

@@ -19,7 +19,8 @@ from charrnn.training.budget import Speed, steps_that_fit
 from charrnn.storage.checkpoint import load_checkpoint
 from charrnn.config import TrainConfig
 from charrnn.training.report import TerminalReporter
-from charrnn.training.run import Progress, Run
+from charrnn.training.run import Run
+from charrnn.training.progress import Progress
 from charrnn.training.schedule import change_total, plan_progress
 from charrnn.training.train import train
 from charrnn.training.report import Reporter

@@ -101,7 +101,7 @@ def test_neurons_on_a_byte_model_line_activations_up_with_characters(cli, byte_r
     """Activations come per byte, the text's properties per character: each character takes
     the units' values after its last byte, where the model has read all of it."""
     from charrnn.corpus.byte_vocab import per_character
-    from charrnn.storage.checkpoint import load_model
+    from charrnn.storage.load import load_model
     from charrnn.inspection.neurons import best_units, record, text_properties
 
     text_file = tmp_path / "unicode.txt"
@@ -122,7 +122,7 @@ def test_neurons_on_a_byte_model_line_activations_up_with_characters(cli, byte_r
 
 def test_eval_shows_a_byte_model_s_unit_per_character(cli, byte_run, tmp_path):
     from charrnn.corpus.byte_vocab import per_character
-    from charrnn.storage.checkpoint import load_model
+    from charrnn.storage.load import load_model
     from charrnn.inspection.neurons import parse_unit, unit_activations
 
     text_file, page = tmp_path / "unicode.txt", tmp_path / "unit.html"
@@ -139,7 +139,7 @@ def test_serve_shades_a_byte_model_s_text_per_character(byte_run):
     from starlette.testclient import TestClient
 
     from charrnn.corpus.byte_vocab import char_bits, per_character
-    from charrnn.storage.checkpoint import load_model
+    from charrnn.storage.load import load_model
     from charrnn.inspection.neurons import parse_unit, unit_activations
     from charrnn.serve import create_app
     from charrnn.inspection.surprisal import surprisal

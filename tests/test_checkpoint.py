@@ -14,7 +14,8 @@ import pytest
 import torch
 
 import charrnn.training.run as run_module
-from charrnn.storage.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint, load_model, resolve_checkpoint, save_checkpoint
+from charrnn.storage.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint, resolve_checkpoint, save_checkpoint
+from charrnn.storage.load import load_model
 from charrnn.config import TrainConfig
 from charrnn.corpus.data import load_corpus
 from charrnn.errors import CharrnnError

@@ -23,7 +23,8 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 import charrnn.training.run_dir
-from charrnn.storage.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint, load_model
+from charrnn.storage.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint
+from charrnn.storage.load import load_model
 from charrnn.config import TrainConfig
 from charrnn.corpus.data import load_corpus
 from charrnn.corpus.datasets import DATASETS

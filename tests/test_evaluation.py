@@ -60,7 +60,7 @@ def test_eval_options_override_the_recorded_layout(cli, trained_run):
 
 
 def trained_model_and_val(run):
-    from charrnn.storage.checkpoint import load_model
+    from charrnn.storage.load import load_model
     from charrnn.corpus.data import reload_corpus
 
     model, _, ckpt = load_model(run, "cpu")

@@ -224,7 +224,7 @@ def test_serve_answers_from_an_exported_folder_as_from_the_run(runs, exported):
     pytest.importorskip("starlette", reason="charrnn serve needs the serve extra")
     from starlette.testclient import TestClient
 
-    from charrnn.storage.checkpoint import load_model
+    from charrnn.storage.load import load_model
     from charrnn.config import ServeLimits
     from charrnn.serve import create_app
 

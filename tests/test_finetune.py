@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from charrnn.storage.checkpoint import load_model
+from charrnn.storage.load import load_model
 from charrnn.config import TrainConfig
 from charrnn.model import build_model
 from charrnn.training.run import set_up

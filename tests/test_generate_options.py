@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from charrnn.storage.checkpoint import load_model
+from charrnn.storage.load import load_model
 from charrnn.generation.stops import StopScanner, parse_stops
 
 PREFIX = "The time "

@@ -395,7 +395,7 @@ def test_generation_prefixes_work_or_are_one_line(tmp_path):
 
 
 def load_tiny_model(run: Path):
-    from charrnn.storage.checkpoint import load_model
+    from charrnn.storage.load import load_model
 
     model, vocab, _ = load_model(run, "cpu")
     return model, vocab

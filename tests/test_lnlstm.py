@@ -97,7 +97,7 @@ def serve_answers(run):
     pytest.importorskip("starlette")
     from starlette.testclient import TestClient
 
-    from charrnn.storage.checkpoint import load_model
+    from charrnn.storage.load import load_model
     from charrnn.config import ServeLimits
     from charrnn.serve import create_app
 

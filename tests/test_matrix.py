@@ -104,7 +104,7 @@ def ok(result):
 def library_greedy(run: Path, prefix: str, length: int):
     """(the model's greedy continuation as raw bytes, as the text generate prints) from the library."""
     from charrnn.corpus.byte_vocab import shown
-    from charrnn.storage.checkpoint import load_model
+    from charrnn.storage.load import load_model
     from charrnn.cli.generate import text_steps
     from charrnn.generation.sample import generate
 
@@ -186,7 +186,7 @@ def serve_client(run):
     pytest.importorskip("starlette", reason="serve needs the serve extra")
     from starlette.testclient import TestClient
 
-    from charrnn.storage.checkpoint import load_model
+    from charrnn.storage.load import load_model
     from charrnn.serve import create_app
 
     loaded = load_model(run, "cpu")

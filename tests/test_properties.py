@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 import charrnn.corpus.text
-from charrnn.storage.checkpoint import load_checkpoint, load_model, save_checkpoint
+from charrnn.storage.checkpoint import load_checkpoint, save_checkpoint
+from charrnn.storage.load import load_model
 from charrnn.cli.main import app
 from charrnn.errors import CharrnnError
 from charrnn.model import ModelConfig, build_model

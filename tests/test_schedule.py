@@ -10,7 +10,7 @@ import torch
 import charrnn.training.run as run_module
 from charrnn.storage.checkpoint import load_checkpoint
 from charrnn.config import TrainConfig
-from charrnn.training.run import Progress
+from charrnn.training.progress import Progress
 from charrnn.training.schedule import after_evaluation, lr_at
 
 from conftest import TINY

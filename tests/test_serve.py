@@ -16,7 +16,7 @@ pytest.importorskip("starlette", reason="charrnn serve needs the serve extra: pi
 
 from starlette.testclient import TestClient  # noqa: E402
 
-from charrnn.storage.checkpoint import load_model  # noqa: E402
+from charrnn.storage.load import load_model  # noqa: E402
 from charrnn.config import ServeLimits  # noqa: E402
 from charrnn.serve import create_app  # noqa: E402
 from charrnn.inspection.surprisal import surprisal  # noqa: E402

@@ -230,7 +230,7 @@ def test_a_run_from_before_init_and_stream_offsets_existed_resumes_as_it_began(t
     for name in ("init", "stream_offsets", "forget_bias", "weight_drop", "locked_dropout"):
         del ckpt["config"][name]
     torch.save(ckpt, tmp_path / "old" / "last.pt")
-    values = resumed_config(tmp_path / "old", {"max_steps": 6})
+    values = resumed_config(ckpt, tmp_path / "old" / "last.pt", {"max_steps": 6})
     assert values["init"] == "book" and values["stream_offsets"] == "fixed"
     assert train(TrainConfig(**{**values, "max_steps": 6}), resume=tmp_path / "old")["steps"] == 6
 

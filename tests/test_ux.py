@@ -483,7 +483,7 @@ def test_generate_rejects_bad_settings_in_one_line(run, option, value):
 
 
 def test_interactive_prompt_continues_from_the_kept_state(run):
-    from charrnn.storage.checkpoint import load_model
+    from charrnn.storage.load import load_model
     from charrnn.generation.sample import generate
 
     result = invoke("generate", "--checkpoint", run, "--interactive", "--greedy", "--length", 12,
@@ -502,7 +502,7 @@ def test_interactive_prompt_continues_from_the_kept_state(run):
 
 
 def test_interactive_prompt_reports_unknown_characters_and_goes_on(run):
-    from charrnn.storage.checkpoint import load_model
+    from charrnn.storage.load import load_model
     from charrnn.generation.sample import generate
 
     result = invoke("generate", "--checkpoint", run, "-i", "--length", 5, "--greedy", input="The\nthe\n")
@@ -520,7 +520,7 @@ def test_interactive_takes_neither_json_nor_samples(run):
 
 
 def test_a_sampler_stopped_early_keeps_a_consistent_state(run):
-    from charrnn.storage.checkpoint import load_model
+    from charrnn.storage.load import load_model
     from charrnn.generation.sample import GenerationStream, generate
 
     model, vocab, _ = load_model(run, "cpu")
@@ -540,7 +540,7 @@ def test_info_describes_model_vocabulary_training_and_corpus(run, corpus):
     result = invoke("info", run)
     assert result.exit_code == 0, result.output
     lines = dict(line.split(None, 1) for line in result.stdout.splitlines())
-    from charrnn.storage.checkpoint import load_model
+    from charrnn.storage.load import load_model
     from charrnn.model import num_parameters
 
     model, vocab, _ = load_model(run, "cpu")
@@ -568,7 +568,7 @@ def test_info_errors_are_one_line(tmp_path):
 
 
 def test_surprisal_is_the_loss_of_one_stream_in_bits(run, corpus):
-    from charrnn.storage.checkpoint import load_model
+    from charrnn.storage.load import load_model
     from charrnn.inspection.surprisal import surprisal
     from charrnn.scoring.evaluation import evaluate
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from charrnn.storage.checkpoint import load_model
+from charrnn.storage.load import load_model
 from charrnn.generation.sample import generate
 from charrnn.training.train import TrainConfig, train
 

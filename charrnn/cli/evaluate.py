@@ -52,7 +52,7 @@ def evaluate_command(
     With --dynamic, also dynamic evaluation (Krause et al., 2018), its learning rate and decay
     tuned on the tail of the training text unless given; see docs/dynamic-evaluation.md.
     """
-    from charrnn.storage.checkpoint import load_model
+    from charrnn.storage.load import load_model
     from charrnn.corpus.data import check_unknown
     from charrnn.scoring.evaluation import evaluate, nats_summary, recorded_layout
     from charrnn.inspection.neurons import parse_unit
@@ -120,7 +120,7 @@ def neurons(
     sign). Units are L:Uh or L:Uc, layers from 1, units from 0; see one with
     `charrnn eval --show --neuron L:U`.
     """
-    from charrnn.storage.checkpoint import load_model
+    from charrnn.storage.load import load_model
     from charrnn.corpus.byte_vocab import per_character
     from charrnn.corpus.data import check_unknown
     from charrnn.inspection.neurons import best_units, best_units_lines, record, text_properties

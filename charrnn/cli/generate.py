@@ -45,7 +45,7 @@ def generate(
     """Generate text: warm the state up on --prefix, then emit one character at a time."""
     import torch
 
-    from charrnn.storage.checkpoint import load_model
+    from charrnn.storage.load import load_model
     from charrnn.corpus.text import read_byte_text, read_text
     from charrnn.generation.output import TextSink
     from charrnn.generation.sample import GenerationStream

@@ -1,7 +1,7 @@
 """The `charrnn` command line: a thin layer that parses, calls the library, and prints.
 
 This file holds the app, `train`, and the small commands (serve, info, plot);
-`generate` is in cli_generate.py, `eval` and `neurons` in cli_eval.py. torch is imported
+`generate` is in generate.py, `eval` and `neurons` in evaluate.py. torch is imported
 inside the commands, so `charrnn --help` and argument errors are fast.
 """
 
@@ -165,22 +165,12 @@ def train(
     from charrnn.training.report import TerminalReporter
     from charrnn.training.train import train as run_training
 
-    if resume and replay:
-        raise CharrnnError("--resume continues a run and --replay starts a new one: give one of them")
-    if resume or replay:
-        values = resumed_config(resume or replay, given, replay=bool(replay))
-    else:
-        values = read_preset(config) if config else {}
-        if "corpus" in given:
-            values.pop("dataset", None)  # a corpus on the command line replaces the preset's dataset
-        values.update(budget_given(given))
-        if values.get("init_from"):
-            values = fine_tune_config(values)
-    settings = TrainConfig.from_dict(values, str(config) if config else "config")
+    settings, opened = train_settings(given, config, resume, replay)
     # Rank 0's writing stays inside the group, which all processes leave together: torchrun
     # stops every process as soon as one exits with an error code (130 after a signal).
     with process_group(settings.device):  # under torchrun; nothing otherwise
-        summary = run_training(settings, TerminalReporter(quiet=quiet), resume=resume, replay=replay)
+        summary = run_training(settings, TerminalReporter(quiet=quiet), resume=opened if resume else None,
+                               replay=opened if replay else None)
         is_rank_zero = rank() == 0  # only rank 0 prints and writes
         if is_rank_zero:
             write_curve(Path(summary["run"]), quiet)
@@ -193,7 +183,7 @@ def train(
         raise typer.Exit(130)
     if settings.sample_prefix and is_rank_zero:
         from charrnn.corpus.byte_vocab import shown
-        from charrnn.storage.checkpoint import load_model
+        from charrnn.storage.load import load_model
         from charrnn.generation.sample import generate as generate_chars
 
         model, vocab, ckpt = load_model(Path(summary["run"]) / "best.pt", "cpu")
@@ -201,6 +191,28 @@ def train(
         steps = generate_chars(model, vocab, prefix, settings.sample_length, greedy=settings.sample_greedy,
                                seed=settings.seed)
         typer.echo(shown(f"sample: {prefix}" + "".join(c[0] for c in text_steps(steps, vocab, 1))))
+
+
+def train_settings(given: dict, config: Path | None, resume: Path | None, replay: Path | None):
+    """The run's TrainConfig from the options given, a preset, or the run resumed or replayed
+    (opened once: its settings here, its weights and state in training), and that run."""
+    from charrnn.storage.checkpoint import load_checkpoint
+    from charrnn.training.run import Resumed
+
+    if resume and replay:
+        raise CharrnnError("--resume continues a run and --replay starts a new one: give one of them")
+    opened = None
+    if resume or replay:
+        opened = Resumed.open(resume or replay)
+        values = resumed_config(opened.ckpt, opened.path, given, replay=bool(replay))
+    else:
+        values = read_preset(config) if config else {}
+        if "corpus" in given:
+            values.pop("dataset", None)  # a corpus on the command line replaces the preset's dataset
+        values.update(budget_given(given))
+        if values.get("init_from"):
+            values = fine_tune_config(values, load_checkpoint(values["init_from"]))
+    return TrainConfig.from_dict(values, str(config) if config else "config"), opened
 
 
 def write_curve(run: Path, quiet: bool) -> None:
@@ -245,7 +257,7 @@ def serve(
         from charrnn.serve import create_app
     except ModuleNotFoundError as e:
         raise CharrnnError(f"charrnn serve needs {e.name}: pip install -e '.[serve]' in a checkout") from None
-    from charrnn.storage.checkpoint import load_model
+    from charrnn.storage.load import load_model
     from charrnn.kernels.device import set_threads
 
     limits = ServeLimits(max_length, max_text)

@@ -1,1 +1,2 @@
-"""How well a model predicts a text: the validation loss (one layout for training and eval) and dynamic evaluation."""
+"""How well a model predicts a text: the validation loss (one layout for training and eval)
+and dynamic evaluation."""

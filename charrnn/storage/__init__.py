@@ -1,1 +1,2 @@
-"""Models on disk: the checkpoint format, atomic writes, and the exported folder (safetensors, JSON, ONNX)."""
+"""Models on disk: the checkpoint format, atomic writes, and the exported folder
+(safetensors, JSON, ONNX)."""

@@ -26,7 +26,7 @@ a hostile file cannot run code from it. Keys:
 
 Writes are atomic (charrnn.storage.atomic), so a crash never leaves a half-written checkpoint in
 its place.
-`load_model` makes a checkpoint the model that generate, eval, neurons and serve use.
+charrnn.storage.load makes a checkpoint the model that generate, eval, neurons and serve use.
 An exported folder (charrnn.storage.export: model.safetensors, config.json, vocab.json) is read
 wherever a checkpoint is, as a checkpoint of its model, vocabulary, progress and corpus.
 """
@@ -36,18 +36,13 @@ from __future__ import annotations
 import pickle
 import warnings
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
-from charrnn.storage.atomic import write_atomically
 from charrnn.errors import CharrnnError
-
-if TYPE_CHECKING:
-    from charrnn.config import ModelConfig
-    from charrnn.corpus.vocab import Vocab
+from charrnn.storage.atomic import write_atomically
+from charrnn.storage.exported import is_export, read_export
 
 FORMAT = "charrnn-checkpoint"
 FORMAT_VERSION = 1
@@ -79,9 +74,7 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     if path.is_dir():
         path = resolve_checkpoint(path)
     if path.is_dir():  # an exported folder
-        from charrnn.storage.export import read_export
-
-        return read_export(path, map_location)
+        return {"format": FORMAT, "version": FORMAT_VERSION, **read_export(path, map_location)}
     if not path.is_file():
         raise CharrnnError(f"checkpoint not found: {path}")
     if not zipfile.is_zipfile(path):  # torch.save has written zip archives since PyTorch 1.6
@@ -140,60 +133,7 @@ def resolve_checkpoint(where: str | Path | None, runs_dir: str | Path = "runs", 
         for name in order:
             if (where / name).is_file():
                 return where / name
-        from charrnn.storage.export import is_export
-
         if is_export(where):
             return where
         raise CharrnnError(f"no checkpoint ({' or '.join(order)}) in {where}")
     return where
-
-
-@dataclass
-class LoadedModel:
-    """A checkpoint made a model, for generate, eval, neurons and serve: the model (in eval
-    mode), its vocabulary and config, the checkpoint's contents and the file they came
-    from, resolved once. Unpacks as (model, vocab, checkpoint)."""
-
-    model: torch.nn.Module
-    vocab: Vocab
-    config: ModelConfig
-    checkpoint: dict
-    path: Path
-
-    @property
-    def run_dir(self) -> Path:
-        """The folder the checkpoint is in (its run directory, with the corpus's cache)."""
-        return self.path.parent
-
-    def __iter__(self):
-        return iter((self.model, self.vocab, self.checkpoint))
-
-
-def load_model(where, device_name: str = "auto") -> LoadedModel:
-    """The model of a checkpoint file or run directory (None: runs/latest), in eval mode
-    on the device named (auto, cpu or cuda)."""
-    from charrnn.corpus.vocab import Vocab
-    from charrnn.model import ModelConfig, build_model
-    from charrnn.kernels.device import pick_device
-
-    device = pick_device(device_name)
-    path = resolve_checkpoint(where)
-    ckpt = load_checkpoint(path, map_location=device)
-    try:
-        vocab = Vocab.from_dict(ckpt["vocab"])
-        config = ModelConfig(**ckpt["model_config"])
-        if not (isinstance(config.layers, int) and 0 < config.layers <= len(ckpt["model"])):
-            raise ValueError(f"{config.layers!r} layers")
-        # Built on the meta device: no memory is set aside for whatever sizes a damaged or
-        # hostile file claims; the weights are the file's own tensors.
-        with torch.device("meta"):
-            model = build_model(config)
-        model.load_state_dict(ckpt["model"], assign=True)
-    except (TypeError, KeyError, RuntimeError, ValueError, AttributeError) as e:
-        raise CharrnnError(f"the checkpoint's model does not fit its config: {str(e).splitlines()[0]}") from None
-    if len(vocab) != config.vocab_size:
-        raise CharrnnError(f"the checkpoint's vocabulary has {len(vocab)} characters but its model {config.vocab_size}")
-    if not all(p.device.type != "meta" and p.is_floating_point() and bool(torch.isfinite(p).all())
-               for p in model.parameters()):
-        raise CharrnnError("the checkpoint's weights are not all finite floating-point numbers")
-    return LoadedModel(model.to(device).eval(), vocab, config, ckpt, path)

@@ -31,7 +31,8 @@ def vocab_dims(config: ModelConfig) -> dict[str, int]:
 
 def load_trained(where):
     """(model, vocab, its checkpoint file) of the model a run starts from."""
-    from charrnn.storage.checkpoint import load_model, resolve_checkpoint
+    from charrnn.storage.checkpoint import resolve_checkpoint
+    from charrnn.storage.load import load_model
 
     trained, trained_vocab, _ = load_model(where, "cpu")
     return trained, trained_vocab, str(resolve_checkpoint(where))

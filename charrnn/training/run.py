@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -34,6 +34,7 @@ from charrnn.model import build_model, map_state, num_parameters
 from charrnn.kernels.device import pick_device, set_threads
 from charrnn.training.run_dir import check_writable, new_run_dir, prepare_run_dir
 from charrnn.training.schedule import change_total, make_optimizer, nothing_left, step_limits
+from charrnn.training.progress import Progress
 from charrnn.training.train_step import TrainStep, cuda_precision
 
 if TYPE_CHECKING:
@@ -54,8 +55,9 @@ def set_up(config: TrainConfig, reporter: Reporter, resume: str | Path | None, r
     # all processes draw the same initial weights; streams.split then gives each its own
     # dropout masks
     torch.manual_seed(config.seed)
-    resumed = Resumed.open(resume) if resume else None
-    replayed = Resumed.open(replay, writable=False) if replay else None
+    resumed, replayed = Resumed.of(resume), Resumed.of(replay)
+    if resumed and rank() == 0:  # (a replay writes a run directory of its own)
+        check_writable(resumed.directory)
     trained = load_trained(config.init_from) if config.init_from and not resumed else None
     corpus, train_ids, val_ids, batches = read_data(config, resumed or replayed, device, reporter,
                                                     trained[1].to_dict() if trained else None)
@@ -70,12 +72,7 @@ def set_up(config: TrainConfig, reporter: Reporter, resume: str | Path | None, r
               make_optimizer(config, params), Progress(world_size=world_size()), clock=clock)
     if resumed:
         restore(run, resumed)
-    if replayed:
-        run.progress.script = replayed_totals(replayed)
-    elif resumed and run.progress.script is not None and any(
-            resumed.ckpt["config"].get(name) != getattr(config, name) for name in ("max_steps", "epochs", "max_time")):
-        raise CharrnnError(f"{directory} replays another run's plan: its --max-steps, --epochs and --max-time "
-                           "cannot change")
+    follow_replay(run, resumed, replayed)
     if rank() == 0:
         prepare_run_dir(directory, config, corpus)
     parallel_model = data_parallel(model, device)
@@ -100,9 +97,20 @@ def set_up(config: TrainConfig, reporter: Reporter, resume: str | Path | None, r
                     "total_steps": run.total_steps, "max_time": max_time, "time_plan": time_plan,
                     "limited_by": min(limits, key=limits.get), "had": had if resumed else None,
                     "step": run.progress.step, "best_val_loss": run.progress.best_val_loss,
-                    "resumed_from": str(resume) if resume else None,  # as the user named it
+                    "resumed_from": resumed.named if resumed else None,
                     "batches_per_epoch": batches.batches_per_epoch, "config": asdict(config), "init_from": fine_tune})
     return run
+
+
+def follow_replay(run: Run, resumed: Resumed | None, replayed: Resumed | None) -> None:
+    """A replay follows the totals its run recorded; a resumed replay keeps following them,
+    so its budget cannot change."""
+    if replayed:
+        run.progress.script = replayed_totals(replayed)
+    elif resumed and run.progress.script is not None and any(
+            resumed.ckpt["config"].get(name) != getattr(run.config, name) for name in ("max_steps", "epochs", "max_time")):
+        raise CharrnnError(f"{run.directory} replays another run's plan: its --max-steps, --epochs and --max-time "
+                           "cannot change")
 
 
 def read_data(config: TrainConfig, resumed: Resumed | None, device: torch.device, reporter: Reporter,
@@ -234,58 +242,27 @@ def plan_time(run: Run, seconds: float) -> budget.Plan:
 
 
 @dataclass
-class Progress:
-    """Where a run stands. Every checkpoint holds it (as a dict), so that a resumed run
-    continues its counters, its place in the data, --patience, the plateau schedule and
-    the --max-time plan with its revisions exactly."""
-
-    step: int = 0
-    epoch: int = 0
-    index: int = 0  # the next batch of the epoch
-    chars_seen: int = 0
-    elapsed: float = 0.0  # seconds of training, over every session of the run
-    best_val_loss: float = math.inf
-    last_val_loss: float = math.inf
-    evals_since_best: int = 0  # --patience and the plateau schedule count these ...
-    lr_scale: float = 1.0  # ... and the plateau schedule lowers this (charrnn.training.schedule)
-    world_size: int = 1  # the processes that trained it
-    planned_steps: int | None = None  # --max-time's plan: the steps that fit ...
-    planned_for: float | None = None  # ... in this many seconds
-    speed: budget.Speed | None = None  # what the plan's revisions measure
-    # [step, total]: every change of the run's step total, at the step before which it
-    # came (the plan a resumed run and --replay follow) ...
-    totals: list = field(default_factory=list)
-    anchor: list = field(default_factory=lambda: [0, 0.0])  # ... the cosine's (step, progress) at the last
-    script: list | None = None  # a replay's: the totals it follows instead of the clock
-
-    @classmethod
-    def from_checkpoint(cls, saved: dict) -> Progress:
-        """A checkpoint's progress (an older one's lacks the later fields: their defaults),
-        now trained by this run's processes."""
-        known = {f.name for f in fields(cls)} - {"world_size"}
-        values = {name: value for name, value in saved.items() if name in known}
-        if values.get("speed") is not None:
-            values["speed"] = budget.Speed(**values["speed"])
-        return cls(**values, world_size=world_size())
-
-
-@dataclass
 class Resumed:
     """The checkpoint a resumed run goes on from, and the run directory it is in."""
 
     path: Path
     directory: Path
     ckpt: dict
+    named: str  # as the user named it (runs/latest, say)
 
     @classmethod
-    def open(cls, resume: str | Path, writable: bool = True) -> Resumed:
+    def open(cls, resume: str | Path) -> Resumed:
         path = resolve_checkpoint(resume, order=LAST_FIRST)
         directory = path.parent.resolve()  # runs/latest names the run itself
         ckpt = load_checkpoint(path)
         cpu_matmul.adopt_gemm_choices(ckpt.get("gemm", []))  # compute as the run did before
-        if writable and rank() == 0:
-            check_writable(directory)
-        return cls(path, directory, ckpt)
+        return cls(path, directory, ckpt, str(resume))
+
+    @classmethod
+    def of(cls, where: str | Path | Resumed | None) -> Resumed | None:
+        """`where` opened; one the caller opened already (the CLI, which read its settings:
+        the checkpoint is read once) or None, as it is."""
+        return where if where is None or isinstance(where, cls) else cls.open(where)
 
 
 @dataclass

@@ -13,7 +13,7 @@ from charrnn.config import TrainConfig
 from charrnn.errors import CharrnnError
 
 if TYPE_CHECKING:
-    from charrnn.training.run import Progress
+    from charrnn.training.progress import Progress
 
 
 def make_optimizer(config: TrainConfig, params):

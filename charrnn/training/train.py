@@ -36,7 +36,7 @@ from charrnn.training.distributed import agree_to_stop, all_reduce, gather_rows,
 from charrnn.errors import CharrnnError
 from charrnn.model import detach_state, map_state
 from charrnn.training.report import Reporter
-from charrnn.training.run import Run, follow_plan, set_up
+from charrnn.training.run import Resumed, Run, follow_plan, set_up
 from charrnn.training.schedule import after_evaluation, lr_at, plan_progress
 from charrnn.training.train_step import cuda_precision
 
@@ -46,8 +46,8 @@ from charrnn.training.train_step import cuda_precision
 DIVERGENCE_FACTOR = 3.0
 
 
-def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | Path | None = None,
-          replay: str | Path | None = None, clock: Callable[[], float] = time.perf_counter) -> dict:
+def train(config: TrainConfig, reporter: Reporter | None = None, resume: str | Path | Resumed | None = None,
+          replay: str | Path | Resumed | None = None, clock: Callable[[], float] = time.perf_counter) -> dict:
     """Train a model as `config` says; returns a summary dict (run directory, steps, losses,
     `interrupted` when Ctrl-C or SIGTERM stopped it, `stopped_early` when --patience did).
 
