@@ -164,17 +164,18 @@ def adapt_to_file(stream, path: Path, loaded, lr: float | None, decay: float | N
         typer.echo(f"warning: {note}", err=True)
     if len(ids) < 2:
         raise CharrnnError(f"the adapt file {path} has fewer than 2 characters the model knows")
-    settings, train_ids = dynamic_settings(None, lr, decay), training_corpus(loaded).train_ids
+    settings = dynamic_settings(None, lr, decay)
+    # the training text's gradient statistics, once: tuning's candidates share the segment length
+    rms = gradient_rms(stream.model, training_corpus(loaded).train_ids, settings.seq_len)
     if lr is None and decay is None:
         start = ids[: TUNE_CHARS + 1]
         typer.echo(f"tuning --dyn-lr and --dyn-decay on the first {len(start) - 1:,} characters of {path}:", err=True)
-        tuning = tune(stream.model, start, gradient_rms(stream.model, train_ids, settings.seq_len), settings.seq_len,
-                      on_result=print_candidate)
+        tuning = tune(stream.model, start, rms, settings.seq_len, on_result=print_candidate)
         if tuning.chosen is None:
             typer.echo(f"warning: no candidate predicted {path} better than the model as trained: it is read "
                        "without adapting", err=True)
         settings = tuning.chosen or replace(settings, lr=0.0)
-    adapt_stream(stream, ids, train_ids, settings)
+    adapt_stream(stream, ids, rms, settings)
 
 
 def finish_output(out, output: Path | None) -> None:

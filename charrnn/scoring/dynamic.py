@@ -190,9 +190,10 @@ def compare(model, ids: torch.Tensor, train_ids: torch.Tensor, settings: Dynamic
     return {"static": static, "dynamic": dynamic, "settings": settings, "tuning": tuning}
 
 
-def adapt_stream(stream, ids: torch.Tensor, train_ids: torch.Tensor, settings: DynamicSettings) -> None:
+def adapt_stream(stream, ids: torch.Tensor, rms: list[torch.Tensor], settings: DynamicSettings) -> None:
     """Adapt a GenerationStream's model to `ids` by dynamic evaluation (its weights stay
-    adapted) and leave the stream where the text ends, for every one of its samples."""
-    reader = DynamicEvaluation(stream.model, gradient_rms(stream.model, train_ids, settings.seq_len), settings)
+    adapted; `rms`: gradient_rms of the training text) and leave the stream where the text
+    ends, for every one of its samples."""
+    reader = DynamicEvaluation(stream.model, rms, settings)
     _, state, logits = reader.read(ids)
     stream.continue_from(state, logits)
