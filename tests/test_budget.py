@@ -190,6 +190,18 @@ def test_a_timed_run_on_a_changing_machine_ends_on_its_budget_and_replays_exactl
     assert load_checkpoint(tmp_path / "replay" / "last.pt")["progress"]["totals"] == progress["totals"]
 
 
+def test_a_revision_that_ends_the_run_right_after_an_evaluation_is_saved_and_replayed(tmp_path, machine):
+    # the evaluation at step 20 (it starts near 3.1 s) takes 15 s of the 20: the revision
+    # after it finds no room for another step, after that evaluation wrote last.pt
+    machine.slowdown = lambda t: 50.0 if 3.05 < t < 3.2 else 1.0
+    summary = train(simulated_config(tmp_path, "timed"), Reporter(), clock=machine.clock)
+    progress = load_checkpoint(tmp_path / "timed" / "last.pt")["progress"]
+    assert summary["steps"] == progress["step"] == 20 and progress["totals"][-1] == [20, 20]
+    replayed = train(simulated_config(tmp_path, "replay"), Reporter(), replay=tmp_path / "timed",
+                     clock=machine.clock)
+    assert replayed["steps"] == 20 and same_weights(tmp_path / "timed", tmp_path / "replay")
+
+
 def test_a_resumed_timed_run_revises_exactly_as_the_run_that_never_stopped(tmp_path, machine):
     straight = train(simulated_config(tmp_path, "straight"), Reporter(), clock=machine.clock)
     machine.now = 0.0

@@ -238,7 +238,7 @@ def diverged(run: Run, what: str) -> CharrnnError:
 def finish(run: Run, tally: Tally, stopped_by: str | None) -> None:
     """The mean training loss of the steps since the last evaluation; then last.pt to
     resume from when a signal stopped the run, or else a last evaluation (unless the last
-    step had one)."""
+    step had one: then last.pt again if the plan changed after it)."""
     if tally.loss_steps:
         tally.train_loss = all_reduce([tally.loss_sum.item() / tally.loss_steps])[0] / world_size()
         check_train_loss(run, tally)
@@ -247,6 +247,10 @@ def finish(run: Run, tally: Tally, stopped_by: str | None) -> None:
         save(run, "last.pt")
     elif tally.last_record is None or tally.last_record["step"] != run.progress.step:
         tally.last_record = evaluate_and_save(run, tally.train_loss, tally.chars_per_s)
+    elif run.progress.totals[-1][0] == run.progress.step:
+        # the revision that ended the run came after this step's evaluation saved last.pt:
+        # --replay follows the totals last.pt records, so it must record this one too
+        save(run, "last.pt")
 
 
 def summary_of(run: Run, tally: Tally, stopped_by: str | None, stopped_early: bool) -> dict:
