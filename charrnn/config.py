@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from charrnn.cells import CELLS
@@ -23,6 +23,8 @@ SCHEDULES = ("constant", "cosine", "plateau")
 DEVICES = ("auto", "cpu", "cuda")
 UNKNOWN_CHOICES = ("error", "skip")  # what to do with validation characters outside the vocabulary
 VOCAB_KINDS = ("chars", "bytes")  # a character vocabulary, or the 256 byte values (charrnn.corpus.byte_vocab)
+# What the sizing rule chooses for a new --max-time run where no option gives it (charrnn.training.sizing)
+SIZE_SETTINGS = ("hidden", "layers", "embedding", "dropout", "lr", "batch_size", "seq_len")
 
 
 @dataclass
@@ -62,7 +64,7 @@ SAMPLING = SamplingConfig()
 # The annotations of TrainConfig's fields (strings, by `from __future__ import annotations`)
 # and the values a preset may give them.
 SETTING_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "str | None": (str, type(None)),
-                 "str | list[str] | None": (str, list, type(None))}
+                 "str | list[str] | None": (str, list, type(None)), "list[str]": (list,)}
 
 
 @dataclass
@@ -124,6 +126,10 @@ class TrainConfig:
     tf32: bool = False  # CUDA: TF32 matmuls (10-bit mantissa products, float32 accumulation)
     amp: str = "none"  # none | bf16 | auto: autocast to bfloat16 (CPU: bfloat16 matmuls, float32 state); auto: bf16 where it pays
     cuda_graphs: bool = True  # CUDA, one process: replay each training step as a CUDA graph
+    # the SIZE_SETTINGS the sizing rule chooses when the run starts (the command line leaves it
+    # those of a new --max-time run that neither it nor a preset gives); the run then records
+    # its choice here, with this emptied
+    auto_size: list[str] = field(default_factory=list)
     out: str = ""  # run directory; default runs/<timestamp>
     # a sample printed after training
     sample_prefix: str = ""
@@ -164,6 +170,9 @@ class TrainConfig:
             raise CharrnnError(f"corpus must be a path or a non-empty list of paths, got {self.corpus!r}")
         if self.max_time:
             parse_duration(self.max_time)
+        if not set(self.auto_size) <= set(SIZE_SETTINGS) or (self.auto_size and not self.max_time):
+            raise CharrnnError(f"auto_size must name settings of {', '.join(SIZE_SETTINGS)} and needs max_time, "
+                               f"got {self.auto_size!r}")
 
     @classmethod
     def from_dict(cls, values: dict, where: str = "config") -> "TrainConfig":

@@ -22,8 +22,11 @@ from charrnn import __version__
 from charrnn.cells import cells_help
 from charrnn.cli.evaluate import evaluate_command, neurons, threads_option
 from charrnn.cli.generate import generate, model_prefix, text_steps
-from charrnn.config import ServeLimits, TrainConfig, budget_given, fine_tune_config, read_preset, resumed_config
+from charrnn.config import (SIZE_SETTINGS, ServeLimits, TrainConfig, budget_given, fine_tune_config, read_preset,
+                            resumed_config)
 from charrnn.errors import CharrnnError
+
+SIZED = " A new --max-time run without a preset chooses it for the text and the budget unless given (docs/sizing.md)."
 
 app = typer.Typer(
     help="Character-level recurrent language models written from scratch in PyTorch "
@@ -104,17 +107,17 @@ def train(
     sampling: Annotated[str, Opt(help="sequential: contiguous streams, state carried across batches; random: shuffled windows from a zero state (d2l).")] = D.sampling,
     stream_offsets: Annotated[str, Opt(help="sequential: random starts the streams at a new offset every epoch (other truncation points each time); fixed starts them at the text's start.")] = D.stream_offsets,
     cell: Annotated[str, Opt(help=cells_help())] = D.cell,
-    hidden: Annotated[int, Opt(help="Hidden units per layer.")] = D.hidden,
-    layers: Annotated[int, Opt(help="Stacked recurrent layers.")] = D.layers,
-    embedding: Annotated[int, Opt(help="0: one-hot characters times the input table W_xh (the book's). K > 0: that table factorised, E (vocabulary x K) @ W_xh, as nn.Embedding before nn.LSTM; Adam trains it better over a long run.")] = D.embedding,
-    dropout: Annotated[float, Opt(help="Dropout on each layer's outputs (never on the carried state).")] = D.dropout,
+    hidden: Annotated[int, Opt(help="Hidden units per layer." + SIZED)] = D.hidden,
+    layers: Annotated[int, Opt(help="Stacked recurrent layers." + SIZED)] = D.layers,
+    embedding: Annotated[int, Opt(help="0: one-hot characters times the input table W_xh (the book's). K > 0: that table factorised, E (vocabulary x K) @ W_xh, as nn.Embedding before nn.LSTM; Adam trains it better over a long run." + SIZED)] = D.embedding,
+    dropout: Annotated[float, Opt(help="Dropout on each layer's outputs (never on the carried state)." + SIZED)] = D.dropout,
     locked_dropout: Annotated[bool, Opt("--locked-dropout/--no-locked-dropout", help="One dropout mask per sequence for all its steps (variational dropout) instead of one per step.")] = D.locked_dropout,
     weight_drop: Annotated[float, Opt(help="DropConnect on the recurrent matrices W_hh: this fraction of entries zeroed, one mask per batch (AWD-LSTM).")] = D.weight_drop,
     init: Annotated[str, Opt(help="book: every weight N(0, --init-sigma^2) (d2l); torch: as torch.nn starts them, the one-hot input table N(0, 1); orthogonal: torch, with orthogonal recurrent blocks.")] = D.init,
     init_sigma: Annotated[float, Opt(help="With --init book: the weights' standard deviation.")] = D.init_sigma,
     forget_bias: Annotated[float, Opt(help="LSTM: the forget gate's starting bias.")] = D.forget_bias,
     optimizer: Annotated[str, Opt(help="sgd, adam or adamw.")] = D.optimizer,
-    lr: Annotated[float, Opt(help="Learning rate.")] = D.lr,
+    lr: Annotated[float, Opt(help="Learning rate." + SIZED)] = D.lr,
     lr_schedule: Annotated[str, Opt(help="constant; cosine (decay over the step or time budget to lr x --min-lr-fraction); or plateau (multiply by --plateau-factor after --plateau-patience evaluations without a new best).")] = D.lr_schedule,
     min_lr_fraction: Annotated[float, Opt(help="With --lr-schedule cosine: the learning rate at the end, as a fraction of --lr.")] = D.min_lr_fraction,
     plateau_factor: Annotated[float, Opt(help="With --lr-schedule plateau: multiply the learning rate by this.")] = D.plateau_factor,
@@ -122,8 +125,8 @@ def train(
     warmup_steps: Annotated[int, Opt(help="Linear learning-rate warm-up steps.")] = D.warmup_steps,
     weight_decay: Annotated[float, Opt(help="Weight decay (with adamw: decoupled, as AdamW does it).")] = D.weight_decay,
     clip: Annotated[float, Opt(help="Clip gradients to this global L2 norm.")] = D.clip,
-    batch_size: Annotated[int, Opt(help="Sequences per batch (per process under torchrun).")] = D.batch_size,
-    seq_len: Annotated[int, Opt(help="Characters per sequence (truncated BPTT length).")] = D.seq_len,
+    batch_size: Annotated[int, Opt(help="Sequences per batch (per process under torchrun)." + SIZED)] = D.batch_size,
+    seq_len: Annotated[int, Opt(help="Characters per sequence (truncated BPTT length)." + SIZED)] = D.seq_len,
     max_steps: Annotated[str, Opt(help="Stop after this many steps in all (0: no limit); with --resume, +N: N more than the run's step total.")] = D.max_steps,
     epochs: Annotated[float, Opt(help="Stop after this many passes over the training text (0: no limit; 10 when no other limit is given).")] = D.epochs,
     max_time: Annotated[str, Opt(help="A time budget: 90s, 10m, 1h (empty: none); with --resume, +10m: 10 minutes more than the run's budget. The run plans the steps that fit from the measured time of a step and of an evaluation, and revises the plan as it goes, so it ends on its budget; --replay repeats it exactly.", show_default=False)] = D.max_time,
@@ -152,6 +155,9 @@ def train(
     --max-time or --patience, whichever comes first. Ctrl-C saves last.pt and prints how
     to resume. Under torchrun it trains data-parallel, one process per GPU or CPU share.
     A --config preset's values replace these defaults; the options given replace both.
+    Without a preset, a new --max-time run chooses the model's size (width, embedding,
+    dropout, learning rate, batch) for the text and the budget from a few seconds of trial
+    steps, and says what it chose and why; the options given win (docs/sizing.md).
     """
     from charrnn.generation.stops import unescape
 
@@ -212,6 +218,8 @@ def train_settings(given: dict, config: Path | None, resume: Path | None, replay
         values.update(budget_given(given))
         if values.get("init_from"):
             values = fine_tune_config(values, load_checkpoint(values["init_from"]))
+        elif values.get("max_time") and not config:  # a preset is a whole recipe: it keeps its defaults
+            values["auto_size"] = [name for name in SIZE_SETTINGS if name not in values]
     return TrainConfig.from_dict(values, str(config) if config else "config"), opened
 
 

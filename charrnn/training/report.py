@@ -100,6 +100,8 @@ class TerminalReporter(Reporter):
         else:
             line = f"training a {model}, {budget_text(info)} on {info['device']}; run: {info['run']}"
         self.console.print(line, highlight=False, markup=False)
+        if info.get("sizing"):
+            self.console.print(info["sizing"], highlight=False, markup=False)
         if info.get("init_from"):
             added = info["init_from"]["added"]
             shown = f": {escape_chars(added[:20])}{', ...' if len(added) > 20 else ''}" if added else ""

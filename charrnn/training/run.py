@@ -33,6 +33,7 @@ from charrnn.training.finetune import load_trained, start_from
 from charrnn.model import build_model, map_state, num_parameters
 from charrnn.kernels.device import pick_device, set_threads
 from charrnn.training.run_dir import check_writable, new_run_dir, prepare_run_dir
+from charrnn.training.sizing import Sizing, measure_speed, size_model
 from charrnn.training.schedule import change_total, make_optimizer, nothing_left, step_limits
 from charrnn.training.progress import Progress
 from charrnn.training.train_step import TrainStep, cuda_precision
@@ -59,8 +60,8 @@ def set_up(config: TrainConfig, reporter: Reporter, resume: str | Path | None, r
     if resumed and rank() == 0:  # (a replay writes a run directory of its own)
         check_writable(resumed.directory)
     trained = load_trained(config.init_from) if config.init_from and not resumed else None
-    corpus, train_ids, val_ids, batches = read_data(config, resumed or replayed, device, reporter,
-                                                    trained[1].to_dict() if trained else None)
+    config, sizing, corpus, train_ids, val_ids, batches = read_data(
+        config, resumed or replayed, device, reporter, trained[1].to_dict() if trained else None, clock)
     # the data are good: now a new run gets its directory
     directory = resumed.directory if resumed else from_rank_zero(new_run_dir(config.out) if rank() == 0 else None)
     model_config = config.model_config(len(corpus.vocab))
@@ -69,7 +70,8 @@ def set_up(config: TrainConfig, reporter: Reporter, resume: str | Path | None, r
     streams.split(config.seed)
     params = list(model.parameters())
     run = Run(config, reporter, device, directory, corpus, train_ids, val_ids, batches, model_config, model, params,
-              make_optimizer(config, params), Progress(world_size=world_size()), clock=clock)
+              make_optimizer(config, params), Progress(world_size=world_size(), elapsed=sizing.seconds if sizing else 0.0),
+              clock=clock, sizing=asdict(sizing) if sizing else resumed and resumed.ckpt.get("sizing"))
     if resumed:
         restore(run, resumed)
     follow_replay(run, resumed, replayed)
@@ -98,7 +100,8 @@ def set_up(config: TrainConfig, reporter: Reporter, resume: str | Path | None, r
                     "limited_by": min(limits, key=limits.get), "had": had if resumed else None,
                     "step": run.progress.step, "best_val_loss": run.progress.best_val_loss,
                     "resumed_from": resumed.named if resumed else None,
-                    "batches_per_epoch": batches.batches_per_epoch, "config": asdict(config), "init_from": fine_tune})
+                    "batches_per_epoch": batches.batches_per_epoch, "config": asdict(config), "init_from": fine_tune,
+                    "sizing": sizing.reason if sizing else None})
     return run
 
 
@@ -114,10 +117,13 @@ def follow_replay(run: Run, resumed: Resumed | None, replayed: Resumed | None) -
 
 
 def read_data(config: TrainConfig, resumed: Resumed | None, device: torch.device, reporter: Reporter,
-              base_vocab: dict | None = None):
+              base_vocab: dict | None = None, clock: Callable[[], float] = time.perf_counter):
     """The corpus (a resumed or replayed run's own, checked against its sha256; a run
     --init-from a checkpoint's over that `base_vocab`), its texts on the device, and the
-    batches over the training text."""
+    batches over the training text; before them, the settings the sizing rule was left
+    (config.auto_size) chosen for the text and the budget (charrnn.training.sizing). Returns
+    the config (with that choice), the Sizing (None without one), the corpus, the texts and
+    the batches."""
     if resumed:
         corpus = reload_corpus(resumed.ckpt["corpus"], cache_dir=resumed.directory)
     else:
@@ -133,11 +139,31 @@ def read_data(config: TrainConfig, resumed: Resumed | None, device: torch.device
     # the texts move to the device once: every batch is then a slice there, with no copy
     # from the host per step
     train_ids, val_ids = corpus.train_ids.to(device), corpus.val_ids.to(device)
+    sizing = None
+    if config.auto_size:
+        sizing = size_run(config, len(corpus.vocab), train_ids, device, clock)
+        config = replace(config, **sizing.chosen, auto_size=[])
     batches = make_batches(train_ids, config.sampling, config.batch_size * world_size(), config.seq_len,
                            config.seed, config.stream_offsets)
     if not batches.carries_state and len(val_ids) <= config.seq_len:
         raise CharrnnError(f"the validation text is shorter than one window of {config.seq_len + 1} characters")
-    return corpus, train_ids, val_ids, batches
+    return config, sizing, corpus, train_ids, val_ids, batches
+
+
+def size_run(config: TrainConfig, vocab_size: int, train_ids: torch.Tensor, device: torch.device,
+             clock: Callable[[], float]) -> Sizing:
+    """The sizing rule's choice for this run, rank 0's on every process; its seconds count in the budget."""
+    started = clock()
+
+    def measure(candidate: TrainConfig) -> tuple[float, int]:
+        speed, parameters = measure_speed(candidate, vocab_size, train_ids, device, clock)
+        return speed * world_size(), parameters  # the global batch's characters
+
+    with cuda_precision(device, config.tf32):
+        choice = size_model(config, vocab_size, len(train_ids), parse_duration(config.max_time), measure)
+    choice = from_rank_zero(choice)
+    choice.seconds = all_reduce([clock() - started], "max")[0]
+    return choice
 
 
 def restore(run: Run, resumed: Resumed) -> None:
@@ -287,6 +313,7 @@ class Run:
     limits: dict[str, int] = field(default_factory=dict)  # the steps each limit allows
     clock: Callable[[], float] = time.perf_counter
     started: float = 0.0  # clock() at which progress.elapsed was 0
+    sizing: dict | None = None  # what the sizing rule chose and why (charrnn.training.sizing.Sizing)
 
     @property
     def total_steps(self) -> int:

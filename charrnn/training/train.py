@@ -214,6 +214,7 @@ def save(run: Run, name: str) -> None:
         "progress": asdict(run.progress), "gemm": cpu_matmul.gemm_choices(), "corpus": run.corpus.source, "rng": rng,
         "state": carried,
         "evaluation": run.eval_layout,  # for `charrnn eval` to compute the validation loss the same way
+        "sizing": run.sizing,
     }, run.directory / name)
 
 

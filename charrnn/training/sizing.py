@@ -1,0 +1,127 @@
+"""The model for the user's text and time: a new --max-time run sizes what it was not told.
+
+Over a budget of B seconds a model of P parameters that trains at S characters per second
+reads C = S x B characters. Widen it and P grows faster than S falls: past some width the
+run ends before the model has learned what it could hold. The rule measures S for each
+width of WIDTHS in turn (trial steps of the real training step, as the time plan takes
+them) and keeps the widest whose C is at least CHARS_PER_PARAMETER x P; the rest follows:
+
+    width       the widest that reads CHARS_PER_PARAMETER characters per parameter
+    embedding   EMBEDDING wide, unless the vocabulary is no larger (one-hot then)
+    layers      1;  batch  BATCH sequences of SEQ_LEN (LONG_SEQ_LEN from LONG_SEQ_WIDTH)
+    lr          LR_AT_256 x (256 / width) ** LR_POWER: Adam's steps shrink as the matrices grow
+    dropout     DROPOUT_PER_DOUBLING per doubling of the passes over the text (C / its
+                length) beyond DROPOUT_FROM, up to MAX_DROPOUT: a text read many times over
+                is learned by heart unless the model is kept from it
+
+The constants were fitted on the grid of docs/sizing.md (scripts/sizing_grid.py).
+Options given on the command line win: the rule chooses only `config.auto_size`, and
+with --hidden given it measures that width alone (for its dropout).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import torch
+
+from charrnn.config import TrainConfig
+from charrnn.model import build_model, num_parameters
+from charrnn.training.distributed import all_reduce
+from charrnn.training.schedule import make_optimizer
+from charrnn.training.train_step import TrainStep
+
+WIDTHS = (128, 192, 256, 384, 512, 768, 1024)
+CHARS_PER_PARAMETER = 8.0
+EMBEDDING = 64
+BATCH, SEQ_LEN, LONG_SEQ_LEN, LONG_SEQ_WIDTH = 32, 64, 128, 384
+LR_AT_256, LR_POWER = 5e-3, 0.75
+DROPOUT_FROM, DROPOUT_PER_DOUBLING, MAX_DROPOUT = 2.0, 0.1, 0.4
+# each width's trial: WARMUP_STEPS untimed, then at least MIN_TIMED steps and MIN_SECONDS
+WARMUP_STEPS, MIN_TIMED, MIN_SECONDS = 1, 2, 0.25
+
+
+@dataclass
+class Sizing:
+    """What the rule chose (the settings it was left), why (one sentence), and what it
+    measured: chars/s and parameters of each width it tried. Every checkpoint holds it."""
+
+    chosen: dict
+    reason: str
+    measured: dict  # width -> [chars per second, parameters]
+    seconds: float = 0.0  # what measuring took from the budget
+
+
+def size_model(config: TrainConfig, vocab_size: int, train_chars: int, seconds: float,
+               measure: Callable[[TrainConfig], tuple[float, int]]) -> Sizing:
+    """The settings of `config.auto_size` for a run of `seconds` on `train_chars`
+    characters; `measure(config)` gives a model's training speed (chars/s) and parameters."""
+    free = set(config.auto_size)
+    fixed = {"embedding": EMBEDDING if vocab_size > EMBEDDING else 0, "layers": 1, "batch_size": BATCH}
+    trial = replace(config, **{k: v for k, v in fixed.items() if k in free}, auto_size=[])
+    measured, best = {}, None
+    for width in WIDTHS if "hidden" in free else (config.hidden,):
+        candidate = replace(trial, hidden=width, seq_len=seq_len_for(width) if "seq_len" in free else trial.seq_len)
+        speed, parameters = measure(candidate)
+        measured[width] = [speed, parameters]
+        if best is not None and speed * seconds < CHARS_PER_PARAMETER * parameters:
+            break  # wider still reads fewer characters for more parameters
+        best = candidate
+    speed, parameters = measured[best.hidden]
+    passes = speed * seconds / max(train_chars, 1)
+    derived = {"lr": float(f"{LR_AT_256 * (256 / best.hidden) ** LR_POWER:.2g}"), "dropout": dropout_for(passes)}
+    chosen = {name: (derived[name] if name in derived else getattr(best, name)) for name in config.auto_size}
+    return Sizing(chosen, reason(replace(best, **chosen), speed, parameters, seconds, passes, "hidden" in free),
+                  measured)
+
+
+def seq_len_for(width: int) -> int:
+    return LONG_SEQ_LEN if width >= LONG_SEQ_WIDTH else SEQ_LEN
+
+
+def dropout_for(passes: float) -> float:
+    if passes <= DROPOUT_FROM:
+        return 0.0
+    return round(min(MAX_DROPOUT, DROPOUT_PER_DOUBLING * math.log2(passes / DROPOUT_FROM)), 2)
+
+
+def reason(config: TrainConfig, speed: float, parameters: int, seconds: float, passes: float, sized: bool) -> str:
+    table = f" over a {config.embedding}-wide embedding" if config.embedding else ""
+    layers = f"{config.layers}x" if config.layers > 1 else ""
+    model = (f"{config.cell.upper()} {layers}{config.hidden}{table}, dropout {config.dropout:g}, lr {config.lr:g}, "
+             f"batch {config.batch_size} x {config.seq_len}")
+    reads = speed * seconds
+    why = (f"the widest to read {CHARS_PER_PARAMETER:g} characters per parameter in the budget"
+           if sized else "the width given")
+    return (f"sized for the text and the budget: {model}: {why} ({reads / 1e6:.3g}M characters at "
+            f"{speed:,.0f} chars/s for {parameters:,} parameters, {reads / parameters:.3g} each; "
+            f"{f'{passes:.2g}' if passes < 10 else f'{passes:,.0f}'} passes over the text)")
+
+
+def measure_speed(config: TrainConfig, vocab_size: int, train_ids: torch.Tensor, device: torch.device,
+                  clock: Callable[[], float]) -> tuple[float, int]:
+    """Characters per second of the training step (and optimizer step) of the model
+    `config` makes, on a batch of the training text; and its parameters. Every process
+    measures; all take the slowest's time. The random number generators are left as they were."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        model = build_model(config.model_config(vocab_size)).to(device)
+        params = list(model.parameters())
+        step, optimizer = TrainStep(model, params, config.clip), make_optimizer(config, params)
+        rows, length = config.batch_size, config.seq_len
+        ids = train_ids[: rows * length + 1].long().repeat(1 + rows * (length + 1) // max(len(train_ids), 1))
+        X, Y = ids[: rows * length].view(rows, length), ids[1: rows * length + 1].view(rows, length)
+        for _ in range(WARMUP_STEPS):
+            step(X, Y, None, divisor=Y.numel())
+            optimizer.step()
+        timed, started = 0, clock()
+        while True:
+            step(X, Y, None, divisor=Y.numel())
+            optimizer.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            timed += 1
+            took = all_reduce([clock() - started], "max")[0]
+            if timed >= MIN_TIMED and took >= MIN_SECONDS:
+                return rows * length * timed / took, num_parameters(model)
