@@ -1,11 +1,11 @@
-"""The measurements behind `charrnn train`'s automatic sizing (issue #27, docs/sizing.md).
+"""The measurements behind `charrnn train`'s automatic sizing (issue #27, docs/presets.md).
 
 For each corpus and budget, trains the grid's widths (each with the rest of the model
 chosen by the sizing rule for that width: `--hidden H` given, the rest left to it),
 today's fixed default (every size option given: LSTM 256, one-hot input, lr 5e-3, no
 dropout, batch 32 x 64) and the
 rule's own choice (no size option given), and prints one JSON line per run and the table
-of docs/sizing.md. Every run is `--threads 1`, two at a time (--lanes), with one
+of docs/presets.md. Every run is `--threads 1`, two at a time (--lanes), with one
 evaluation at the end (--eval-every past the last step), so the two lanes share the
 machine alike throughout.
 
@@ -17,7 +17,8 @@ machine alike throughout.
 The corpora (written to DIR by --make-corpora, from ../shared/data and this Python's own
 standard library): timemachine (179 KB), unicode_sample as bytes (202 KB, --vocab bytes),
 tinyshakespeare (1.1 MB) and stdlib (20 MB of the standard library's .py files, in
-sorted order, installed packages left out). The validation split is the last 1% of stdlib
+sorted order, installed packages left out); `--names builtin` adds charrnn's built-in corpus
+(the Python language reference) as a check on a text the rule was not fitted on. The validation split is the last 1% of stdlib
 (its one character the training text lacks skipped) and 10% of the others.
 """
 
@@ -41,7 +42,9 @@ CORPORA = {
     "unicode-bytes": ("unicode_sample.txt", ["--vocab", "bytes"]),
     "tinyshakespeare": ("tinyshakespeare.txt", []),
     "stdlib": ("stdlib.txt", ["--val-fraction", "0.01", "--unknown", "skip"]),
+    "builtin": (None, []),  # charrnn's built-in corpus (no file): not in the grid's default --names
 }
+GRID = ["timemachine", "unicode-bytes", "tinyshakespeare", "stdlib"]
 RUN = ["--threads", "1", "--eval-every", "1000000000", "--quiet"]
 FIXED = ["--hidden", "256", "--layers", "1", "--embedding", "0", "--dropout", "0", "--lr", "5e-3",
          "--batch-size", "32", "--seq-len", "64"]
@@ -82,7 +85,7 @@ def runs(corpora: list[str], budgets: list[int], widths: dict[int, list[int]], o
 def train(directory: Path, out: Path, corpus: str, budget: int, label: str, options: list[str]) -> dict:
     file, extra = CORPORA[corpus]
     run_dir = out / f"{corpus}-{budget}s-{label.replace(' ', '')}"
-    command = [sys.executable, "-m", "charrnn", "train", str(directory / file), *extra, *RUN, *options,
+    command = [sys.executable, "-m", "charrnn", "train", *([str(directory / file)] if file else []), *extra, *RUN, *options,
                "--max-time", f"{budget}s", "--out", str(run_dir)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run(command, env=env, capture_output=True, text=True)
@@ -101,7 +104,7 @@ def train(directory: Path, out: Path, corpus: str, budget: int, label: str, opti
 
 
 def table(results: list[dict]) -> str:
-    """docs/sizing.md's table: per corpus and budget, each width's loss, the best, the
+    """The sizing table of docs/presets.md: per corpus and budget, each width's loss, the best, the
     fixed default's and the rule's (the latest run of each)."""
     cells: dict = {}
     for result in results:
@@ -126,7 +129,7 @@ def main() -> None:
     parser.add_argument("--corpora", type=Path, required=True, help="where the corpora are (or go)")
     parser.add_argument("--make-corpora", action="store_true", help="write the corpora and stop")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "sizing")
-    parser.add_argument("--names", nargs="+", default=list(CORPORA), choices=list(CORPORA))
+    parser.add_argument("--names", nargs="+", default=GRID, choices=list(CORPORA))
     parser.add_argument("--budgets", nargs="+", type=int, default=[60, 300])
     parser.add_argument("--widths", nargs="+", type=int, help="the grid's widths for every budget")
     parser.add_argument("--only", nargs="+", default=["grid", "fixed", "rule"], choices=["grid", "fixed", "rule"])

@@ -35,9 +35,9 @@ def test_the_rule_keeps_the_widest_width_that_reads_enough_characters_per_parame
     fits = [w for w in sizing.WIDTHS if machine(config(hidden=w, embedding=64))[0] * 300
             >= CHARS_PER_PARAMETER * machine(config(hidden=w, embedding=64))[1]]
     assert choice.chosen["hidden"] == max(fits) < sizing.WIDTHS[-1]
-    # measured up to the first width that does not fit, and no further
-    assert list(choice.measured) == [w for w in sizing.WIDTHS if w <= max(fits)] + [
-        sizing.WIDTHS[sizing.WIDTHS.index(max(fits)) + 1]]
+    # measured from the first width to the first that does not fit, and no further
+    first, answer = sizing.WIDTHS.index(sizing.FIRST_WIDTH), sizing.WIDTHS.index(max(fits))
+    assert answer > first and sorted(choice.measured) == list(sizing.WIDTHS[first:answer + 2])
     assert choice.chosen["embedding"] == 64 and choice.chosen["layers"] == 1
     assert choice.chosen["lr"] == pytest.approx(sizing.LR_AT_256 * (256 / max(fits)) ** sizing.LR_POWER, rel=0.05)
     assert choice.reason.startswith(f"sized for the text and the budget: LSTM {max(fits)} over a 64-wide embedding")
@@ -47,7 +47,13 @@ def test_a_longer_budget_or_a_faster_machine_chooses_a_wider_model():
     widths = [size_model(config(), 65, 1_000_000, seconds, Machine(scale)).chosen["hidden"]
               for seconds, scale in ((60, 4e9), (300, 4e9), (900, 4e9), (300, 2e10))]
     assert widths[0] < widths[1] < widths[2] and widths[1] < widths[3]
-    # the smallest width whatever the budget: a run always has a model
+    # a slow machine: measured down from the first width to the first that fits
+    slow = Machine(4e8)
+    choice = size_model(config(), 65, 1_000_000, 300, slow)
+    answer = sizing.WIDTHS.index(choice.chosen["hidden"])
+    assert 0 < answer < sizing.WIDTHS.index(sizing.FIRST_WIDTH)
+    assert sorted(choice.measured) == list(sizing.WIDTHS[answer:sizing.WIDTHS.index(sizing.FIRST_WIDTH) + 1])
+    # the narrowest width whatever the budget: a run always has a model
     assert size_model(config(), 65, 1_000_000, 0.01, Machine()).chosen["hidden"] == sizing.WIDTHS[0]
 
 

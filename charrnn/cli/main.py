@@ -26,7 +26,7 @@ from charrnn.config import (SIZE_SETTINGS, ServeLimits, TrainConfig, budget_give
                             resumed_config)
 from charrnn.errors import CharrnnError
 
-SIZED = " A new --max-time run without a preset chooses it for the text and the budget unless given (docs/sizing.md)."
+SIZED = " A new --max-time run without a preset chooses it for the text and the budget unless given (docs/presets.md)."
 
 app = typer.Typer(
     help="Character-level recurrent language models written from scratch in PyTorch "
@@ -157,7 +157,7 @@ def train(
     A --config preset's values replace these defaults; the options given replace both.
     Without a preset, a new --max-time run chooses the model's size (width, embedding,
     dropout, learning rate, batch) for the text and the budget from a few seconds of trial
-    steps, and says what it chose and why; the options given win (docs/sizing.md).
+    steps, and says what it chose and why; the options given win (docs/presets.md).
     """
     from charrnn.generation.stops import unescape
 

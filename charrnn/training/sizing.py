@@ -2,9 +2,10 @@
 
 Over a budget of B seconds a model of P parameters that trains at S characters per second
 reads C = S x B characters. Widen it and P grows faster than S falls: past some width the
-run ends before the model has learned what it could hold. The rule measures S for each
-width of WIDTHS in turn (trial steps of the real training step, as the time plan takes
-them) and keeps the widest whose C is at least CHARS_PER_PARAMETER x P; the rest follows:
+run ends before the model has learned what it could hold. The rule measures S for the
+widths of WIDTHS from FIRST_WIDTH towards the answer (trial steps of the real training
+step, as the time plan takes them) and keeps the widest whose C is at least
+CHARS_PER_PARAMETER x P; the rest follows:
 
     width       the widest that reads CHARS_PER_PARAMETER characters per parameter
     embedding   EMBEDDING wide, unless the vocabulary is no larger (one-hot then)
@@ -14,7 +15,7 @@ them) and keeps the widest whose C is at least CHARS_PER_PARAMETER x P; the rest
                 length) beyond DROPOUT_FROM, up to MAX_DROPOUT: a text read many times over
                 is learned by heart unless the model is kept from it
 
-The constants were fitted on the grid of docs/sizing.md (scripts/sizing_grid.py).
+The constants were fitted on the grid of docs/presets.md (scripts/sizing_grid.py).
 Options given on the command line win: the rule chooses only `config.auto_size`, and
 with --hidden given it measures that width alone (for its dropout).
 """
@@ -34,6 +35,7 @@ from charrnn.training.schedule import make_optimizer
 from charrnn.training.train_step import TrainStep
 
 WIDTHS = (128, 192, 256, 384, 512, 768, 1024)
+FIRST_WIDTH = 256  # where the search starts: it measures the widths from here to the answer
 CHARS_PER_PARAMETER = 8.0
 EMBEDDING = 64
 BATCH, SEQ_LEN, LONG_SEQ_LEN, LONG_SEQ_WIDTH = 32, 64, 128, 384
@@ -61,20 +63,41 @@ def size_model(config: TrainConfig, vocab_size: int, train_chars: int, seconds: 
     free = set(config.auto_size)
     fixed = {"embedding": EMBEDDING if vocab_size > EMBEDDING else 0, "layers": 1, "batch_size": BATCH}
     trial = replace(config, **{k: v for k, v in fixed.items() if k in free}, auto_size=[])
-    measured, best = {}, None
-    for width in WIDTHS if "hidden" in free else (config.hidden,):
-        candidate = replace(trial, hidden=width, seq_len=seq_len_for(width) if "seq_len" in free else trial.seq_len)
-        speed, parameters = measure(candidate)
-        measured[width] = [speed, parameters]
-        if best is not None and speed * seconds < CHARS_PER_PARAMETER * parameters:
-            break  # wider still reads fewer characters for more parameters
-        best = candidate
+
+    def at(width: int) -> TrainConfig:
+        return replace(trial, hidden=width, seq_len=seq_len_for(width) if "seq_len" in free else trial.seq_len)
+
+    measured: dict = {}
+
+    def reads_enough(width: int) -> bool:
+        if width not in measured:
+            measured[width] = list(measure(at(width)))
+        speed, parameters = measured[width]
+        return speed * seconds >= CHARS_PER_PARAMETER * parameters
+
+    best = at(widest(reads_enough) if "hidden" in free else config.hidden)
+    reads_enough(best.hidden)  # (measured, for its speed)
     speed, parameters = measured[best.hidden]
     passes = speed * seconds / max(train_chars, 1)
     derived = {"lr": float(f"{LR_AT_256 * (256 / best.hidden) ** LR_POWER:.2g}"), "dropout": dropout_for(passes)}
     chosen = {name: (derived[name] if name in derived else getattr(best, name)) for name in config.auto_size}
     return Sizing(chosen, reason(replace(best, **chosen), speed, parameters, seconds, passes, "hidden" in free),
                   measured)
+
+
+def widest(reads_enough: Callable[[int], bool]) -> int:
+    """The widest of WIDTHS that reads enough (the narrowest when none does): from
+    FIRST_WIDTH up while the next one does, or down until one does. A wider model reads
+    fewer characters for more parameters, so the widths that do are the narrow ones."""
+    i = WIDTHS.index(FIRST_WIDTH)
+    if reads_enough(WIDTHS[i]):
+        while i + 1 < len(WIDTHS) and reads_enough(WIDTHS[i + 1]):
+            i += 1
+        return WIDTHS[i]
+    i -= 1
+    while i > 0 and not reads_enough(WIDTHS[i]):
+        i -= 1
+    return WIDTHS[i]
 
 
 def seq_len_for(width: int) -> int:
