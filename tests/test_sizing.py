@@ -48,7 +48,7 @@ def test_a_longer_budget_or_a_faster_machine_chooses_a_wider_model():
               for seconds, scale in ((60, 4e9), (300, 4e9), (900, 4e9), (300, 2e10))]
     assert widths[0] < widths[1] < widths[2] and widths[1] < widths[3]
     # a slow machine: measured down from the first width to the first that fits
-    slow = Machine(4e8)
+    slow = Machine(2e8)
     choice = size_model(config(), 65, 1_000_000, 300, slow)
     answer = sizing.WIDTHS.index(choice.chosen["hidden"])
     assert 0 < answer < sizing.WIDTHS.index(sizing.FIRST_WIDTH)
@@ -92,7 +92,7 @@ def test_a_timed_run_without_sizes_chooses_them_says_why_and_a_resume_keeps_them
     assert {name: config[name] for name in chosen} == chosen
     assert f"sized for the text and the budget: LSTM {chosen['hidden']}" in trained.stdout
     assert trained.stdout.index("training a ") < trained.stdout.index("sized for")  # right after the start line
-    resumed = cli("train", "--resume", out, "--max-time", "+1s").assert_ok()
+    resumed = cli("train", "--resume", out, "--max-time", "+5s", "--max-steps", "+1").assert_ok()
     assert "sized for" not in resumed.stdout
     after = load_checkpoint(out / "last.pt")
     assert {name: after["config"][name] for name in chosen} == chosen and after["sizing"] == ckpt["sizing"]

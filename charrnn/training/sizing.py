@@ -36,7 +36,7 @@ from charrnn.training.train_step import TrainStep
 
 WIDTHS = (128, 192, 256, 384, 512, 768, 1024)
 FIRST_WIDTH = 256  # where the search starts: it measures the widths from here to the answer
-CHARS_PER_PARAMETER = 8.0
+CHARS_PER_PARAMETER = 4.0
 EMBEDDING = 64
 BATCH, SEQ_LEN, LONG_SEQ_LEN, LONG_SEQ_WIDTH = 32, 64, 128, 384
 LR_AT_256, LR_POWER = 5e-3, 0.75
