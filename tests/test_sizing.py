@@ -57,6 +57,15 @@ def test_a_longer_budget_or_a_faster_machine_chooses_a_wider_model():
     assert size_model(config(), 65, 1_000_000, 0.01, Machine()).chosen["hidden"] == sizing.WIDTHS[0]
 
 
+def test_a_text_the_budget_does_not_read_once_asks_for_more_characters_per_parameter():
+    machine = Machine()
+    repeated, fresh = (size_model(config(), 65, chars, 300, machine) for chars in (1_000_000, 500_000_000))
+    assert fresh.chosen["hidden"] < repeated.chosen["hidden"]
+    speed, parameters = fresh.measured[fresh.chosen["hidden"]]
+    assert speed * 300 >= sizing.FRESH_CHARS_PER_PARAMETER * parameters and speed * 300 < 500_000_000
+    assert f"the widest to read {sizing.FRESH_CHARS_PER_PARAMETER:g} characters per parameter" in fresh.reason
+
+
 def test_dropout_follows_the_passes_over_the_text():
     assert [dropout_for(p) for p in (0.5, 2, 4, 8, 16, 1000)] == [0.0, 0.0, 0.1, 0.2, 0.3, sizing.MAX_DROPOUT]
     short, long = (size_model(config(), 65, chars, 300, Machine()).chosen["dropout"] for chars in (20_000_000, 100_000))

@@ -8,6 +8,7 @@ step, as the time plan takes them) and keeps the widest whose C is at least
 CHARS_PER_PARAMETER x P; the rest follows:
 
     width       the widest that reads CHARS_PER_PARAMETER characters per parameter
+                (FRESH_CHARS_PER_PARAMETER on a text the budget does not read once)
     embedding   EMBEDDING wide, unless the vocabulary is no larger (one-hot then)
     layers      1;  batch  BATCH sequences of SEQ_LEN (LONG_SEQ_LEN from LONG_SEQ_WIDTH)
     lr          LR_AT_256 x (256 / width) ** LR_POWER: Adam's steps shrink as the matrices grow
@@ -15,7 +16,9 @@ CHARS_PER_PARAMETER x P; the rest follows:
                 length) beyond DROPOUT_FROM, up to MAX_DROPOUT: a text read many times over
                 is learned by heart unless the model is kept from it
 
-The constants were fitted on the grid of docs/presets.md (scripts/sizing_grid.py).
+The two CHARS_PER_PARAMETER were fitted on the grid of docs/presets.md (scripts/sizing_grid.py),
+which varies the width; the learning rates follow the presets' (5e-3 at 256, 3e-3 at 512),
+and the dropout rule and the batch were set before the grid, which did not vary them.
 Options given on the command line win: the rule chooses only `config.auto_size`, and
 with --hidden given it measures that width alone (for its dropout).
 """
@@ -36,7 +39,7 @@ from charrnn.training.train_step import TrainStep
 
 WIDTHS = (128, 192, 256, 384, 512, 768, 1024)
 FIRST_WIDTH = 256  # where the search starts: it measures the widths from here to the answer
-CHARS_PER_PARAMETER = 4.0
+CHARS_PER_PARAMETER, FRESH_CHARS_PER_PARAMETER = 4.0, 13.0
 EMBEDDING = 64
 BATCH, SEQ_LEN, LONG_SEQ_LEN, LONG_SEQ_WIDTH = 32, 64, 128, 384
 LR_AT_256, LR_POWER = 5e-3, 0.75
@@ -73,7 +76,7 @@ def size_model(config: TrainConfig, vocab_size: int, train_chars: int, seconds: 
         if width not in measured:
             measured[width] = list(measure(at(width)))
         speed, parameters = measured[width]
-        return speed * seconds >= CHARS_PER_PARAMETER * parameters
+        return speed * seconds >= chars_per_parameter(speed * seconds / max(train_chars, 1)) * parameters
 
     best = at(widest(reads_enough) if "hidden" in free else config.hidden)
     reads_enough(best.hidden)  # (measured, for its speed)
@@ -100,6 +103,14 @@ def widest(reads_enough: Callable[[int], bool]) -> int:
     return WIDTHS[i]
 
 
+def chars_per_parameter(passes: float) -> float:
+    """What a width must read per parameter: CHARS_PER_PARAMETER when the budget reads the
+    text at least once (repeated text, which dropout keeps from being learned by heart, gives
+    a wider model more to learn from), FRESH_CHARS_PER_PARAMETER when it does not (every
+    character new: more of them per parameter pays, as on the 20 MB corpus of the grid)."""
+    return CHARS_PER_PARAMETER if passes >= 1 else FRESH_CHARS_PER_PARAMETER
+
+
 def seq_len_for(width: int) -> int:
     return LONG_SEQ_LEN if width >= LONG_SEQ_WIDTH else SEQ_LEN
 
@@ -116,7 +127,7 @@ def reason(config: TrainConfig, speed: float, parameters: int, seconds: float, p
     model = (f"{config.cell.upper()} {layers}{config.hidden}{table}, dropout {config.dropout:g}, lr {config.lr:g}, "
              f"batch {config.batch_size} x {config.seq_len}")
     reads = speed * seconds
-    why = (f"the widest to read {CHARS_PER_PARAMETER:g} characters per parameter in the budget"
+    why = (f"the widest to read {chars_per_parameter(passes):g} characters per parameter in the budget"
            if sized else "the width given")
     return (f"sized for the text and the budget: {model}: {why} ({reads / 1e6:.3g}M characters at "
             f"{speed:,.0f} chars/s for {parameters:,} parameters, {reads / parameters:.3g} each; "
