@@ -32,8 +32,12 @@ def config(**given) -> TrainConfig:
 def test_the_rule_keeps_the_widest_width_that_reads_enough_characters_per_parameter():
     machine = Machine()
     choice = size_model(config(), vocab_size=65, train_chars=1_000_000, seconds=300, measure=machine)
-    fits = [w for w in sizing.WIDTHS if machine(config(hidden=w, embedding=64))[0] * 300
-            >= CHARS_PER_PARAMETER * machine(config(hidden=w, embedding=64))[1]]
+    def fits(width):
+        speed, parameters = machine(config(hidden=width, embedding=64))
+        steps = speed * 300 / (32 * sizing.seq_len_for(width))
+        return speed * 300 >= CHARS_PER_PARAMETER * parameters and steps >= sizing.MIN_STEPS
+
+    fits = [w for w in sizing.WIDTHS if fits(w)]
     assert choice.chosen["hidden"] == max(fits) < sizing.WIDTHS[-1]
     # measured from the first width to the first that does not fit, and no further
     first, answer = sizing.WIDTHS.index(sizing.FIRST_WIDTH), sizing.WIDTHS.index(max(fits))
@@ -48,7 +52,7 @@ def test_a_longer_budget_or_a_faster_machine_chooses_a_wider_model():
               for seconds, scale in ((60, 4e9), (300, 4e9), (900, 4e9), (300, 2e10))]
     assert widths[0] < widths[1] < widths[2] and widths[1] < widths[3]
     # a slow machine: measured down from the first width to the first that fits
-    slow = Machine(2e8)
+    slow = Machine(2.8e8)
     choice = size_model(config(), 65, 1_000_000, 300, slow)
     answer = sizing.WIDTHS.index(choice.chosen["hidden"])
     assert 0 < answer < sizing.WIDTHS.index(sizing.FIRST_WIDTH)
@@ -63,7 +67,17 @@ def test_a_text_the_budget_does_not_read_once_asks_for_more_characters_per_param
     assert fresh.chosen["hidden"] < repeated.chosen["hidden"]
     speed, parameters = fresh.measured[fresh.chosen["hidden"]]
     assert speed * 300 >= sizing.FRESH_CHARS_PER_PARAMETER * parameters and speed * 300 < 500_000_000
-    assert f"the widest to read {sizing.FRESH_CHARS_PER_PARAMETER:g} characters per parameter" in fresh.reason
+    assert f"the widest to read {sizing.FRESH_CHARS_PER_PARAMETER:g} characters per parameter in 1,000 steps" in fresh.reason
+
+
+def test_a_width_must_also_get_enough_steps():
+    # every width reads plenty per parameter, but past some width too few steps remain
+    choice = size_model(config(), 65, 1_000_000, 60, Machine(8.45e9))
+    speed, _ = choice.measured[choice.chosen["hidden"]]
+    assert speed * 60 / (32 * choice.chosen["seq_len"]) >= sizing.MIN_STEPS
+    wider = sizing.WIDTHS[sizing.WIDTHS.index(choice.chosen["hidden"]) + 1]
+    speed, parameters = choice.measured[wider]
+    assert speed * 60 >= CHARS_PER_PARAMETER * parameters and speed * 60 / (32 * sizing.seq_len_for(wider)) < sizing.MIN_STEPS
 
 
 def test_dropout_follows_the_passes_over_the_text():

@@ -8,7 +8,8 @@ step, as the time plan takes them) and keeps the widest whose C is at least
 CHARS_PER_PARAMETER x P; the rest follows:
 
     width       the widest that reads CHARS_PER_PARAMETER characters per parameter
-                (FRESH_CHARS_PER_PARAMETER on a text the budget does not read once)
+                (FRESH_CHARS_PER_PARAMETER on a text the budget does not read once) in
+                at least MIN_STEPS steps
     embedding   EMBEDDING wide, unless the vocabulary is no larger (one-hot then)
     layers      1;  batch  BATCH sequences of SEQ_LEN (LONG_SEQ_LEN from LONG_SEQ_WIDTH)
     lr          LR_AT_256 x (256 / width) ** LR_POWER: Adam's steps shrink as the matrices grow
@@ -16,7 +17,7 @@ CHARS_PER_PARAMETER x P; the rest follows:
                 length) beyond DROPOUT_FROM, up to MAX_DROPOUT: a text read many times over
                 is learned by heart unless the model is kept from it
 
-The two CHARS_PER_PARAMETER were fitted on the grid of docs/presets.md (scripts/sizing_grid.py),
+The two CHARS_PER_PARAMETER and MIN_STEPS were fitted on the grid of docs/presets.md (scripts/sizing_grid.py),
 which varies the width; the learning rates follow the presets' (5e-3 at 256, 3e-3 at 512),
 and the dropout rule and the batch were set before the grid, which did not vary them.
 Options given on the command line win: the rule chooses only `config.auto_size`, and
@@ -33,13 +34,14 @@ import torch
 
 from charrnn.config import TrainConfig
 from charrnn.model import build_model, num_parameters
-from charrnn.training.distributed import all_reduce
+from charrnn.training.distributed import all_reduce, world_size
 from charrnn.training.schedule import make_optimizer
 from charrnn.training.train_step import TrainStep
 
 WIDTHS = (128, 192, 256, 384, 512, 768, 1024)
 FIRST_WIDTH = 256  # where the search starts: it measures the widths from here to the answer
 CHARS_PER_PARAMETER, FRESH_CHARS_PER_PARAMETER = 4.0, 13.0
+MIN_STEPS = 1000  # and at least this many steps: Adam needs its updates as much as the characters
 EMBEDDING = 64
 BATCH, SEQ_LEN, LONG_SEQ_LEN, LONG_SEQ_WIDTH = 32, 64, 128, 384
 LR_AT_256, LR_POWER = 5e-3, 0.75
@@ -76,7 +78,9 @@ def size_model(config: TrainConfig, vocab_size: int, train_chars: int, seconds: 
         if width not in measured:
             measured[width] = list(measure(at(width)))
         speed, parameters = measured[width]
-        return speed * seconds >= chars_per_parameter(speed * seconds / max(train_chars, 1)) * parameters
+        reads, candidate = speed * seconds, at(width)
+        steps = reads / (candidate.batch_size * candidate.seq_len * world_size())
+        return reads >= chars_per_parameter(reads / max(train_chars, 1)) * parameters and steps >= MIN_STEPS
 
     best = at(widest(reads_enough) if "hidden" in free else config.hidden)
     reads_enough(best.hidden)  # (measured, for its speed)
@@ -127,10 +131,11 @@ def reason(config: TrainConfig, speed: float, parameters: int, seconds: float, p
     model = (f"{config.cell.upper()} {layers}{config.hidden}{table}, dropout {config.dropout:g}, lr {config.lr:g}, "
              f"batch {config.batch_size} x {config.seq_len}")
     reads = speed * seconds
-    why = (f"the widest to read {chars_per_parameter(passes):g} characters per parameter in the budget"
-           if sized else "the width given")
-    return (f"sized for the text and the budget: {model}: {why} ({reads / 1e6:.3g}M characters at "
-            f"{speed:,.0f} chars/s for {parameters:,} parameters, {reads / parameters:.3g} each; "
+    steps = reads / (config.batch_size * config.seq_len * world_size())
+    why = (f"the widest to read {chars_per_parameter(passes):g} characters per parameter in {MIN_STEPS:,} steps "
+           "or more" if sized else "the width given")
+    return (f"sized for the text and the budget: {model}: {why} ({reads / 1e6:.3g}M characters in {steps:,.0f} "
+            f"steps at {speed:,.0f} chars/s for {parameters:,} parameters, {reads / parameters:.3g} each; "
             f"{f'{passes:.2g}' if passes < 10 else f'{passes:,.0f}'} passes over the text)")
 
 
