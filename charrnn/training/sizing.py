@@ -74,7 +74,7 @@ def size_model(config: TrainConfig, vocab_size: int, train_chars: int, seconds: 
 
     measured: dict = {}
 
-    def reads_enough(width: int) -> bool:
+    def fits(width: int) -> bool:  # reads enough per parameter, in enough steps
         if width not in measured:
             measured[width] = list(measure(at(width)))
         speed, parameters = measured[width]
@@ -82,8 +82,8 @@ def size_model(config: TrainConfig, vocab_size: int, train_chars: int, seconds: 
         steps = reads / (candidate.batch_size * candidate.seq_len * world_size())
         return reads >= chars_per_parameter(reads / max(train_chars, 1)) * parameters and steps >= MIN_STEPS
 
-    best = at(widest(reads_enough) if "hidden" in free else config.hidden)
-    reads_enough(best.hidden)  # (measured, for its speed)
+    best = at(widest(fits) if "hidden" in free else config.hidden)
+    fits(best.hidden)  # (measured, for its speed)
     speed, parameters = measured[best.hidden]
     passes = speed * seconds / max(train_chars, 1)
     derived = {"lr": float(f"{LR_AT_256 * (256 / best.hidden) ** LR_POWER:.2g}"), "dropout": dropout_for(passes)}
@@ -92,17 +92,17 @@ def size_model(config: TrainConfig, vocab_size: int, train_chars: int, seconds: 
                   measured)
 
 
-def widest(reads_enough: Callable[[int], bool]) -> int:
-    """The widest of WIDTHS that reads enough (the narrowest when none does): from
-    FIRST_WIDTH up while the next one does, or down until one does. A wider model reads
-    fewer characters for more parameters, so the widths that do are the narrow ones."""
+def widest(fits: Callable[[int], bool]) -> int:
+    """The widest of WIDTHS that fits (the narrowest when none does): from FIRST_WIDTH up
+    while the next one does, or down until one does. A wider model reads fewer characters,
+    in fewer steps, for more parameters, so the widths that fit are the narrow ones."""
     i = WIDTHS.index(FIRST_WIDTH)
-    if reads_enough(WIDTHS[i]):
-        while i + 1 < len(WIDTHS) and reads_enough(WIDTHS[i + 1]):
+    if fits(WIDTHS[i]):
+        while i + 1 < len(WIDTHS) and fits(WIDTHS[i + 1]):
             i += 1
         return WIDTHS[i]
     i -= 1
-    while i > 0 and not reads_enough(WIDTHS[i]):
+    while i > 0 and not fits(WIDTHS[i]):
         i -= 1
     return WIDTHS[i]
 
