@@ -74,22 +74,25 @@ def size_model(config: TrainConfig, vocab_size: int, train_chars: int, seconds: 
 
     measured: dict = {}
 
-    def fits(width: int) -> bool:  # reads enough per parameter, in enough steps
+    def measured_at(width: int) -> list:  # [chars per second, parameters], measured once
         if width not in measured:
             measured[width] = list(measure(at(width)))
-        speed, parameters = measured[width]
+        return measured[width]
+
+    def fits(width: int) -> bool:  # reads enough per parameter, in enough steps
+        speed, parameters = measured_at(width)
         reads, candidate = speed * seconds, at(width)
         steps = reads / (candidate.batch_size * candidate.seq_len * world_size())
         return reads >= chars_per_parameter(reads / max(train_chars, 1)) * parameters and steps >= MIN_STEPS
 
     best = at(widest(fits) if "hidden" in free else config.hidden)
-    fits(best.hidden)  # (measured, for its speed)
-    speed, parameters = measured[best.hidden]
+    speed, parameters = measured_at(best.hidden)
     passes = speed * seconds / max(train_chars, 1)
     derived = {"lr": float(f"{LR_AT_256 * (256 / best.hidden) ** LR_POWER:.2g}"), "dropout": dropout_for(passes)}
     chosen = {name: (derived[name] if name in derived else getattr(best, name)) for name in config.auto_size}
-    return Sizing(chosen, reason(replace(best, **chosen), speed, parameters, seconds, passes, "hidden" in free),
-                  measured)
+    how = ("the width given" if "hidden" not in free else "the widest to read" if fits(best.hidden)
+           else "the narrowest: no width reads")
+    return Sizing(chosen, reason(replace(best, **chosen), speed, parameters, seconds, passes, how), measured)
 
 
 def widest(fits: Callable[[int], bool]) -> int:
@@ -125,15 +128,15 @@ def dropout_for(passes: float) -> float:
     return round(min(MAX_DROPOUT, DROPOUT_PER_DOUBLING * math.log2(passes / DROPOUT_FROM)), 2)
 
 
-def reason(config: TrainConfig, speed: float, parameters: int, seconds: float, passes: float, sized: bool) -> str:
+def reason(config: TrainConfig, speed: float, parameters: int, seconds: float, passes: float, how: str) -> str:
     table = f" over a {config.embedding}-wide embedding" if config.embedding else ""
     layers = f"{config.layers}x" if config.layers > 1 else ""
     model = (f"{config.cell.upper()} {layers}{config.hidden}{table}, dropout {config.dropout:g}, lr {config.lr:g}, "
              f"batch {config.batch_size} x {config.seq_len}")
     reads = speed * seconds
     steps = reads / (config.batch_size * config.seq_len * world_size())
-    why = (f"the widest to read {chars_per_parameter(passes):g} characters per parameter in {MIN_STEPS:,} steps "
-           "or more" if sized else "the width given")
+    why = how if how == "the width given" else (
+        f"{how} {chars_per_parameter(passes):g} characters per parameter in {MIN_STEPS:,} steps or more")
     return (f"sized for the text and the budget: {model}: {why} ({reads / 1e6:.3g}M characters in {steps:,.0f} "
             f"steps at {speed:,.0f} chars/s for {parameters:,} parameters, {reads / parameters:.3g} each; "
             f"{f'{passes:.2g}' if passes < 10 else f'{passes:,.0f}'} passes over the text)")
