@@ -3,15 +3,16 @@
 For each corpus and budget, trains the grid's widths (each with the rest of the model
 chosen by the sizing rule for that width: `--hidden H` given, the rest left to it),
 today's fixed default (every size option given: LSTM 256, one-hot input, lr 5e-3, no
-dropout, batch 32 x 64) and the
-rule's own choice (no size option given), and prints one JSON line per run and the table
-of docs/presets.md. Every run is `--threads 1`, two at a time (--lanes), with one
+dropout, batch 32 x 64) and the rule's own choice (no size option given), and prints one
+JSON line per run and the table of docs/presets.md. A budget without a fixed grid (15
+minutes) grids only the two widths beside the rule's choice, after it. Every run is `--threads 1`, two at a time (--lanes), with one
 evaluation at the end (--eval-every past the last step), so the two lanes share the
 machine alike throughout.
 
     python scripts/sizing_grid.py --corpora DIR --out runs/sizing        # the whole grid
     python scripts/sizing_grid.py --corpora DIR --make-corpora           # only write the corpora
     python scripts/sizing_grid.py --corpora DIR --budgets 60 --widths 128 256 --only grid
+    python scripts/sizing_grid.py --corpora DIR --budgets 900    # rule, fixed, then the rule's neighbours
     python scripts/sizing_grid.py --corpora DIR --results runs/sizing.jsonl --table    # the table
 
 The corpora (written to DIR by --make-corpora, from ../shared/data and this Python's own
@@ -33,6 +34,8 @@ import sysconfig
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from charrnn.training.sizing import WIDTHS
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 STDLIB_BYTES = 20_000_000
@@ -44,6 +47,9 @@ CORPORA = {
     "stdlib": ("stdlib.txt", ["--val-fraction", "0.01", "--unknown", "skip"]),
     "builtin": (None, []),  # charrnn's built-in corpus (no file): not in the grid's default --names
 }
+# the grid's widths per budget; any other budget grids the widths beside the rule's own choice, whose
+# run stands for its width (15 minutes: a full grid of wide models would take hours)
+DEFAULT_WIDTHS = {60: [128, 192, 256, 384, 512], 300: [192, 256, 384, 512]}
 GRID = ["timemachine", "unicode-bytes", "tinyshakespeare", "stdlib"]
 RUN = ["--threads", "1", "--eval-every", "1000000000", "--quiet"]
 FIXED = ["--hidden", "256", "--layers", "1", "--embedding", "0", "--dropout", "0", "--lr", "5e-3",
@@ -112,10 +118,14 @@ def table(results: list[dict]) -> str:
     lines = ["| corpus | budget | grid: width (loss, characters per parameter) | grid's best | fixed default | "
              "rule's choice | rule - best | rule - fixed |", "|---|---:|---|---|---:|---|---:|---:|"]
     for (corpus, budget), runs in sorted(cells.items(), key=lambda item: (item[0][1], list(CORPORA).index(item[0][0]))):
-        grid = sorted((r for label, r in runs.items() if label.startswith("hidden")), key=lambda r: r["hidden"])
-        best = min(grid, key=lambda r: r["val_loss"]) if grid else None
+        grid = [r for label, r in runs.items() if label.startswith("hidden")]
         fixed, rule = runs.get("fixed"), runs.get("rule")
-        cell = ", ".join(f"{r['hidden']} ({r['val_loss']:.3f}, {r['chars_seen'] / r['parameters']:.3g})" for r in grid)
+        if rule and rule["hidden"] not in {r["hidden"] for r in grid}:
+            grid.append(rule)  # the rule's run stands for its width (marked *): the 15-minute column's way
+        grid.sort(key=lambda r: r["hidden"])
+        best = min(grid, key=lambda r: r["val_loss"]) if grid else None
+        cell = ", ".join(f"{r['hidden']}{'*' if r is rule else ''} ({r['val_loss']:.3f}, "
+                         f"{r['chars_seen'] / r['parameters']:.3g})" for r in grid)
         loss = lambda r: f"{r['val_loss']:.4f}" if r else "-"  # noqa: E731
         chosen = f"{rule['hidden']}: {loss(rule)}" if rule else "-"
         gap = lambda a, b: f"{a['val_loss'] - b['val_loss']:+.3f}" if a and b else "-"  # noqa: E731
@@ -143,9 +153,15 @@ def main() -> None:
     if args.make_corpora:
         make_corpora(args.corpora)
         return
-    widths = {budget: args.widths or ([128, 192, 256, 384, 512] if budget <= 60 else [192, 256, 384, 512])
-              for budget in args.budgets}
-    todo = list(runs(args.names, args.budgets, widths, set(args.only)))
+    widths = {budget: args.widths or DEFAULT_WIDTHS.get(budget, []) for budget in args.budgets}
+    results = train_all(args, list(runs(args.names, args.budgets, widths, set(args.only))))
+    if "grid" in args.only and not args.widths:  # budgets without a fixed grid: the widths beside the rule's choice
+        train_all(args, [(r["corpus"], r["budget"], f"hidden {width}", ["--hidden", str(width)]) for r in results
+                         if r["label"] == "rule" and r["budget"] not in DEFAULT_WIDTHS for width in beside(r["hidden"])])
+
+
+def train_all(args, todo: list[tuple]) -> list[dict]:
+    results = []
     with ThreadPoolExecutor(args.lanes) as pool:
         for result in pool.map(lambda run: train(args.corpora, args.out, *run), todo):
             line = json.dumps(result)
@@ -153,7 +169,14 @@ def main() -> None:
             if args.results:
                 with open(args.results, "a") as f:
                     f.write(line + "\n")
+            results.append(result)
+    return results
 
+
+def beside(width: int) -> list[int]:
+    """The widths on either side of `width` among the sizing's WIDTHS."""
+    i = WIDTHS.index(width)
+    return [WIDTHS[j] for j in (i - 1, i + 1) if 0 <= j < len(WIDTHS)]
 
 if __name__ == "__main__":
     main()
