@@ -24,7 +24,7 @@ DEVICES = ("auto", "cpu", "cuda")
 UNKNOWN_CHOICES = ("error", "skip")  # what to do with validation characters outside the vocabulary
 VOCAB_KINDS = ("chars", "bytes")  # a character vocabulary, or the 256 byte values (charrnn.corpus.byte_vocab)
 # What the sizing rule chooses for a new --max-time run where no option gives it (charrnn.training.sizing)
-SIZE_SETTINGS = ("hidden", "layers", "embedding", "dropout", "lr", "batch_size", "seq_len")
+SIZE_SETTINGS = ("hidden", "layers", "embedding", "dropout", "lr", "batch_size", "seq_len", "epochs")
 
 
 @dataclass

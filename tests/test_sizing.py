@@ -86,6 +86,31 @@ def test_dropout_follows_the_passes_over_the_text():
     assert short < long
 
 
+def test_a_text_the_budget_would_read_more_than_max_passes_times_is_read_that_often():
+    chars = 200_000
+    choice = size_model(config(), 65, chars, 3600, Machine())
+    width = choice.chosen["hidden"]
+    assert choice.chosen["epochs"] == sizing.MAX_PASSES and choice.chosen["dropout"] == dropout_for(sizing.MAX_PASSES)
+    assert f"{sizing.MAX_PASSES} passes over the text, the most that pay: --epochs {sizing.MAX_PASSES}" in choice.reason
+
+    def fits(width):  # with what MAX_PASSES passes read, not what the hour would
+        speed, parameters = choice.measured[width]
+        reads = sizing.MAX_PASSES * chars
+        assert speed * 3600 > reads
+        return reads >= CHARS_PER_PARAMETER * parameters and reads / (32 * sizing.seq_len_for(width)) >= sizing.MIN_STEPS
+
+    assert fits(width) and not fits(sizing.WIDTHS[sizing.WIDTHS.index(width) + 1])
+    assert size_model(config(), 65, chars, 7200, Machine()).chosen == choice.chosen  # the cap, not the hour
+    # a budget that reads the text fewer times sets no cap
+    assert size_model(config(), 65, chars, 60, Machine()).chosen["epochs"] == 0
+
+
+def test_epochs_given_cap_the_passes_the_rule_counts():
+    given = size_model(config(epochs=5.0), 65, 200_000, 3600, Machine())
+    assert "epochs" not in given.chosen and given.chosen["dropout"] == dropout_for(5)
+    assert "the most that pay" not in given.reason
+
+
 def test_options_given_win_and_a_given_width_is_measured_alone():
     machine = Machine()
     choice = size_model(config(hidden=200, lr=0.01), 65, 1_000_000, 300, machine)
@@ -108,17 +133,24 @@ def test_auto_size_names_size_settings_of_a_timed_run():
 
 def test_a_timed_run_without_sizes_chooses_them_says_why_and_a_resume_keeps_them(cli, corpus_file, tmp_path):
     out = tmp_path / "run"
-    trained = cli("train", corpus_file, "--max-time", "5s", "--eval-every", "1000", "--out", out).assert_ok()
+    trained = cli("train", corpus_file, "--max-time", "60s", "--eval-every", "1000", "--out", out).assert_ok()
     ckpt = load_checkpoint(out / "last.pt")
     chosen, config = ckpt["sizing"]["chosen"], ckpt["config"]
     assert set(chosen) == set(SIZE_SETTINGS) and config["auto_size"] == []
     assert {name: config[name] for name in chosen} == chosen
     assert f"sized for the text and the budget: LSTM {chosen['hidden']}" in trained.stdout
     assert trained.stdout.index("training a ") < trained.stdout.index("sized for")  # right after the start line
-    resumed = cli("train", "--resume", out, "--max-time", "+5s", "--max-steps", "+1").assert_ok()
+    # a text this small is read MAX_PASSES times, well before the budget's end
+    assert chosen["epochs"] == sizing.MAX_PASSES and ckpt["progress"]["step"] == config["epochs"]  # one batch a pass
+    assert ckpt["progress"]["elapsed"] < 60
+    refused = cli("train", "--resume", out, "--max-time", "+5s")
+    assert refused.exit_code == 2 and f"all that --epochs {sizing.MAX_PASSES:g} (30 steps) allows" in refused.stderr
+    resumed = cli("train", "--resume", out, "--max-time", "+5s", "--max-steps", "+1", "--epochs", "0").assert_ok()
     assert "sized for" not in resumed.stdout
     after = load_checkpoint(out / "last.pt")
-    assert {name: after["config"][name] for name in chosen} == chosen and after["sizing"] == ckpt["sizing"]
+    assert after["progress"]["step"] == 31 and after["sizing"] == ckpt["sizing"]
+    assert {name: after["config"][name] for name in chosen if name != "epochs"} == {
+        name: value for name, value in chosen.items() if name != "epochs"}
 
 
 def test_given_options_win_and_a_preset_or_a_run_without_a_budget_is_not_sized(cli, corpus_file, tmp_path):

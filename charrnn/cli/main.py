@@ -128,7 +128,7 @@ def train(
     batch_size: Annotated[int, Opt(help="Sequences per batch (per process under torchrun)." + SIZED)] = D.batch_size,
     seq_len: Annotated[int, Opt(help="Characters per sequence (truncated BPTT length)." + SIZED)] = D.seq_len,
     max_steps: Annotated[str, Opt(help="Stop after this many steps in all (0: no limit); with --resume, +N: N more than the run's step total.")] = D.max_steps,
-    epochs: Annotated[float, Opt(help="Stop after this many passes over the training text (0: no limit; 10 when no other limit is given).")] = D.epochs,
+    epochs: Annotated[float, Opt(help="Stop after this many passes over the training text (0: no limit; 10 when no other limit is given)." + SIZED)] = D.epochs,
     max_time: Annotated[str, Opt(help="A time budget: 90s, 10m, 1h (empty: none); with --resume, +10m: 10 minutes more than the run's budget. The run plans the steps that fit from the measured time of a step and of an evaluation, and revises the plan as it goes, so it ends on its budget; --replay repeats it exactly.", show_default=False)] = D.max_time,
     patience: Annotated[int, Opt(help="Early stopping: stop after this many evaluations without a new best validation loss (0: off).")] = D.patience,
     eval_every: Annotated[int, Opt(help="Evaluate (and checkpoint) every N steps.")] = D.eval_every,

@@ -16,8 +16,11 @@ CHARS_PER_PARAMETER x P; the rest follows:
     dropout     DROPOUT_PER_DOUBLING per doubling of the passes over the text (C / its
                 length) beyond DROPOUT_FROM, up to MAX_DROPOUT: a text read many times over
                 is learned by heart unless the model is kept from it
+    epochs      MAX_PASSES when the budget would read the text more often (0 otherwise):
+                past them even MAX_DROPOUT does not keep a small text from being learned by
+                heart, so the run ends early and C above counts only those passes
 
-The two CHARS_PER_PARAMETER and MIN_STEPS were fitted on the grid of docs/presets.md (scripts/sizing_grid.py),
+The two CHARS_PER_PARAMETER, MIN_STEPS and MAX_PASSES were fitted on the grid of docs/presets.md (scripts/sizing_grid.py),
 which varies the width; the learning rates follow the presets' (5e-3 at 256, 3e-3 at 512),
 and the dropout rule and the batch were set before the grid, which did not vary them.
 Options given on the command line win: the rule chooses only `config.auto_size`, and
@@ -46,6 +49,7 @@ EMBEDDING = 64
 BATCH, SEQ_LEN, LONG_SEQ_LEN, LONG_SEQ_WIDTH = 32, 64, 128, 384
 LR_AT_256, LR_POWER = 5e-3, 0.75
 DROPOUT_FROM, DROPOUT_PER_DOUBLING, MAX_DROPOUT = 2.0, 0.1, 0.4
+MAX_PASSES = 30
 # each width's trial: WARMUP_STEPS untimed, then at least MIN_TIMED steps and MIN_SECONDS
 WARMUP_STEPS, MIN_TIMED, MIN_SECONDS = 1, 2, 0.25
 
@@ -73,26 +77,31 @@ def size_model(config: TrainConfig, vocab_size: int, train_chars: int, seconds: 
         return replace(trial, hidden=width, seq_len=seq_len_for(width) if "seq_len" in free else trial.seq_len)
 
     measured: dict = {}
+    max_passes = MAX_PASSES if "epochs" in free else (config.epochs or math.inf)
 
     def measured_at(width: int) -> list:  # [chars per second, parameters], measured once
         if width not in measured:
             measured[width] = list(measure(at(width)))
         return measured[width]
 
+    def reads_at(width: int) -> float:  # the characters a run of this width reads: the budget's, up to max_passes
+        return min(measured_at(width)[0] * seconds, max_passes * train_chars)
+
     def fits(width: int) -> bool:  # reads enough per parameter, in enough steps
-        speed, parameters = measured_at(width)
-        reads, candidate = speed * seconds, at(width)
+        reads, parameters, candidate = reads_at(width), measured_at(width)[1], at(width)
         steps = reads / (candidate.batch_size * candidate.seq_len * world_size())
         return reads >= chars_per_parameter(reads / max(train_chars, 1)) * parameters and steps >= MIN_STEPS
 
     best = at(widest(fits) if "hidden" in free else config.hidden)
-    speed, parameters = measured_at(best.hidden)
-    passes = speed * seconds / max(train_chars, 1)
-    derived = {"lr": float(f"{LR_AT_256 * (256 / best.hidden) ** LR_POWER:.2g}"), "dropout": dropout_for(passes)}
+    (speed, parameters), reads = measured_at(best.hidden), reads_at(best.hidden)
+    passes = reads / max(train_chars, 1)
+    derived = {"lr": float(f"{LR_AT_256 * (256 / best.hidden) ** LR_POWER:.2g}"), "dropout": dropout_for(passes),
+               "epochs": float(MAX_PASSES) if speed * seconds > reads else 0.0}
     chosen = {name: (derived[name] if name in derived else getattr(best, name)) for name in config.auto_size}
     how = ("the width given" if "hidden" not in free else "the widest to read" if fits(best.hidden)
            else "the narrowest: no width reads")
-    return Sizing(chosen, reason(replace(best, **chosen), speed, parameters, seconds, passes, how), measured)
+    capped = bool(chosen.get("epochs"))
+    return Sizing(chosen, reason(replace(best, **chosen), speed, parameters, reads, passes, how, capped), measured)
 
 
 def widest(fits: Callable[[int], bool]) -> int:
@@ -128,18 +137,19 @@ def dropout_for(passes: float) -> float:
     return round(min(MAX_DROPOUT, DROPOUT_PER_DOUBLING * math.log2(passes / DROPOUT_FROM)), 2)
 
 
-def reason(config: TrainConfig, speed: float, parameters: int, seconds: float, passes: float, how: str) -> str:
+def reason(config: TrainConfig, speed: float, parameters: int, reads: float, passes: float, how: str,
+           capped: bool) -> str:
     table = f" over a {config.embedding}-wide embedding" if config.embedding else ""
     layers = f"{config.layers}x" if config.layers > 1 else ""
     model = (f"{config.cell.upper()} {layers}{config.hidden}{table}, dropout {config.dropout:g}, lr {config.lr:g}, "
              f"batch {config.batch_size} x {config.seq_len}")
-    reads = speed * seconds
     steps = reads / (config.batch_size * config.seq_len * world_size())
     why = how if how == "the width given" else (
         f"{how} {chars_per_parameter(passes):g} characters per parameter in {MIN_STEPS:,} steps or more")
     return (f"sized for the text and the budget: {model}: {why} ({reads / 1e6:.3g}M characters in {steps:,.0f} "
             f"steps at {speed:,.0f} chars/s for {parameters:,} parameters, {reads / parameters:.3g} each; "
-            f"{f'{passes:.2g}' if passes < 10 else f'{passes:,.0f}'} passes over the text)")
+            f"{f'{passes:.2g}' if passes < 10 else f'{passes:,.0f}'} passes over the text"
+            + (f", the most that pay: --epochs {config.epochs:g})" if capped else ")"))
 
 
 def measure_speed(config: TrainConfig, vocab_size: int, train_ids: torch.Tensor, device: torch.device,
