@@ -5,9 +5,9 @@ chosen by the sizing rule for that width: `--hidden H` given, the rest left to i
 today's fixed default (every size option given: LSTM 256, one-hot input, lr 5e-3, no
 dropout, batch 32 x 64) and the rule's own choice (no size option given), and prints one
 JSON line per run and the table of docs/presets.md. A budget without a fixed grid (15
-minutes) grids only the two widths beside the rule's choice, after it. Every run is `--threads 1`, two at a time (--lanes), with one
-evaluation at the end (--eval-every past the last step), so the two lanes share the
-machine alike throughout.
+minutes) grids only the two widths beside the rule's choice, after it. Every run is
+`--threads 1`, two at a time (--lanes), with one evaluation at the end (--eval-every past
+the last step), so the two lanes share the machine alike throughout.
 
     python scripts/sizing_grid.py --corpora DIR --out runs/sizing        # the whole grid
     python scripts/sizing_grid.py --corpora DIR --make-corpora           # only write the corpora
@@ -177,6 +177,7 @@ def beside(width: int) -> list[int]:
     """The widths on either side of `width` among the sizing's WIDTHS."""
     i = WIDTHS.index(width)
     return [WIDTHS[j] for j in (i - 1, i + 1) if 0 <= j < len(WIDTHS)]
+
 
 if __name__ == "__main__":
     main()
